@@ -1,0 +1,104 @@
+"""Dita's in-context denoiser.
+
+One causal LLaMA-style transformer over
+
+    [ prefix tokens (N_p) | timestep token (1) | noisy action tokens (H) ]
+
+where the prefix is the shared backbone's language, visual (T_o frames) and state tokens.
+The timestep token is the raw sinusoidal embedding of the DDPM step, as in the paper; the
+noisy actions enter through a linear projection; a linear head reads epsilon off the action
+positions. Causal attention means the prefix never sees the actions, which makes a prefix
+KV cache exact: the prefix runs once per chunk, only the H + 1 suffix tokens per step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from policies.dita.config import DitaConfig
+from vla.heads import make_noise_process, sinusoidal_embedding
+from vla.layers import DecoderBlock, RMSNorm, Rotary, StaticKVCache, causal_mask, default_ffn_dim
+from vla.policy import Policy, masked_mse
+
+
+class DitaPolicy(Policy):
+    config_class = DitaConfig
+
+    def __init__(self, config: DitaConfig):
+        super().__init__(config, width=config.width)
+        ffn = config.ffn_dim or default_ffn_dim(config.width)
+        self.blocks = nn.ModuleList(
+            DecoderBlock(config.width, config.heads, ffn, config.attn_dropout) for _ in range(config.depth)
+        )
+        self.norm = RMSNorm(config.width)
+        self.action_in = nn.Linear(config.action_dim, config.width)
+        self.action_out = nn.Linear(config.width, config.action_dim)
+        self.n_prefix = self.backbone.num_tokens(config.n_obs_steps)
+        self.rotary = Rotary(config.width // config.heads, self.n_prefix + 1 + config.horizon)
+        self.process = make_noise_process(config.noise)
+
+    # --- the denoiser ------------------------------------------------------------------
+    def _suffix(self, noisy_actions: Tensor, t: Tensor) -> Tensor:
+        """Timestep token + action tokens: (B, 1 + H, D)."""
+        time = sinusoidal_embedding(self.process.model_time(t).to(noisy_actions.device), self.config.width)
+        return torch.cat([time[:, None].to(noisy_actions.dtype), self.action_in(noisy_actions)], dim=1)
+
+    def _run(self, x: Tensor, mask: Tensor, start: int, cache: StaticKVCache | None) -> Tensor:
+        for i, block in enumerate(self.blocks):
+            x = block(x, self.rotary, mask, start, cache, i)
+        return x
+
+    def denoise(self, prefix_tokens: Tensor, full_mask: Tensor, noisy_actions: Tensor, t: Tensor) -> Tensor:
+        """Uncached: the whole sequence at once. Returns predicted epsilon (B, H, D_a)."""
+        x = torch.cat([prefix_tokens, self._suffix(noisy_actions, t)], dim=1)
+        x = self._run(x, full_mask, 0, None)
+        return self.action_out(self.norm(x[:, -self.config.horizon:]))
+
+    def _full_mask(self, prefix_mask: Tensor) -> Tensor:
+        b, s = prefix_mask.shape[0], 1 + self.config.horizon
+        suffix = torch.ones(b, s, dtype=torch.bool, device=prefix_mask.device)
+        return causal_mask(torch.cat([prefix_mask, suffix], dim=1))  # (B, 1, L, L)
+
+    # --- the contract ------------------------------------------------------------------
+    def compute_loss(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
+        prefix = self.prefix(batch)
+        actions = batch["action"]  # (B, H, D_a)
+        noise = torch.randn_like(actions)
+        t = self.process.sample_time(actions.shape[0], actions.device)
+        noisy = self.process.add_noise(actions, noise, t)
+        pred = self.denoise(prefix.tokens, self._full_mask(prefix.mask), noisy, t)
+        loss = masked_mse(pred, self.process.target(actions, noise, t), batch.get("action_is_pad"))
+        return loss, {"loss": loss.item()}
+
+    @torch.no_grad()
+    def sample_actions(self, obs: dict, noise: Tensor | None = None, use_cache: bool | None = None) -> Tensor:
+        """Observation -> (B, H, D_a) normalized actions; ``noise`` (B, H, D_a) fixes the start."""
+        prefix = self.prefix(obs)
+        b = prefix.tokens.shape[0]
+        x = noise if noise is not None else torch.randn(
+            b, self.config.horizon, self.config.action_dim, device=prefix.tokens.device, dtype=prefix.tokens.dtype
+        )
+        mask = self._full_mask(prefix.mask)
+        use_cache = self.config.use_prefix_cache if use_cache is None else use_cache
+        return self._sample_cached(prefix.tokens, mask, x) if use_cache else self._sample_uncached(prefix.tokens, mask, x)
+
+    def _sample_uncached(self, prefix_tokens: Tensor, mask: Tensor, x: Tensor) -> Tensor:
+        times = self.process.sampling_times()
+        for t, t_next in zip(times[:-1], times[1:]):
+            tt = torch.full((x.shape[0],), t, device=x.device)
+            x = self.process.step(x, self.denoise(prefix_tokens, mask, x, tt), t, t_next)
+        return x
+
+    def _sample_cached(self, prefix_tokens: Tensor, mask: Tensor, x: Tensor) -> Tensor:
+        n_p, cfg = self.n_prefix, self.config
+        cache = StaticKVCache(cfg.depth, x.shape[0], cfg.heads, n_p + 1 + cfg.horizon,
+                              cfg.width // cfg.heads, x.device, prefix_tokens.dtype)
+        self._run(prefix_tokens, mask[:, :, :n_p, :n_p], 0, cache)  # prefill positions [0, N_p)
+        suffix_mask = mask[:, :, n_p:, :]  # (B, 1, 1 + H, L): suffix rows over every key
+        times = self.process.sampling_times()
+        for t, t_next in zip(times[:-1], times[1:]):
+            tt = torch.full((x.shape[0],), t, device=x.device)
+            h = self._run(self._suffix(x, tt), suffix_mask, n_p, cache)  # writes [N_p, L) in place
+            x = self.process.step(x, self.action_out(self.norm(h[:, 1:])), t, t_next)
+        return x

@@ -1,0 +1,100 @@
+"""The backbone interface every policy builds on.
+
+A backbone has a **frozen-able feature half** and a **trainable token half**, so that frozen
+work can be computed once per dataset frame and cached (CPU training stays fast):
+
+    encode_frames(images)  one frame's images          -> frame features   {name: (N, ...)}
+    encode_text(texts)     one instruction per sample   -> text features    {name: (N, ...)}
+    forward(frames, text, state)                        -> Prefix(tokens (B, N_tok, D), mask (B, N_tok))
+
+``frames`` carries the history axis: every tensor is ``(B, T, ...)`` with T = n_obs_steps.
+``text`` tensors are ``(B, ...)``. The embedded backbone returns
+``frames["vision"]`` ``(N, n_cam, P, D_vis)``: per-frame visual embeddings, which is also what
+a world-model policy (DUST) predicts for a future frame. A transformers VLM backbone (a
+later addition) fits the same halves: its frozen half returns per-frame hidden states of the
+VLM over that frame's images and the instruction, and its token half projects them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "embedded"             # registered backbone name (see make_backbone)
+    cameras: list[str] = field(default_factory=lambda: ["agentview", "wrist"])
+    image_size: int = 96               # frames are resized to (image_size, image_size)
+    vision_grid: int = 3               # visual tokens per camera = vision_grid ** 2 (adaptive avg pool)
+    max_text_tokens: int = 16          # instruction tokens kept (padded / truncated)
+    use_state: bool = True             # one proprioception token per observed frame
+    freeze_vision: bool = True         # frozen encoders are cached during training
+    freeze_text: bool = True
+
+
+@dataclass
+class Prefix:
+    """Conditioning tokens for a policy head."""
+
+    tokens: Tensor  # (B, N, D)
+    mask: Tensor    # (B, N) bool, True = a real token, False = padding
+
+
+class Backbone(nn.Module):
+    """Base class; see the module docstring for the contract."""
+
+    config: BackboneConfig
+    width: int
+
+    @property
+    def frozen(self) -> bool:
+        """True when both encoders are frozen, i.e. frame and text features can be cached."""
+        return self.config.freeze_vision and self.config.freeze_text
+
+    def cache_key(self) -> str:
+        """Identifies the frozen features (encoder + preprocessing) for the feature cache."""
+        raise NotImplementedError
+
+    def encode_frames(self, images: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``images[camera]`` ``(N, 3, H, W)`` float in [0, 1] -> frame features ``(N, ...)``."""
+        raise NotImplementedError
+
+    def encode_text(self, texts: list[str]) -> dict[str, Tensor]:
+        """N instructions -> text features ``(N, ...)``."""
+        raise NotImplementedError
+
+    def num_tokens(self, n_obs_steps: int) -> int:
+        """Prefix length N_tok for a history of ``n_obs_steps`` frames."""
+        raise NotImplementedError
+
+    def forward(self, frames: dict[str, Tensor], text: dict[str, Tensor], state: Tensor | None) -> Prefix:
+        raise NotImplementedError
+
+
+_BACKBONES = {
+    "embedded": "vla.backbone.embedded:EmbeddedBackbone",
+}
+
+
+def make_backbone(cfg: BackboneConfig, *, width: int, n_obs_steps: int, state_dim: int) -> Backbone:
+    """Build the backbone named ``cfg.name``, projecting to ``width``; imported lazily."""
+    import importlib
+
+    if cfg.name not in _BACKBONES:
+        raise ValueError(f"unknown backbone {cfg.name!r}; available: {sorted(_BACKBONES)}")
+    module, cls = _BACKBONES[cfg.name].split(":")
+    return getattr(importlib.import_module(module), cls)(cfg, width=width, n_obs_steps=n_obs_steps, state_dim=state_dim)
+
+
+def flatten_frames(frames: dict[str, Tensor]) -> tuple[dict[str, Tensor], int, int]:
+    """``(B, T, ...)`` -> ``(B*T, ...)``; returns the flat dict, B and T."""
+    b, t = next(iter(frames.values())).shape[:2]
+    return {k: v.flatten(0, 1) for k, v in frames.items()}, b, t
+
+
+def assert_finite(name: str, x: Tensor) -> None:
+    if not torch.isfinite(x).all():
+        raise ValueError(f"non-finite values (NaN or inf) in {name!r}")

@@ -1,0 +1,91 @@
+"""The one time convention shared by every action head.
+
+    t in [0, 1];  t = 0 is clean data, t = 1 is pure noise.
+
+Training draws ``t`` with :meth:`NoiseProcess.sample_time`, builds ``x_t`` with
+:meth:`add_noise` and regresses :meth:`target`. Sampling starts from noise at
+``t = 1`` and walks the decreasing grid :meth:`sampling_times` with :meth:`step`.
+
+How other conventions map onto it (see methods.md, section 0):
+- DDPM integer step ``k`` of ``T`` (high k = noisier): ``t = k / T``.
+- pi0 / diffusers flow matching: identical (t = 1 noise).
+- GR00T / DUST ``tau`` (tau = 1 data): ``tau = 1 - t`` and their velocity is ``-u``.
+
+A model never sees ``t`` directly: it embeds :meth:`NoiseProcess.model_time`, a float
+in [0, 1000) for every process, so one sinusoidal embedding serves both families.
+Processes are stateless across calls, so a policy with two streams (DUST) can run two of
+them at different rates, and a fixed sampling loop can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class NoiseProcessConfig:
+    kind: str = "diffusion"          # "diffusion" (DDPM train / DDIM sample) or "flow"
+    num_inference_steps: int = 10    # denoising steps at sampling time
+    # diffusion only
+    num_train_timesteps: int = 100   # Diffusion Policy / Dita finetuning use 100
+    beta_schedule: str = "squaredcos_cap_v2"
+    clip_sample: bool = True         # actions are normalized to [-1, 1]
+    # flow only: t ~ scale * Beta(alpha, beta) + (1 - scale), mass near the noise end (pi0)
+    time_beta_alpha: float = 1.5
+    time_beta_beta: float = 1.0
+    time_scale: float = 0.999
+
+
+class NoiseProcess:
+    """Interface of a noise process over tensors ``x0`` of any shape ``(B, ...)``."""
+
+    def sample_time(self, batch_size: int, device: torch.device | str = "cpu") -> Tensor:
+        """Training times, ``(B,)`` float in [0, 1]."""
+        raise NotImplementedError
+
+    def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """``x_t`` from clean ``x0`` and ``noise`` (same shape) at times ``t`` ``(B,)``."""
+        raise NotImplementedError
+
+    def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """What the model regresses at ``(x_t, t)``; same shape as ``x0``."""
+        raise NotImplementedError
+
+    def sampling_times(self) -> list[float]:
+        """Decreasing grid ``[t_0 > t_1 > ... > t_N = 0]`` of N + 1 times, t_0 at (or next to) 1."""
+        raise NotImplementedError
+
+    def step(self, x_t: Tensor, model_out: Tensor, t: float, t_next: float) -> Tensor:
+        """One sampler update from ``t`` to ``t_next < t``."""
+        raise NotImplementedError
+
+    def model_time(self, t: Tensor | float) -> Tensor:
+        """The scalar the model embeds for time ``t`` (float, [0, 1000))."""
+        raise NotImplementedError
+
+
+def sinusoidal_embedding(time: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Transformer sinusoidal embedding of ``time`` ``(B,)`` -> ``(B, dim)``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=time.device) / half)
+    args = time.float()[:, None] * freqs[None]  # (B, half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.nn.functional.pad(emb, (0, 1))
+    return emb
+
+
+def make_noise_process(cfg: NoiseProcessConfig) -> NoiseProcess:
+    if cfg.kind == "diffusion":
+        from vla.heads.diffusion import DiffusionProcess
+
+        return DiffusionProcess(cfg)
+    if cfg.kind == "flow":
+        from vla.heads.flow import FlowMatchingProcess
+
+        return FlowMatchingProcess(cfg)
+    raise ValueError(f"unknown noise process kind {cfg.kind!r}; expected 'diffusion' or 'flow'")

@@ -1,0 +1,117 @@
+"""Transformer building blocks shared by the policies (LLaMA-style: RMSNorm, RoPE, SwiGLU).
+
+Attention takes an optional :class:`StaticKVCache`: keys and values are written into
+preallocated buffers at fixed positions, so a sampling loop that reuses a cached prefix has
+static shapes and can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        norm = x.float().pow(2).mean(-1, keepdim=True).add(self.eps).rsqrt()
+        return (x.float() * norm).to(x.dtype) * self.weight
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding tables up to ``max_len`` positions."""
+
+    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim)
+        angles = torch.outer(torch.arange(max_len).float(), inv_freq)  # (max_len, hd/2)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: Tensor, start: int) -> Tensor:
+        """Rotate ``x`` (B, h, L, hd) as positions start .. start + L - 1."""
+        n = x.shape[-2]
+        cos, sin = self.cos[start:start + n].to(x.dtype), self.sin[start:start + n].to(x.dtype)
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+        return out.flatten(-2)
+
+
+class StaticKVCache:
+    """Preallocated keys / values ``(layers, B, heads, max_len, head_dim)``."""
+
+    def __init__(self, n_layers: int, batch: int, heads: int, max_len: int, head_dim: int, device, dtype):
+        shape = (n_layers, batch, heads, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by heads {heads}")
+        self.heads, self.head_dim, self.dropout = heads, dim // heads, dropout
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: Tensor, rotary: Rotary, mask: Tensor, start: int = 0,
+                cache: StaticKVCache | None = None, layer: int = 0) -> Tensor:
+        """``x`` (B, L, D) at positions start..start+L-1; ``mask`` (B, 1, L, L_keys) bool, True = attend.
+
+        With a cache, this call's keys / values are written at [start, start + L) and the
+        queries attend over cache positions [0, start + L); without one, L_keys = L.
+        """
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, h, L, hd)
+        q, k = rotary(q, start), rotary(k, start)
+        if cache is not None:
+            cache.k[layer, :, :, start:start + n] = k
+            cache.v[layer, :, :, start:start + n] = v
+            k, v = cache.k[layer, :, :, :start + n], cache.v[layer, :, :, :start + n]
+        drop = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)  # (B, h, L, hd)
+        return self.out(y.transpose(1, 2).reshape(b, n, -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate = nn.Linear(dim, hidden, bias=False)
+        self.up = nn.Linear(dim, hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm LLaMA block: x + attn(norm(x)); x + swiglu(norm(x))."""
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.attn_norm, self.ffn_norm = RMSNorm(dim), RMSNorm(dim)
+        self.attn = Attention(dim, heads, dropout)
+        self.ffn = SwiGLU(dim, ffn_dim)
+
+    def forward(self, x: Tensor, rotary: Rotary, mask: Tensor, start: int = 0,
+                cache: StaticKVCache | None = None, layer: int = 0) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), rotary, mask, start, cache, layer)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+def causal_mask(key_mask: Tensor) -> Tensor:
+    """Causal attention mask combined with key padding: ``key_mask`` (B, L) -> (B, 1, L, L) bool."""
+    n = key_mask.shape[1]
+    causal = torch.ones(n, n, dtype=torch.bool, device=key_mask.device).tril()
+    return causal[None, None] & key_mask[:, None, None, :]
+
+
+def default_ffn_dim(width: int) -> int:
+    """LLaMA's 8/3 * width, rounded up to a multiple of 64."""
+    return 64 * ((8 * width // 3 + 63) // 64)

