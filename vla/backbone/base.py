@@ -54,6 +54,11 @@ class Backbone(nn.Module):
         """True when both encoders are frozen, i.e. frame and text features can be cached."""
         return self.config.freeze_vision and self.config.freeze_text
 
+    def frozen_modules(self) -> list[str]:
+        """Names of submodules holding frozen pretrained weights (parameters and buffers),
+        which checkpoints leave out because they are rebuilt from their source."""
+        raise NotImplementedError
+
     def cache_key(self) -> str:
         """Identifies the frozen features (encoder + preprocessing) for the feature cache."""
         raise NotImplementedError

@@ -82,6 +82,9 @@ class EmbeddedBackbone(Backbone):
         self.text_model.eval()
         return self
 
+    def frozen_modules(self) -> list[str]:
+        return [name for name, frozen in (("vision", self.config.freeze_vision), ("text_model", self.config.freeze_text)) if frozen]
+
     def cache_key(self) -> str:
         c = self.config
         desc = f"efficientnet-lite0|minilm-l6|{c.image_size}|{c.vision_grid}|{c.max_text_tokens}|{','.join(c.cameras)}"

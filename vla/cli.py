@@ -1,0 +1,140 @@
+"""``vla`` command line: collect | train | eval, configured by Hydra overrides.
+
+    vla collect collect.episodes=100 env=lift dataset.root=data/lift
+    vla train policy=dita-small dataset.root=data/lift output_dir=outputs/lift
+    vla train --resume output_dir=outputs/lift
+    vla eval eval.checkpoint=outputs/lift eval.episodes=50
+
+Errors the user can fix (bad config, missing dataset, corrupt checkpoint, ...) print one
+line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering, no display needed
+
+
+def compose(overrides: list[str]):
+    """Hydra-compose ``configs/config.yaml`` with ``overrides`` -> (RunConfig, PolicyConfig)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from vla.config import ConfigError, RunConfig, config_dir, parse_run_config
+    from vla.policy import available_policies, policy_config_class
+
+    store = ConfigStore.instance()
+    store.store(name="vla_schema", node=RunConfig)
+    for name in available_policies():  # config dataclasses only; models stay unimported
+        store.store(group="policy", name=f"{name}_schema", node=policy_config_class(name))
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+            cfg = hydra_compose(config_name="config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        msg = " ".join(str(e).split()).split(" Config search path")[0]
+        if msg.startswith("Could not override"):
+            key = msg.split("'")[1]
+            msg = f"unknown config key {key!r} (see every key with: vla <command> --print-config)"
+        raise ConfigError(msg) from None
+    return parse_run_config(cfg)
+
+
+def cmd_collect(run, policy_cfg, args) -> None:
+    """Run the scripted expert (or a checkpoint) in an env and record a LeRobot dataset."""
+    from vla.data.collect import collect
+    from vla.data.recorder import EpisodeRecorder
+    from vla.rollout import make_env
+
+    c = run.collect
+    env = make_env(run.env)
+    if c.agent == "expert":
+        from envs.tabletop.experts import make_expert
+
+        agent = make_expert(run.env.task, env)
+    else:
+        from vla.checkpoint import load_policy
+        from vla.runtime import PolicyAgent, RuntimePolicy
+
+        agent = PolicyAgent(RuntimePolicy(*load_policy(c.agent, _device(run))))
+    with EpisodeRecorder.for_env(env, root=run.dataset.root, repo_id=run.dataset.repo_id) as recorder:
+        stats = collect(env, agent, recorder, c.episodes, success_only=c.success_only, seed=c.seed,
+                        max_attempts=c.max_attempts)
+    env.close()
+    print(f"collected {stats.episodes_saved} episodes ({stats.frames} frames) into {run.dataset.root}; "
+          f"agent success {stats.success_rate:.1%} over {stats.attempts} attempts in {stats.seconds:.0f} s")
+
+
+def cmd_train(run, policy_cfg, args) -> None:
+    """Train a policy on a LeRobot dataset (torchrun for several processes)."""
+    from vla.train import train
+
+    ckpt = train(run, policy_cfg, resume=args.resume)
+    if ckpt is not None:
+        print(f"checkpoint: {ckpt}\nloss curve: {os.path.join(run.output_dir, 'loss.png')}")
+
+
+def cmd_eval(run, policy_cfg, args) -> None:
+    """Roll out a checkpoint in vectorized envs; success rate, videos, report."""
+    from vla.checkpoint import load_policy
+    from vla.config import ConfigError
+    from vla.rollout import evaluate_policy
+
+    ckpt = run.eval.checkpoint or run.output_dir
+    policy, normalizer = load_policy(ckpt, _device(run))
+    run.eval.checkpoint = ckpt
+    out = run.eval.output_dir or os.path.join(run.output_dir, "eval")
+    if run.eval.episodes < 1:
+        raise ConfigError("eval.episodes must be >= 1")
+    r = evaluate_policy(policy, normalizer, run, output_dir=out)
+    lo, hi = r["ci95"]
+    print(f"success rate {r['success_rate']:.1%} ({r['successes']}/{r['episodes']}), 95% CI [{lo:.1%}, {hi:.1%}], "
+          f"mean length {r['mean_length']:.1f}\nreport: {out}/report.md\nvideos: {out}/videos/")
+
+
+def _device(run):
+    from vla.distributed import pick_device
+
+    return pick_device(run.device)
+
+
+COMMANDS = {"collect": cmd_collect, "train": cmd_train, "eval": cmd_eval}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vla", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, fn in COMMANDS.items():
+        p = sub.add_parser(name, help=fn.__doc__)
+        p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.steps=1000 policy=dita-base")
+        p.add_argument("--print-config", action="store_true", help="print the composed config and exit")
+        if name == "train":
+            p.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
+    args = parser.parse_args(argv)
+    from vla.errors import USER_ERRORS
+
+    try:
+        run, policy_cfg = compose(args.overrides)
+        if args.print_config:
+            from dataclasses import asdict
+
+            import yaml
+
+            print(yaml.safe_dump({**asdict(run), "policy": asdict(policy_cfg) if policy_cfg else None}, sort_keys=False))
+            return 0
+        COMMANDS[args.command](run, policy_cfg, args)
+    except USER_ERRORS as e:
+        print(f"vla {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vla {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

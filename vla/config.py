@@ -1,0 +1,128 @@
+"""Typed run configuration: dataclasses are the schema, Hydra YAML in ``configs/`` composes them.
+
+Every section is checked against its dataclass in struct mode, so a misspelt key is an
+error naming the key instead of a silently ignored setting. The ``policy`` section is
+checked against the config class of the policy it names (the registry resolves it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from vla.policy import PolicyConfig, policy_config_class
+
+
+class ConfigError(ValueError):
+    """A bad configuration; the message is one line meant for the user."""
+
+
+@dataclass
+class EnvConfig:
+    family: str = "tabletop"          # which env suite (tabletop)
+    task: str = "lift"                # lift | stack | place
+    image_size: int = 96
+    cameras: list[str] = field(default_factory=lambda: ["agentview", "wrist"])
+    shadows: bool = False             # shadows dominate CPU rendering cost
+    max_episode_steps: int | None = None  # None = the task's default
+
+
+@dataclass
+class DatasetConfig:
+    repo_id: str = "local/lift"       # hub id, or a name for a local dataset
+    root: str | None = "data/lift"    # local directory; None = read repo_id from the hub
+    episodes: list[int] | None = None  # a subset of episodes; None = all
+    cache_features: bool = True       # cache frozen backbone features (needs a frozen backbone)
+    video_backend: str | None = "pyav"  # torchcodec needs an ffmpeg this machine lacks
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20000
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 0.05        # not applied to biases, norms and embeddings
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+    ema_decay: float | None = None    # e.g. 0.999; the checkpoint then holds the EMA weights
+    log_every: int = 100
+    save_every: int = 5000
+    eval_every: int = 0               # 0 = never during training
+    eval_episodes: int = 10
+    num_workers: int = 2              # DataLoader workers (uncached path only)
+    amp: bool = True                  # bf16 autocast on CUDA; ignored on CPU
+    debug: bool = False               # shrink every interval to a handful of steps
+
+
+@dataclass
+class CollectConfig:
+    episodes: int = 100               # successful episodes to save (all episodes if not success_only)
+    agent: str = "expert"             # "expert" or a checkpoint path / hub id
+    success_only: bool = True
+    seed: int = 0                     # attempt k resets with seed + k
+    max_attempts: int | None = None
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str | None = None     # checkpoint directory or hub id
+    episodes: int = 50
+    n_envs: int = 2                   # parallel environments (subprocesses)
+    seed: int = 100_000               # episode k uses seed + k; disjoint from collection seeds
+    max_videos: int = 6
+    n_action_steps: int | None = None  # override the replan rate; None = the checkpoint's
+    temporal_ensemble: float | None = None  # ACT-style ensembling coefficient; None = off
+    output_dir: str | None = None     # None = <output_dir>/eval
+
+
+@dataclass
+class RunConfig:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    policy: Any = None                # the policy's own config dataclass (selected by name)
+    output_dir: str = "outputs/run"
+    device: str = "auto"              # auto | cpu | cuda | cuda:N
+    seed: int = 0
+
+
+def config_dir() -> Path:
+    """The repository's ``configs/`` folder (override with $VLA_CONFIG_DIR)."""
+    import os
+
+    env = os.environ.get("VLA_CONFIG_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+
+
+def to_dataclass(schema: type, node: Any, where: str):
+    """Merge a config node into ``schema`` in struct mode; unknown keys and bad types are errors."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node if node is not None else {})
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        msg = str(e).splitlines()[0]
+        key = getattr(e, "full_key", None)
+        raise ConfigError(f"bad config in '{where}'{f' at {key!r}' if key else ''}: {msg}") from None
+
+
+def parse_run_config(cfg: DictConfig) -> tuple[RunConfig, PolicyConfig | None]:
+    """Split a composed Hydra config into the typed run config and the policy's config."""
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    policy_node = raw.pop("policy", None)
+    run = to_dataclass(RunConfig, raw, "config")
+    policy = None
+    if policy_node is not None:
+        name = policy_node.get("name")
+        try:
+            schema = policy_config_class(name)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        policy = to_dataclass(schema, policy_node, "policy")
+    return run, policy

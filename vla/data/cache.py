@@ -1,0 +1,80 @@
+"""Frozen backbone features of every dataset frame, computed once and kept on disk.
+
+With a frozen backbone the expensive part of a training step (video decoding plus the
+pretrained encoders) is the same at every epoch, so it is done once per (dataset, backbone)
+pair. The cache file is named by the backbone's ``cache_key()`` and a fingerprint of the
+dataset, so adding episodes or changing the image size builds a new one. Writes are atomic.
+
+Contents (safetensors, float16 features):
+    frames.<name>     (N_frames, ...)   Backbone.encode_frames output for every frame
+    text.<name>       (N_tasks, ...)    Backbone.encode_text output for every task
+    task_index        (N_frames,)       which task row each frame uses
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm import tqdm
+
+from vla.backbone import Backbone
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("VLA_CACHE", Path.home() / ".cache" / "vla")) / "features"
+
+
+def dataset_fingerprint(dataset) -> str:
+    """Changes whenever the dataset's frames or episodes change."""
+    info = json.loads((Path(dataset.root) / "meta" / "info.json").read_text())
+    key = {
+        "root": str(Path(dataset.root).resolve()),
+        "frames": info.get("total_frames"),
+        "episodes": info.get("total_episodes"),
+        "features": sorted(info.get("features", {})),
+        "data_mtime": max((p.stat().st_mtime_ns for p in (Path(dataset.root) / "data").rglob("*.parquet")), default=0),
+    }
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cache_path(dataset, backbone: Backbone, cache_dir: Path | None = None) -> Path:
+    name = f"{Path(dataset.root).name}-{dataset_fingerprint(dataset)}-{backbone.cache_key()}.safetensors"
+    return Path(cache_dir or default_cache_dir()) / name
+
+
+@torch.no_grad()
+def build_feature_cache(dataset, backbone: Backbone, *, cache_dir: Path | None = None, batch_size: int = 64,
+                        num_workers: int = 2, progress: bool = True) -> dict[str, Tensor]:
+    """Load the cached features of ``dataset`` (a LeRobotDataset read frame by frame), building them if missing."""
+    path = cache_path(dataset, backbone, cache_dir)
+    if path.exists():
+        return load_file(path)
+    if not backbone.frozen:
+        raise ValueError("feature caching needs a frozen backbone (freeze_vision and freeze_text)")
+    cams = backbone.config.cameras
+    keys = [f"observation.images.{c}" for c in cams]
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    device = next(backbone.parameters()).device
+    chunks: dict[str, list[Tensor]] = {}
+    task_index = []
+    for batch in tqdm(loader, desc="caching backbone features", unit="batch", disable=not progress):
+        feats = backbone.encode_frames({c: batch[k].to(device) for c, k in zip(cams, keys)})
+        for name, value in feats.items():
+            chunks.setdefault(f"frames.{name}", []).append(value.half().cpu())
+        task_index.append(batch["task_index"].long())
+    tasks = dataset.meta.tasks.sort_values("task_index").index.tolist()  # task strings in index order
+    out = {k: torch.cat(v) for k, v in chunks.items()}
+    out["task_index"] = torch.cat(task_index)
+    for name, value in backbone.encode_text(tasks).items():
+        out[f"text.{name}"] = value.half().cpu() if value.is_floating_point() else value.cpu()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in out.items()}, tmp)
+    os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache behind
+    return out

@@ -1,0 +1,71 @@
+"""Training samples by index arithmetic over in-memory columns.
+
+For the cached path every input of a sample is a row of a tensor already in memory: the
+low-dimensional columns (state, action) come from the dataset's parquet table and the
+frame / text features from :mod:`vla.data.cache`. A sample at frame ``i`` reads each key at
+the policy's declared offsets (``PolicyConfig.frame_offsets``); frames outside ``i``'s
+episode are clamped to its edge and flagged in ``<key>_is_pad`` (LeRobot's convention).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vla.features import is_image_key
+
+
+class ChunkSampler:
+    """Draws random training batches ``dict[str, Tensor]`` (see vla.policy for the layout)."""
+
+    def __init__(self, dataset, offsets: dict[str, list[int]], features: dict[str, Tensor], *, seed: int = 0):
+        self.offsets = {k: torch.tensor(v) for k, v in offsets.items()}
+        low_dim = [k for k in offsets if not is_image_key(k)]
+        table = dataset.hf_dataset.select_columns(low_dim + ["episode_index"]).with_format("numpy")
+        self.columns = {k: torch.from_numpy(np.stack(table[k])).float() for k in low_dim}
+        episode = np.asarray(table["episode_index"])
+        # First and one-past-last row of the episode each row belongs to (rows are ordered by episode).
+        starts = np.r_[0, np.flatnonzero(np.diff(episode)) + 1]
+        ends = np.r_[starts[1:], len(episode)]
+        lengths = ends - starts
+        self.ep_start = torch.from_numpy(np.repeat(starts, lengths))
+        self.ep_end = torch.from_numpy(np.repeat(ends, lengths))
+        self.frames = {k[len("frames."):]: v for k, v in features.items() if k.startswith("frames.")}
+        self.text = {k[len("text."):]: v for k, v in features.items() if k.startswith("text.")}
+        self.task_index = features.get("task_index")
+        self.image_offsets = self._image_offsets()
+        if self.frames and len(next(iter(self.frames.values()))) != len(episode):
+            raise ValueError("feature cache and dataset disagree on the number of frames; delete the cache")
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _image_offsets(self) -> Tensor | None:
+        image = {k: tuple(v.tolist()) for k, v in self.offsets.items() if is_image_key(k)}
+        if len(set(image.values())) > 1:
+            raise ValueError(f"all cameras must share the same frame offsets, got {image}")
+        return torch.tensor(next(iter(image.values()))) if image else None
+
+    def __len__(self) -> int:
+        return len(self.ep_start)
+
+    def _rows(self, idx: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor]:
+        rows = idx[:, None] + offsets[None]  # (B, m)
+        start, end = self.ep_start[idx][:, None], self.ep_end[idx][:, None]
+        is_pad = (rows < start) | (rows >= end)
+        return torch.maximum(torch.minimum(rows, end - 1), start), is_pad
+
+    def get(self, idx: Tensor) -> dict:
+        """Samples at dataset rows ``idx`` (B,)."""
+        batch: dict = {}
+        for key, column in self.columns.items():
+            rows, is_pad = self._rows(idx, self.offsets[key])
+            batch[key], batch[f"{key}_is_pad"] = column[rows], is_pad  # (B, m, D), (B, m)
+        if self.image_offsets is not None and self.frames:
+            rows, _ = self._rows(idx, self.image_offsets)
+            batch["frames"] = {k: v[rows].float() for k, v in self.frames.items()}  # (B, T, ...)
+            task = self.task_index[idx]
+            batch["text"] = {k: v[task].float() if v.is_floating_point() else v[task] for k, v in self.text.items()}
+        return batch
+
+    def sample(self, batch_size: int) -> dict:
+        return self.get(torch.randint(len(self), (batch_size,), generator=self.generator))

@@ -1,0 +1,102 @@
+"""A LeRobot dataset -> an endless stream of training batches for one policy config.
+
+Two paths, same batch layout (see :mod:`vla.policy`):
+- **cached** (frozen backbone, the default): frame and text features are computed once
+  (:mod:`vla.data.cache`) and batches are gathered from memory (:mod:`vla.data.chunks`);
+  no video is decoded during training.
+- **raw** (trainable backbone): LeRobot's own delta-timestamp loading in a DataLoader,
+  images decoded every step.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+
+import torch
+
+from vla.config import DatasetConfig
+from vla.data.normalize import Normalizer
+from vla.data.source import check_features, open_dataset
+from vla.features import ACTION, OBS_STATE, is_image_key
+from vla.policy import PolicyConfig
+
+
+def infer_dims(policy_cfg: PolicyConfig, features: dict) -> PolicyConfig:
+    """Fill ``state_dim`` / ``action_dim`` left at 0 from the dataset's feature shapes."""
+    cfg = copy.deepcopy(policy_cfg)
+    for attr, key in (("state_dim", OBS_STATE), ("action_dim", ACTION)):
+        if getattr(cfg, attr) <= 0 and key in features:
+            setattr(cfg, attr, int(features[key]["shape"][0]))
+    return cfg
+
+
+def required_features(cfg: PolicyConfig) -> dict[str, tuple | None]:
+    req: dict[str, tuple | None] = {k: None for k in cfg.image_keys()}
+    req[OBS_STATE] = (cfg.state_dim,)
+    req[ACTION] = (cfg.action_dim,)
+    return req
+
+
+class TrainingData:
+    def __init__(self, ds_cfg: DatasetConfig, policy_cfg: PolicyConfig, *, seed: int, device: torch.device,
+                 num_workers: int, batch_size: int, is_main: bool = True,
+                 barrier: Callable[[], None] = lambda: None, progress: bool = True):
+        self.batch_size = batch_size
+        meta_ds = open_dataset(ds_cfg.repo_id, root=ds_cfg.root, episodes=ds_cfg.episodes,
+                               video_backend=ds_cfg.video_backend)
+        self.policy_cfg = infer_dims(policy_cfg, meta_ds.meta.features)
+        check_features(meta_ds.meta, required_features(self.policy_cfg))
+        modes = self.policy_cfg.normalization
+        self.normalizer = Normalizer(meta_ds.meta.stats, modes)
+        frozen = self.policy_cfg.backbone.freeze_vision and self.policy_cfg.backbone.freeze_text
+        self.cached = ds_cfg.cache_features and frozen
+        offsets = self.policy_cfg.frame_offsets()
+        if self.cached:
+            self._sampler = self._cached_sampler(meta_ds, offsets, seed, device, is_main, barrier, progress)
+            self._iter = None
+        else:
+            fps = meta_ds.meta.fps
+            delta = {k: [o / fps for o in v] for k, v in offsets.items()}
+            dataset = open_dataset(ds_cfg.repo_id, root=ds_cfg.root, episodes=ds_cfg.episodes,
+                                   delta_timestamps=delta, video_backend=ds_cfg.video_backend)
+            self._sampler = None
+            self._iter = self._raw_batches(dataset, seed, num_workers)
+
+    def _cached_sampler(self, dataset, offsets, seed, device, is_main, barrier, progress):
+        from vla.backbone import make_backbone
+        from vla.data.cache import build_feature_cache
+        from vla.data.chunks import ChunkSampler
+
+        cfg = self.policy_cfg
+        backbone = make_backbone(cfg.backbone, width=8, n_obs_steps=cfg.n_obs_steps, state_dim=cfg.state_dim)
+        backbone.to(device).eval()
+        if is_main:  # one process encodes, the others wait and read the file
+            build_feature_cache(dataset, backbone, progress=progress)
+        barrier()
+        features = build_feature_cache(dataset, backbone, progress=False)
+        del backbone
+        return ChunkSampler(dataset, offsets, features, seed=seed)
+
+    def _raw_batches(self, dataset, seed: int, num_workers: int) -> Iterator[dict]:
+        g = torch.Generator().manual_seed(seed)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=self.batch_size, shuffle=True, generator=g, drop_last=True,
+            num_workers=num_workers, persistent_workers=num_workers > 0,
+        )
+        keep = set(self.policy_cfg.frame_offsets()) | {"task", f"{ACTION}_is_pad"}
+        while True:
+            for batch in loader:
+                yield {k: v for k, v in batch.items() if k in keep or (is_image_key(k) and not k.endswith("_is_pad"))}
+
+    def next_batch(self) -> dict:
+        if self._sampler is not None:
+            return self._sampler.sample(self.batch_size)
+        return next(self._iter)
+
+    def state_dict(self) -> dict:
+        return {"generator": self._sampler.generator.get_state()} if self._sampler is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self._sampler is not None and "generator" in state:
+            self._sampler.generator.set_state(state["generator"])

@@ -1,0 +1,8 @@
+"""The errors a user can fix, reported by the CLI as one line (no traceback)."""
+
+from vla.checkpoint import CheckpointError
+from vla.config import ConfigError
+from vla.data.source import DatasetError, FeatureMismatchError
+from vla.train import TrainingError
+
+USER_ERRORS = (ConfigError, CheckpointError, DatasetError, FeatureMismatchError, TrainingError)

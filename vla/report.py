@@ -1,0 +1,80 @@
+"""Summaries people read: success rates with confidence intervals, reports, training curves."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a success rate (well behaved at 0% and 100%)."""
+    if n == 0:
+        return 0.0, 0.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _rates(records: list[dict]) -> dict:
+    n, s = len(records), sum(r["success"] for r in records)
+    lo, hi = wilson_interval(s, n)
+    return {"episodes": n, "successes": s, "success_rate": s / n if n else 0.0, "ci95": [lo, hi],
+            "mean_length": float(np.mean([r["length"] for r in records])) if records else 0.0}
+
+
+def summarize(records: list[dict], protocol: dict) -> dict:
+    by_task = defaultdict(list)
+    for r in records:
+        by_task[r["task"]].append(r)
+    return {**_rates(records), "per_task": {t: _rates(rs) for t, rs in sorted(by_task.items())},
+            "protocol": protocol, "episodes_detail": records}
+
+
+def write_report(out_dir: Path, result: dict) -> None:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps(result, indent=2, default=str))
+    lo, hi = result["ci95"]
+    lines = [
+        "# Evaluation report", "",
+        f"**Success rate: {result['success_rate']:.1%}** ({result['successes']}/{result['episodes']}), "
+        f"95% CI [{lo:.1%}, {hi:.1%}] (Wilson); mean episode length {result['mean_length']:.1f} steps.", "",
+        "| task | episodes | success | 95% CI | mean length |", "|---|---|---|---|---|",
+    ]
+    for task, r in result["per_task"].items():
+        lines.append(f"| {task} | {r['episodes']} | {r['success_rate']:.1%} | "
+                     f"[{r['ci95'][0]:.1%}, {r['ci95'][1]:.1%}] | {r['mean_length']:.1f} |")
+    lines += ["", "## Protocol", ""] + [f"- {k}: {v}" for k, v in result["protocol"].items()]
+    videos = sorted((out_dir / "videos").glob("*.mp4")) if (out_dir / "videos").exists() else []
+    if videos:
+        lines += ["", "## Videos", ""] + [f"- [{v.name}](videos/{v.name})" for v in videos]
+    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def plot_training_curves(metrics_csv: Path, out_png: Path) -> Path | None:
+    """Loss (log scale) and learning rate against step, from the run's metrics.csv."""
+    if not Path(metrics_csv).exists():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(metrics_csv) as f:
+        rows = list(csv.DictReader(f))
+    steps = [int(r["step"]) for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax1.plot(steps, [float(r["loss"]) for r in rows])
+    ax1.set(xlabel="step", ylabel="loss", yscale="log", title="training loss")
+    ax2.plot(steps, [float(r["lr"]) for r in rows])
+    ax2.set(xlabel="step", ylabel="learning rate", title="schedule")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return Path(out_png)

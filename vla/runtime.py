@@ -1,0 +1,161 @@
+"""The runtime policy: what eval and deploy run, identical in both.
+
+It owns everything between raw observations and raw actions, so a policy only ever sees
+normalized tensors:
+
+    obs (numpy, B envs) -> images to [0, 1], state normalized -> frozen features per frame
+    -> history of the last T_o frames -> policy.sample_actions -> (B, H, D_a) -> unnormalize
+    -> action queue: the next T_a actions are executed before re-planning
+       (or temporal ensembling: re-plan every step, average overlapping predictions)
+
+Timeline for T_o = 2, H = 16, T_a = 8 (one character per control step):
+
+    observations   o o                      frames t-1 and t are observed
+    chunk               a a a a a a a a a a a a a a a a   actions t .. t+15 predicted
+    executed            x x x x x x x x                   actions t .. t+7 run, then re-plan
+
+It never asks how a chunk was made, so any chunk length and any policy fits.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vla.data.normalize import Normalizer
+from vla.features import ACTION, OBS_STATE, TASK, image_key
+from vla.policy import Policy
+
+
+class RuntimePolicy:
+    """Batched, stateful wrapper: ``act(obs) -> actions`` for B environments in lockstep."""
+
+    def __init__(self, policy: Policy, normalizer: Normalizer, *, n_action_steps: int | None = None,
+                 temporal_ensemble: float | None = None):
+        self.policy, self.normalizer = policy.eval(), normalizer
+        cfg = policy.config
+        self.n_obs_steps, self.horizon = cfg.n_obs_steps, cfg.horizon
+        self.n_action_steps = n_action_steps or cfg.n_action_steps
+        if not 1 <= self.n_action_steps <= self.horizon:
+            raise ValueError(f"n_action_steps={self.n_action_steps} must be in [1, horizon={self.horizon}]")
+        self.ensemble = temporal_ensemble
+        self.device = next(policy.parameters()).device
+        self._text_cache: dict[str, dict[str, Tensor]] = {}
+        self.reset()
+
+    def reset(self, env_ids: list[int] | None = None) -> None:
+        """Forget history and queued actions (of some environments, or all)."""
+        if env_ids is None:
+            self._history: deque | None = None
+            self._queue: list[list[np.ndarray]] = []
+            self._ensemble_buf: list[list[tuple[int, np.ndarray]]] = []
+            self._steps: list[int] = []
+            self._fresh: set[int] = set()
+            return
+        for i in env_ids:
+            self._queue[i] = []
+            self._ensemble_buf[i] = []
+            self._steps[i] = 0
+            self._fresh.add(i)
+
+    # --- observation handling ----------------------------------------------------------------
+    def _text_features(self, tasks: list[str]) -> dict[str, Tensor]:
+        missing = [t for t in dict.fromkeys(tasks) if t not in self._text_cache]
+        if missing:
+            feats = self.policy.backbone.encode_text(missing)
+            for i, t in enumerate(missing):
+                self._text_cache[t] = {k: v[i] for k, v in feats.items()}
+        return {k: torch.stack([self._text_cache[t][k] for t in tasks]) for k in self._text_cache[tasks[0]]}
+
+    def _frame(self, obs: dict) -> dict[str, Tensor]:
+        """One control step's frame features and normalized state, (B, ...) each."""
+        cams = self.policy.config.backbone.cameras
+        images = {}
+        for c in cams:
+            x = np.asarray(obs[image_key(c)])
+            if x.ndim != 4 or x.shape[-1] != 3:
+                raise ValueError(f"{image_key(c)}: expected (B, H, W, 3) uint8 images, got shape {x.shape}")
+            images[c] = torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        state = torch.as_tensor(np.asarray(obs[OBS_STATE]), dtype=torch.float32, device=self.device)
+        if state.ndim != 2 or state.shape[1] != self.policy.config.state_dim:
+            raise ValueError(f"{OBS_STATE}: expected (B, {self.policy.config.state_dim}), got {tuple(state.shape)}")
+        if not torch.isfinite(state).all():
+            raise ValueError(f"{OBS_STATE}: non-finite values in the observation")
+        frame = self.policy.backbone.encode_frames(images)
+        frame[OBS_STATE] = self.normalizer.normalize(OBS_STATE, state)
+        return frame
+
+    def _push(self, frame: dict[str, Tensor]) -> None:
+        b = frame[OBS_STATE].shape[0]
+        if self._history is None:  # first step: repeat the first frame to fill the history
+            self._history = deque([frame] * self.n_obs_steps, maxlen=self.n_obs_steps)
+            self._queue = [[] for _ in range(b)]
+            self._ensemble_buf = [[] for _ in range(b)]
+            self._steps = [0] * b
+            self._fresh = set()
+            return
+        self._history.append(frame)
+        for i in self._fresh:  # a freshly reset env: its history is its current frame only
+            for past in self._history:
+                for k in past:
+                    past[k] = past[k].clone()
+                    past[k][i] = frame[k][i]
+        self._fresh = set()
+
+    def _observation(self, tasks: list[str]) -> dict:
+        hist = list(self._history)
+        frames = {k: torch.stack([h[k] for h in hist], dim=1) for k in hist[0] if k != OBS_STATE}
+        state = torch.stack([h[OBS_STATE] for h in hist], dim=1)  # (B, T_o, D_s)
+        return {"frames": frames, "text": self._text_features(tasks), OBS_STATE: state}
+
+    # --- acting ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def act(self, obs: dict) -> np.ndarray:
+        """Batched numpy observation (keys of vla.features, leading B) -> actions (B, D_a)."""
+        tasks = list(obs[TASK]) if not isinstance(obs[TASK], str) else [obs[TASK]]
+        self._push(self._frame(obs))
+        b = len(tasks)
+        need = [i for i in range(b) if self.ensemble is not None or not self._queue[i]]
+        if need:
+            chunk = self._predict(tasks)  # (B, H, D_a); batched over all envs for simplicity
+            for i in need:
+                if self.ensemble is not None:
+                    self._ensemble_buf[i].append((self._steps[i], chunk[i]))
+                else:
+                    self._queue[i] = list(chunk[i, : self.n_action_steps])
+        actions = np.stack([self._next_action(i) for i in range(b)])
+        self._steps = [s + 1 for s in self._steps]
+        return actions
+
+    def _predict(self, tasks: list[str]) -> np.ndarray:
+        chunk = self.policy.sample_actions(self._observation(tasks))
+        return self.normalizer.unnormalize(ACTION, chunk).float().cpu().numpy()
+
+    def _next_action(self, i: int) -> np.ndarray:
+        if self.ensemble is None:
+            return self._queue[i].pop(0)
+        # ACT's temporal ensembling: every chunk that covers this step votes, older ones weigh more.
+        step = self._steps[i]
+        self._ensemble_buf[i] = [(s, c) for s, c in self._ensemble_buf[i] if step - s < len(c)]
+        preds = np.stack([c[step - s] for s, c in self._ensemble_buf[i]])  # oldest first
+        weights = np.exp(-self.ensemble * np.arange(len(preds)))
+        return (weights[:, None] * preds).sum(0) / weights.sum()
+
+
+class PolicyAgent:
+    """A runtime policy driving one unbatched environment (the agent protocol of vla.data.collect)."""
+
+    phase = ""  # policies emit no sub-task labels
+
+    def __init__(self, runtime: RuntimePolicy):
+        self.runtime = runtime
+
+    def reset(self) -> None:
+        self.runtime.reset()
+
+    def act(self, obs: dict) -> np.ndarray:
+        batched = {k: [v] if isinstance(v, str) else np.asarray(v)[None] for k, v in obs.items()}
+        return self.runtime.act(batched)[0]

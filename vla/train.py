@@ -1,0 +1,244 @@
+"""The one training loop, shared by every policy (DDP-aware through torchrun).
+
+    dataset -> batches (cached backbone features, or raw frames) -> normalize ->
+    policy.compute_loss -> AdamW + warmup/cosine + clipping (+ EMA) -> atomic checkpoints
+
+Everything policy-specific lives in ``compute_loss``; this file never names a policy.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from vla.checkpoint import CheckpointError, STATE_DIR, clean_stale_tmp, load_policy, save_checkpoint
+from vla.config import RunConfig
+from vla.data.normalize import Normalizer
+from vla.distributed import Distributed
+from vla.policy import Policy, PolicyConfig, make_policy
+
+
+class TrainingError(RuntimeError):
+    """A failure the user can act on (bad data, diverged loss); one line."""
+
+
+def normalize_batch(batch: dict, normalizer: Normalizer) -> dict:
+    """Normalize every low-dimensional key the normalizer knows, refusing non-finite values."""
+    for key in normalizer.keys():
+        if key in batch:
+            x = batch[key]
+            if not torch.isfinite(x).all():
+                raise TrainingError(f"non-finite values (NaN or inf) in batch key {key!r}")
+            batch[key] = normalizer.normalize(key, x)
+    return batch
+
+
+def to_device(batch, device):
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch.to(device, non_blocking=True) if torch.is_tensor(batch) else batch
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norm scales and embedding tables (1-D or *_embed params)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "embed" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+class Trainer:
+    """Builds everything from the configs, then :meth:`run` trains to ``train.steps``."""
+
+    def __init__(self, run: RunConfig, policy_cfg: PolicyConfig | None, *, resume: bool = False, progress: bool = True):
+        self.run_cfg, self.progress = run, progress
+        self.out = Path(run.output_dir)
+        self.dist = Distributed.setup(run.device)
+        self.device = self.dist.device
+        if resume:
+            policy_cfg = self._resume_config()
+        elif (self.out / "checkpoints" / "last").exists():
+            raise TrainingError(f"{self.out} already holds a run; pass --resume to continue it or pick another output_dir")
+        if policy_cfg is None:
+            raise TrainingError("no policy configured (e.g. policy=dita-small)")
+        seed_everything(run.seed + self.dist.rank)
+        from vla.data.pipeline import TrainingData
+
+        self.data = TrainingData(run.dataset, policy_cfg, seed=run.seed + self.dist.rank, device=self.device,
+                                 num_workers=run.train.num_workers, batch_size=run.train.batch_size,
+                                 is_main=self.dist.is_main, barrier=self.dist.barrier, progress=progress)
+        self.policy_cfg = self.data.policy_cfg
+        self.policy: Policy = make_policy(self.policy_cfg).to(self.device)
+        self.normalizer = self.data.normalizer.to(self.device)
+        self.model = self.dist.wrap(self.policy)
+        t = run.train
+        self.optimizer = torch.optim.AdamW(param_groups(self.policy, t.weight_decay), lr=t.lr, betas=tuple(t.betas))
+        from diffusers.optimization import get_cosine_schedule_with_warmup
+
+        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, t.warmup_steps, t.steps)
+        self.ema = None
+        if t.ema_decay:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(self.policy, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay))
+        self.step = 0
+        if resume:
+            self._load_training_state()
+
+    # --- resume --------------------------------------------------------------------------
+    def _last(self) -> Path:
+        last = self.out / "checkpoints" / "last"
+        if not last.exists():
+            raise TrainingError(f"--resume: no checkpoint in {self.out}/checkpoints to resume from")
+        return last.resolve()
+
+    def _resume_config(self) -> PolicyConfig:
+        clean_stale_tmp(self.out)
+        policy, _ = load_policy(str(self._last()), "cpu")  # validates the checkpoint as a whole
+        return policy.config
+
+    def _load_training_state(self) -> None:
+        last = self._last()
+        try:
+            state = torch.load(last / STATE_DIR / "state.pt", map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise CheckpointError(f"{last}: corrupt training state ({type(e).__name__})") from None
+        self.policy.load_state_dict(state["model"], strict=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.data.load_state_dict(state["data"])
+        set_rng_state(state["rng"])
+        self.step = state["step"]
+
+    def _save(self) -> Path:
+        weights = self.ema.module.trainable_state_dict() if self.ema is not None else None
+        state = {
+            "step": self.step,
+            "model": self.policy.trainable_state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "data": self.data.state_dict(),
+            "rng": rng_state(),
+            "run_config": asdict(self.run_cfg),
+        }
+        return save_checkpoint(self.out, self.step, self.policy, self.normalizer, state, weights)
+
+    # --- the loop --------------------------------------------------------------------------
+    def train_step(self, batch: dict) -> dict[str, float]:
+        batch = normalize_batch(to_device(batch, self.device), self.normalizer)
+        use_amp = self.run_cfg.train.amp and self.device.type == "cuda"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss, logs = self.model(batch)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"loss became {loss.item()} at step {self.step}; lower train.lr or check the data")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.run_cfg.train.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.policy)
+        return {**logs, "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0]}
+
+    def run(self) -> Path | None:
+        t = self.run_cfg.train
+        log_every, save_every = (2, 4) if t.debug else (t.log_every, t.save_every)
+        writer = self._writer()
+        bar = tqdm(total=t.steps, initial=self.step, desc="train", unit="step",
+                   disable=not (self.progress and self.dist.is_main))
+        self.policy.train()
+        last_ckpt, started, window = None, time.time(), []
+        try:
+            while self.step < t.steps:
+                logs = self.train_step(self.data.next_batch())
+                self.step += 1
+                window.append(logs)
+                bar.update(1)
+                if self.step % log_every == 0 or self.step == t.steps:
+                    mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                    window = []
+                    bar.set_postfix(loss=f"{mean['loss']:.4f}")
+                    self._log(writer, mean, time.time() - started)
+                if self.dist.is_main and (self.step % save_every == 0 or self.step == t.steps):
+                    last_ckpt = self._save()
+                if t.eval_every and self.step % t.eval_every == 0 and self.dist.is_main:
+                    self._evaluate(writer)
+                self.dist.barrier()
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        if self.dist.is_main:
+            from vla.report import plot_training_curves
+
+            plot_training_curves(self.out / "metrics.csv", self.out / "loss.png")
+        return last_ckpt
+
+    def _writer(self):
+        if not self.dist.is_main:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        return SummaryWriter(str(self.out / "tensorboard"))
+
+    def _log(self, writer, logs: dict[str, float], elapsed: float) -> None:
+        if writer is None:
+            return
+        for k, v in logs.items():
+            writer.add_scalar(f"train/{k}", v, self.step)
+        path = self.out / "metrics.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["step", "elapsed_s", *sorted(logs)])
+            w.writerow([self.step, f"{elapsed:.1f}", *(f"{logs[k]:.6g}" for k in sorted(logs))])
+
+    def _evaluate(self, writer) -> None:
+        from vla.rollout import evaluate_policy
+
+        model = self.ema.module if self.ema is not None else self.policy
+        model.eval()
+        result = evaluate_policy(model, self.normalizer, self.run_cfg, episodes=self.run_cfg.train.eval_episodes,
+                                 output_dir=self.out / "eval" / f"step_{self.step:06d}", progress=False)
+        model.train()
+        writer.add_scalar("eval/success_rate", result["success_rate"], self.step)
+
+
+def train(run: RunConfig, policy_cfg: PolicyConfig | None, *, resume: bool = False, progress: bool = True) -> Path | None:
+    trainer = Trainer(run, policy_cfg, resume=resume, progress=progress)
+    try:
+        return trainer.run()
+    finally:
+        trainer.dist.close()
+
