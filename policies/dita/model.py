@@ -41,7 +41,7 @@ class DitaPolicy(Policy):
     # --- the denoiser ------------------------------------------------------------------
     def _suffix(self, noisy_actions: Tensor, t: Tensor) -> Tensor:
         """Timestep token + action tokens: (B, 1 + H, D)."""
-        time = sinusoidal_embedding(self.process.model_time(t).to(noisy_actions.device), self.config.width)
+        time = sinusoidal_embedding(self.process.model_time(t), self.config.width)  # t is on-device
         return torch.cat([time[:, None].to(noisy_actions.dtype), self.action_in(noisy_actions)], dim=1)
 
     def _run(self, x: Tensor, mask: Tensor, start: int, cache: StaticKVCache | None) -> Tensor:
@@ -89,6 +89,33 @@ class DitaPolicy(Policy):
             tt = torch.full((x.shape[0],), t, device=x.device)
             x = self.process.step(x, self.denoise(prefix_tokens, mask, x, tt), t, t_next)
         return x
+
+    def sample_from_prefix(self, prefix_tokens: Tensor, prefix_mask: Tensor, noise: Tensor) -> Tensor:
+        """The whole cached sampler from backbone tokens: static shapes, capturable in a CUDA graph."""
+        return self._sample_cached(prefix_tokens, self._full_mask(prefix_mask), noise)
+
+    def capture_sampler(self, batch_size: int = 1):
+        """A CUDA-graph replay of :meth:`sample_from_prefix` for ``batch_size`` (GPU only).
+
+        Returns ``sample(obs, noise=None) -> (B, H, D_a)``; the backbone projection runs
+        eagerly, the prefix pass and every denoising step replay from one graph.
+        """
+        from vla.cuda_graph import CapturedFunction
+
+        device, cfg = next(self.parameters()).device, self.config
+        dtype = self.action_out.weight.dtype
+        example = (torch.zeros(batch_size, self.n_prefix, cfg.width, device=device, dtype=dtype),
+                   torch.ones(batch_size, self.n_prefix, dtype=torch.bool, device=device),
+                   torch.zeros(batch_size, cfg.horizon, cfg.action_dim, device=device, dtype=dtype))
+        graphed = CapturedFunction(self.sample_from_prefix, example)
+
+        @torch.no_grad()
+        def sample(obs: dict, noise: Tensor | None = None) -> Tensor:
+            prefix = self.prefix(obs)
+            noise = noise if noise is not None else torch.randn_like(example[2])
+            return graphed(prefix.tokens.to(dtype), prefix.mask, noise.to(dtype))
+
+        return sample
 
     def _sample_cached(self, prefix_tokens: Tensor, mask: Tensor, x: Tensor) -> Tensor:
         n_p, cfg = self.n_prefix, self.config

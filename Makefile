@@ -1,0 +1,53 @@
+# Two commands matter:  make demo  (collect -> train -> evaluate on the embedded default)
+#                       make test  (the test suite, heavy checks excluded)
+# Both create .venv with Python 3.12 and install everything on first use.
+
+VENV    ?= .venv
+PYTHON  ?=
+PY      := $(VENV)/bin/python
+VLA     := $(VENV)/bin/vla
+STAMP   := $(VENV)/.installed
+export MUJOCO_GL ?= egl
+export HF_HUB_OFFLINE ?= 1
+
+# Demo settings (override on the command line, e.g. make demo DEMO_EPISODES=50)
+DEMO_DIR      ?= outputs/demo
+DEMO_EPISODES ?= 100
+DEMO_STEPS    ?= 6000
+EVAL_EPISODES ?= 50
+
+.PHONY: setup demo test test-slow benchmarks clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || { P="$(PYTHON)"; [ -n "$$P" ] || P=$$(sh .ci/find-python312) || exit 1; \
+	    echo "creating $(VENV) with $$P"; "$$P" -m venv $(VENV); }
+	@$(PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' || { echo "error: $(VENV) is not Python 3.12; delete it and rerun" >&2; exit 1; }
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	# robosuite 1.5.2 pins mink==0.0.5, whose numpy<2 pin conflicts with lerobot; both work on numpy 2.
+	$(PY) -m pip install -q --no-deps robosuite==1.5.2 mink==0.0.5
+	sh .ci/system-deps
+	touch $(STAMP)
+
+demo: setup
+	rm -rf $(DEMO_DIR)  # the demo always starts from scratch
+	$(VLA) collect env=lift collect.episodes=$(DEMO_EPISODES) dataset.root=$(DEMO_DIR)/data dataset.repo_id=local/lift
+	$(VLA) train policy=dita-small env=lift dataset.root=$(DEMO_DIR)/data dataset.repo_id=local/lift \
+	    output_dir=$(DEMO_DIR)/run train.steps=$(DEMO_STEPS)
+	$(VLA) eval env=lift output_dir=$(DEMO_DIR)/run eval.episodes=$(EVAL_EPISODES)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+benchmarks: setup
+	$(PY) -m benchmarks.latency
+	$(PY) -m benchmarks.train_throughput
+	$(PY) -m benchmarks.data_loading
+
+clean:
+	rm -rf outputs .pytest_cache
