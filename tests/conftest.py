@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny real dataset recorded by the real expert, an isolated feature cache."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+# Overrides that make a run tiny: a 2-layer Dita, small batches, frequent saves.
+TINY = [
+    "policy.width=64", "policy.depth=2", "policy.heads=2", "policy.horizon=8", "policy.n_action_steps=4",
+    "train.batch_size=4", "train.warmup_steps=1", "train.log_every=1", "train.num_workers=0",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_feature_cache(tmp_path_factory):
+    os.environ["VLA_CACHE"] = str(tmp_path_factory.mktemp("vla_cache"))
+
+
+@pytest.fixture(scope="session")
+def lift_dataset(tmp_path_factory):
+    """Two successful expert episodes of `lift`, recorded by `vla collect` in-process."""
+    from vla.cli import main
+
+    root = tmp_path_factory.mktemp("datasets") / "lift"
+    assert main(["collect", "collect.episodes=2", f"dataset.root={root}", "dataset.repo_id=local/lift"]) == 0
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, lift_dataset):
+    """A 4-step dita training run with checkpoints at steps 2 and 4."""
+    from vla.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    args = ["train", f"dataset.root={lift_dataset}", f"output_dir={out}", "train.steps=4", "train.save_every=2", *TINY]
+    assert main(args) == 0
+    return out

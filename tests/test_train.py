@@ -1,0 +1,93 @@
+"""The shared training loop: checkpoints, resume (also after kill -9), DDP with gloo."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import TINY
+from vla.cli import main
+
+
+def weights(run_dir, step="last"):
+    return load_file(run_dir / "checkpoints" / step / "pretrained_model" / "model.safetensors")
+
+
+def test_checkpoints_are_complete_and_last_points_at_the_newest(trained_run):
+    ckpts = trained_run / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["000002", "000004", "last"]
+    assert (ckpts / "last").resolve().name == "000004"
+    model_dir = ckpts / "last" / "pretrained_model"
+    assert {p.name for p in model_dir.iterdir()} == {"config.json", "model.safetensors", "normalization.json"}
+    assert (ckpts / "last" / "training_state" / "state.pt").exists()
+    assert (trained_run / "loss.png").stat().st_size > 0
+    assert (trained_run / "metrics.csv").read_text().count("\n") == 5  # header + 4 steps
+    assert any((trained_run / "tensorboard").iterdir())
+    w2, w4 = weights(trained_run, "000002"), weights(trained_run, "000004")
+    assert any(not torch.equal(w2[k], w4[k]) for k in w2), "training must change the weights"
+
+
+def test_resume_continues_exactly(trained_run, lift_dataset, tmp_path):
+    """Resuming from the step-2 checkpoint reproduces the uninterrupted run's step-4 weights
+    (same RNG, data order, optimizer and schedule state)."""
+    out = tmp_path / "resumed"
+    shutil.copytree(trained_run, out, symlinks=True)
+    ckpts = out / "checkpoints"
+    shutil.rmtree(ckpts / "000004")
+    (ckpts / "last").unlink()
+    (ckpts / "last").symlink_to("000002")
+    args = ["train", f"dataset.root={lift_dataset}", f"output_dir={out}", "train.steps=4", "train.save_every=2", *TINY]
+    assert main([*args, "--resume"]) == 0
+    straight, resumed = weights(trained_run), weights(out)
+    assert (ckpts / "last").resolve().name == "000004"
+    assert straight.keys() == resumed.keys()
+    for k in straight:
+        torch.testing.assert_close(straight[k], resumed[k], rtol=1e-5, atol=1e-6)
+
+
+def test_a_second_run_in_the_same_dir_needs_resume(trained_run, lift_dataset, capsys):
+    code = main(["train", f"dataset.root={lift_dataset}", f"output_dir={trained_run}", *TINY])
+    assert code == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def _vla(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "vla.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_kill9_then_resume(lift_dataset, tmp_path):
+    out = tmp_path / "killed"
+    args = ["train", f"dataset.root={lift_dataset}", f"output_dir={out}", "train.save_every=2", *TINY]
+    proc = _vla(*args, "train.steps=100000")
+    last = out / "checkpoints" / "last"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (last.exists() and int(last.resolve().name) >= 4):
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = int(last.resolve().name)
+    assert (last / "pretrained_model" / "model.safetensors").exists()
+    resumed = _vla(*args, f"train.steps={killed_at + 2}", "--resume")
+    log, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, log
+    assert last.resolve().name == f"{killed_at + 2:06d}"
+    assert not list((out / "checkpoints").glob(".tmp-*")), "stale temporary checkpoints are cleaned up"
+
+
+@pytest.mark.timeout(400)
+def test_ddp_two_processes_gloo(lift_dataset, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "vla.cli", "train", f"dataset.root={lift_dataset}", f"output_dir={out}", "train.steps=2",
+           "train.save_every=2", "device=cpu", *TINY]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=380, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert (out / "checkpoints" / "last" / "pretrained_model" / "model.safetensors").exists()
