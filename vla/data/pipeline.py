@@ -38,13 +38,26 @@ def required_features(cfg: PolicyConfig) -> dict[str, tuple | None]:
     return req
 
 
+def open_configured(ds_cfg: DatasetConfig, delta_timestamps: dict | None = None):
+    """The dataset a DatasetConfig names: a local ``root`` if it exists, else ``repo_id`` from the hub."""
+    from pathlib import Path
+
+    from vla.data.source import DatasetError
+
+    kwargs = dict(episodes=ds_cfg.episodes, video_backend=ds_cfg.video_backend, delta_timestamps=delta_timestamps)
+    if ds_cfg.root is not None and Path(ds_cfg.root).exists():
+        return open_dataset(ds_cfg.root, **kwargs)
+    if ds_cfg.repo_id.startswith("local/"):
+        raise DatasetError(f"no dataset at {ds_cfg.root} (and {ds_cfg.repo_id!r} is a local name, not a hub id)")
+    return open_dataset(ds_cfg.repo_id, root=ds_cfg.root, **kwargs)
+
+
 class TrainingData:
     def __init__(self, ds_cfg: DatasetConfig, policy_cfg: PolicyConfig, *, seed: int, device: torch.device,
                  num_workers: int, batch_size: int, is_main: bool = True,
                  barrier: Callable[[], None] = lambda: None, progress: bool = True):
         self.batch_size = batch_size
-        meta_ds = open_dataset(ds_cfg.repo_id, root=ds_cfg.root, episodes=ds_cfg.episodes,
-                               video_backend=ds_cfg.video_backend)
+        meta_ds = open_configured(ds_cfg)
         self.policy_cfg = infer_dims(policy_cfg, meta_ds.meta.features)
         check_features(meta_ds.meta, required_features(self.policy_cfg))
         modes = self.policy_cfg.normalization
@@ -58,8 +71,7 @@ class TrainingData:
         else:
             fps = meta_ds.meta.fps
             delta = {k: [o / fps for o in v] for k, v in offsets.items()}
-            dataset = open_dataset(ds_cfg.repo_id, root=ds_cfg.root, episodes=ds_cfg.episodes,
-                                   delta_timestamps=delta, video_backend=ds_cfg.video_backend)
+            dataset = open_configured(ds_cfg, delta)
             self._sampler = None
             self._iter = self._raw_batches(dataset, seed, num_workers)
 

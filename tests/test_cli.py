@@ -1,0 +1,104 @@
+"""Every CLI path end to end on tiny settings, and the one-line errors for bad input."""
+
+import json
+import shutil
+
+import pytest
+
+from tests.conftest import TINY
+from vla.cli import main
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_collect_appends_to_an_existing_dataset(lift_dataset, tmp_path, capsys):
+    root = tmp_path / "lift"
+    shutil.copytree(lift_dataset, root)
+    code, out, _ = run_cli(capsys, "collect", "collect.episodes=1", "collect.seed=50", f"dataset.root={root}")
+    assert code == 0 and "collected 1 episodes" in out
+    from vla.data.source import open_dataset
+
+    ds = open_dataset("local/lift", root=root)
+    assert ds.meta.total_episodes == 3
+    assert ds[0]["task"] == "lift the red cube"
+
+
+def test_eval_writes_report_and_videos(trained_run, tmp_path, capsys):
+    out_dir = tmp_path / "eval"
+    code, out, _ = run_cli(capsys, "eval", f"eval.checkpoint={trained_run}", "eval.episodes=2", "eval.n_envs=2",
+                           "eval.max_videos=1", "env.max_episode_steps=12", f"eval.output_dir={out_dir}")
+    assert code == 0, out
+    assert "success rate" in out and "95% CI" in out
+    report = json.loads((out_dir / "report.json").read_text())
+    assert report["episodes"] == 2 and {r["seed"] for r in report["episodes_detail"]} == {100000, 100001}
+    assert all(r["length"] == 12 for r in report["episodes_detail"])  # an untrained policy fails and times out
+    assert report["protocol"]["n_action_steps (replan every)"] == 4
+    assert "lift" in report["per_task"]
+    assert "Success rate" in (out_dir / "report.md").read_text()
+    videos = list((out_dir / "videos").glob("*.mp4"))
+    assert len(videos) == 1 and videos[0].stat().st_size > 1000
+
+
+def test_print_config(capsys):
+    code, out, _ = run_cli(capsys, "train", "--print-config", "policy=dita-base", "train.steps=7")
+    assert code == 0 and "steps: 7" in out and "width: 768" in out
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.stepz=5", "unknown config key 'train.stepz'"),
+    ("policy=nope", "policy/nope"),
+    ("train.steps=abc", "train.steps"),
+])
+def test_bad_config_is_one_line(override, message, capsys, tmp_path):
+    code, _, err = run_cli(capsys, "train", override, f"output_dir={tmp_path / 'run'}")
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_dataset_is_one_line_and_writes_nothing(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", f"dataset.root={tmp_path / 'nowhere'}", f"output_dir={tmp_path / 'run'}")
+    assert code == 2 and "nowhere" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists() and not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("override, key", [
+    ("policy.backbone.cameras=[agentview,front]", "observation.images.front"),  # missing feature
+    ("policy.state_dim=5", "observation.state"),                                # wrong shape
+])
+def test_feature_mismatch_names_the_key(lift_dataset, tmp_path, capsys, override, key):
+    code, _, err = run_cli(capsys, "train", f"dataset.root={lift_dataset}", f"output_dir={tmp_path / 'run'}", override, *TINY)
+    assert code == 2 and key in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage_config", "missing_stats"])
+def test_corrupt_checkpoint_is_one_line(trained_run, tmp_path, capsys, damage):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(trained_run / "checkpoints" / "last", ckpt)
+    model = ckpt / "pretrained_model"
+    if damage == "truncate":
+        data = (model / "model.safetensors").read_bytes()
+        (model / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif damage == "garbage_config":
+        (model / "config.json").write_text("{not json")
+    else:
+        (model / "normalization.json").unlink()
+    code, _, err = run_cli(capsys, "eval", f"eval.checkpoint={ckpt}", "eval.episodes=1", f"eval.output_dir={tmp_path / 'ev'}")
+    assert code == 2 and "corrupt or truncated" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "ev").exists()
+
+
+def test_nan_in_a_batch_is_refused():
+    import torch
+
+    from vla.data.normalize import Normalizer
+    from vla.train import TrainingError, normalize_batch
+
+    stats = {"action": {"min": torch.zeros(2), "max": torch.ones(2), "mean": torch.zeros(2), "std": torch.ones(2)}}
+    norm = Normalizer(stats, {"action": "min_max"})
+    with pytest.raises(TrainingError, match="'action'"):
+        normalize_batch({"action": torch.tensor([[0.5, float("nan")]])}, norm)
