@@ -18,6 +18,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -48,10 +49,39 @@ def cache_path(dataset, backbone: Backbone, cache_dir: Path | None = None) -> Pa
     return Path(cache_dir or default_cache_dir()) / name
 
 
+def iter_episode_frames(dataset, keys: list[str]):
+    """Yield ``{key: (n, 3, H, W) float in [0, 1]}`` for every episode, in dataset row order.
+
+    Video features are decoded sequentially per episode with lerobot's ``decode_video_frames``
+    (one seek per episode instead of one per frame: an order of magnitude faster than
+    indexing the dataset frame by frame); image features go through the dataset itself.
+    """
+    from lerobot.datasets.video_utils import decode_video_frames
+
+    from vla.data.source import resolve_video_backend
+
+    backend = resolve_video_backend()
+    table = dataset.hf_dataset.select_columns(["episode_index", "timestamp"]).with_format("numpy")
+    episodes, timestamps = np.asarray(table["episode_index"]), np.asarray(table["timestamp"])
+    starts = np.r_[0, np.flatnonzero(np.diff(episodes)) + 1, len(episodes)]
+    for a, b in zip(starts[:-1], starts[1:]):
+        ep = int(episodes[a])
+        out = {}
+        for key in keys:
+            if key in dataset.meta.video_keys:
+                offset = dataset.meta.episodes[ep][f"videos/{key}/from_timestamp"]
+                path = Path(dataset.root) / dataset.meta.get_video_file_path(ep, key)
+                out[key] = decode_video_frames(path, [offset + float(t) for t in timestamps[a:b]],
+                                               dataset.tolerance_s, backend)
+            else:
+                out[key] = torch.stack([dataset[i][key] for i in range(a, b)])
+        yield out
+
+
 @torch.no_grad()
 def build_feature_cache(dataset, backbone: Backbone, *, cache_dir: Path | None = None, batch_size: int = 64,
-                        num_workers: int = 2, progress: bool = True) -> dict[str, Tensor]:
-    """Load the cached features of ``dataset`` (a LeRobotDataset read frame by frame), building them if missing."""
+                        progress: bool = True) -> dict[str, Tensor]:
+    """Load the cached features of ``dataset`` (a LeRobotDataset), building them if missing."""
     path = cache_path(dataset, backbone, cache_dir)
     if path.exists():
         return load_file(path)
@@ -59,18 +89,21 @@ def build_feature_cache(dataset, backbone: Backbone, *, cache_dir: Path | None =
         raise ValueError("feature caching needs a frozen backbone (freeze_vision and freeze_text)")
     cams = backbone.config.cameras
     keys = [f"observation.images.{c}" for c in cams]
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     device = next(backbone.parameters()).device
     chunks: dict[str, list[Tensor]] = {}
-    task_index = []
-    for batch in tqdm(loader, desc="caching backbone features", unit="batch", disable=not progress):
-        feats = backbone.encode_frames({c: batch[k].to(device) for c, k in zip(cams, keys)})
-        for name, value in feats.items():
-            chunks.setdefault(f"frames.{name}", []).append(value.half().cpu())
-        task_index.append(batch["task_index"].long())
-    tasks = dataset.meta.tasks.sort_values("task_index").index.tolist()  # task strings in index order
+    bar = tqdm(total=dataset.num_frames, desc="caching backbone features", unit="frame", disable=not progress)
+    for episode in iter_episode_frames(dataset, keys):
+        n = len(episode[keys[0]])
+        for i in range(0, n, batch_size):
+            feats = backbone.encode_frames({c: episode[k][i:i + batch_size].to(device) for c, k in zip(cams, keys)})
+            for name, value in feats.items():
+                chunks.setdefault(f"frames.{name}", []).append(value.half().cpu())
+        bar.update(n)
+    bar.close()
     out = {k: torch.cat(v) for k, v in chunks.items()}
-    out["task_index"] = torch.cat(task_index)
+    # LeRobot's task table: task strings indexed by task_index.
+    tasks = dataset.meta.tasks.sort_values("task_index").index.tolist()
+    out["task_index"] = torch.from_numpy(np.asarray(dataset.hf_dataset.with_format("numpy")["task_index"])).long()
     for name, value in backbone.encode_text(tasks).items():
         out[f"text.{name}"] = value.half().cpu() if value.is_floating_point() else value.cpu()
     path.parent.mkdir(parents=True, exist_ok=True)

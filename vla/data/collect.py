@@ -1,0 +1,106 @@
+"""Running an agent (typically a scripted expert) in an env and recording its episodes.
+
+    env = envs.tabletop.make_env("lift")
+    expert = envs.tabletop.experts.make_expert("lift", env)
+    with EpisodeRecorder.for_env(env, root="data/lift") as rec:
+        stats = collect(env, expert, rec, n_episodes=50)
+
+Attempt k resets the env with ``seed + k``, so a collection is reproducible and a later run
+with ``seed`` past the last attempt adds new scenes rather than repeats.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import gymnasium as gym
+import numpy as np
+from tqdm import tqdm
+
+from vla.data.recorder import EpisodeRecorder
+
+logger = logging.getLogger(__name__)
+
+
+class Agent(Protocol):
+    """What `collect` drives. An optional ``phase: str`` attribute, read after each ``act``,
+    labels the sub-task that chose the action (recorded as ``annotation.phase``)."""
+
+    def reset(self) -> None: ...
+
+    def act(self, obs: dict) -> np.ndarray: ...
+
+
+@dataclass
+class CollectStats:
+    episodes_saved: int
+    attempts: int      # episodes run
+    successes: int     # attempts that ended with info["is_success"]
+    frames: int        # frames saved
+    seconds: float     # wall time of the whole collection
+
+    @property
+    def success_rate(self) -> float:
+        """Successes per attempt (0 when nothing ran)."""
+        return self.successes / self.attempts if self.attempts else 0.0
+
+
+def collect(
+    env: gym.Env,
+    agent: Agent,
+    recorder: EpisodeRecorder,
+    n_episodes: int,
+    *,
+    success_only: bool = True,
+    seed: int = 0,
+    max_attempts: int | None = None,
+    progress: bool = True,
+) -> CollectStats:
+    """Run ``agent`` in ``env`` until ``n_episodes`` episodes are saved to ``recorder``.
+
+    Each step records (observation, action, agent.phase); an episode ends when the env
+    terminates or truncates, and succeeded if the last step's ``info["is_success"]`` is true.
+    With ``success_only`` failed attempts are discarded (nothing of them is written).
+    ``max_attempts`` (None: 10 * n_episodes, so a broken agent cannot loop forever) bounds
+    the attempts; when it runs out, fewer episodes are saved and a warning is logged.
+    """
+    max_attempts = 10 * n_episodes if max_attempts is None else max_attempts
+    stats = CollectStats(episodes_saved=0, attempts=0, successes=0, frames=0, seconds=0.0)
+    start = time.perf_counter()
+    bar = tqdm(total=n_episodes, desc="collecting", unit="episode", disable=not progress)
+    with bar:
+        while stats.episodes_saved < n_episodes and stats.attempts < max_attempts:
+            success, frames = _record_episode(env, agent, recorder, seed + stats.attempts)
+            stats.attempts += 1
+            stats.successes += success
+            bar.set_postfix(success=f"{stats.success_rate:.0%} ({stats.successes}/{stats.attempts})", refresh=False)
+            if success or not success_only:
+                recorder.save_episode()
+                stats.episodes_saved += 1
+                stats.frames += frames
+                bar.update(1)
+            else:
+                recorder.discard_episode()
+                bar.refresh()
+    stats.seconds = time.perf_counter() - start
+    if stats.episodes_saved < n_episodes:
+        logger.warning("saved %d of %d episodes in %d attempts (success rate %.0f%%)",
+                       stats.episodes_saved, n_episodes, stats.attempts, 100 * stats.success_rate)
+    return stats
+
+
+def _record_episode(env: gym.Env, agent: Agent, recorder: EpisodeRecorder, seed: int) -> tuple[bool, int]:
+    """Run one episode into the recorder's buffer; returns (success, frames buffered)."""
+    obs, info = env.reset(seed=seed)
+    agent.reset()
+    frames, done = 0, False
+    while not done:
+        action = agent.act(obs)
+        recorder.add_frame(obs, action, getattr(agent, "phase", None))
+        obs, _, terminated, truncated, info = env.step(action)
+        frames += 1
+        done = terminated or truncated
+    return bool(info.get("is_success", False)), frames
