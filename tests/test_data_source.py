@@ -10,7 +10,7 @@ from vla.data.source import (
     DatasetError,
     FeatureMismatchError,
     check_features,
-    delta_timestamps_for,
+    delta_timestamps,
     open_dataset,
 )
 
@@ -78,23 +78,18 @@ def test_unreachable_hub_id_is_one_clear_line():
     assert error.value.__cause__ is None and error.value.__suppress_context__
 
 
-def test_delta_timestamps_place_history_and_actions():
-    dt = delta_timestamps_for(20, n_obs_steps=2, horizon=4, observation_keys=["observation.state", CAM])
+def test_delta_timestamps_from_policy_offsets():
+    from vla.policy import PolicyConfig
+    from vla.backbone import BackboneConfig
+
+    cfg = PolicyConfig(n_obs_steps=2, horizon=4, n_action_steps=2, backbone=BackboneConfig(cameras=["front"]))
+    dt = delta_timestamps(cfg.frame_offsets(), 20)
     assert dt["observation.state"] == dt[CAM] == [-0.05, 0.0]
     assert dt["action"] == pytest.approx([0.0, 0.05, 0.1, 0.15])
-    with pytest.raises(ValueError):
-        delta_timestamps_for(20, n_obs_steps=0, horizon=4, observation_keys=[])
-
-
-def test_extra_offsets_are_appended_after_the_history():
-    dt = delta_timestamps_for(10, n_obs_steps=2, horizon=3, observation_keys=[CAM],
-                              extra={CAM: [3, 0], "observation.state": [0, 5]})
-    assert dt[CAM] == pytest.approx([-0.1, 0.0, 0.3]), "history first, then the new future frame; 0 not repeated"
-    assert dt["observation.state"] == pytest.approx([0.0, 0.5])
 
 
 def test_windows_read_through_lerobot_align_and_pad(root):
-    dt = delta_timestamps_for(FPS, n_obs_steps=2, horizon=3, observation_keys=["observation.state", CAM])
+    dt = delta_timestamps({"observation.state": [-1, 0], CAM: [-1, 0], "action": [0, 1, 2]}, FPS)
     ds = open_dataset(root, delta_timestamps=dt)
     first = ds[LENGTH]  # frame 0 of episode 1: no history before it
     assert first["observation.state"].tolist() == [[1.0, 0.0], [1.0, 0.0]]

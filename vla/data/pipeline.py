@@ -17,7 +17,7 @@ import torch
 
 from vla.config import DatasetConfig
 from vla.data.normalize import Normalizer
-from vla.data.source import check_features, open_dataset
+from vla.data.source import check_features, delta_timestamps, open_dataset
 from vla.features import ACTION, OBS_STATE, is_image_key
 from vla.policy import PolicyConfig
 
@@ -69,9 +69,7 @@ class TrainingData:
             self._sampler = self._cached_sampler(meta_ds, offsets, seed, device, is_main, barrier, progress)
             self._iter = None
         else:
-            fps = meta_ds.meta.fps
-            delta = {k: [o / fps for o in v] for k, v in offsets.items()}
-            dataset = open_configured(ds_cfg, delta)
+            dataset = open_configured(ds_cfg, delta_timestamps(offsets, meta_ds.meta.fps))
             self._sampler = None
             self._iter = self._raw_batches(dataset, seed, num_workers)
 

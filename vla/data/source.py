@@ -117,41 +117,9 @@ def _one_line(error: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def delta_timestamps_for(
-    fps: float,
-    *,
-    n_obs_steps: int,
-    horizon: int,
-    observation_keys: list[str],
-    action_key: str = ACTION,
-    extra: dict[str, list[int]] | None = None,
-) -> dict[str, list[float]]:
-    """lerobot's ``delta_timestamps`` (seconds) for a policy's window around frame t.
-
-    Observations are read at frames t-(n_obs_steps-1) .. t, actions at t .. t+horizon-1, so
-    action 0 is the one taken at the newest observed frame::
-
-        frame      t-2   t-1    t    t+1  ...  t+H-1
-        obs         o     o     o                        n_obs_steps = 3
-        action                  a     a   ...   a        horizon = H
-
-    diffusion_policy (and lerobot's Diffusion port) instead start the action window at the
-    oldest observation, t-(n_obs_steps-1) .. , and execute from index n_obs_steps-1; its
-    executed actions are the ones read here, with our ``horizon`` = its horizon - (n_obs_steps-1).
-
-    ``extra`` maps keys to further frame offsets a policy declares (a future frame at
-    t+horizon as a world-model target, a longer trajectory chunk, ...). They are appended
-    after the standard offsets of that key, duplicates dropped, so the first n_obs_steps
-    entries of an observation key are always its history.
-    """
-    if fps <= 0 or n_obs_steps < 1 or horizon < 1:
-        raise ValueError(f"need fps > 0, n_obs_steps >= 1, horizon >= 1; got {fps}, {n_obs_steps}, {horizon}")
-    offsets: dict[str, list[int]] = {key: list(range(1 - n_obs_steps, 1)) for key in observation_keys}
-    offsets[action_key] = list(range(horizon))
-    for key, more in (extra or {}).items():
-        known = offsets.setdefault(key, [])
-        known.extend(o for o in dict.fromkeys(more) if o not in known)
-    return {key: [o / fps for o in frames] for key, frames in offsets.items()}
+def delta_timestamps(offsets: dict[str, list[int]], fps: float) -> dict[str, list[float]]:
+    """Frame offsets per key (``PolicyConfig.frame_offsets``) -> LeRobot's delta timestamps in seconds."""
+    return {key: [o / fps for o in offs] for key, offs in offsets.items()}
 
 
 def check_features(meta, required: dict[str, tuple[int, ...] | None]) -> None:
