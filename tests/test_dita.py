@@ -45,3 +45,25 @@ def test_presets_have_the_documented_sizes():
     assert (base.depth, base.width, base.heads) == (12, 768, 12)
     assert small.width < base.width and small.depth < base.depth
     assert small.noise.kind == "diffusion" and small.noise.num_inference_steps == 10
+
+
+def test_shared_prefix_noise_samples_equal_repeated_batch():
+    """noise_samples=K gives exactly the loss (and gradients) of the batch repeated K times."""
+    torch.manual_seed(0)
+    cfg = tiny_config("dita")
+    cfg.noise_samples = 3
+    policy = make_policy(cfg)
+    batch = raw_batch(cfg)
+    torch.manual_seed(5)
+    shared, _ = policy.compute_loss(batch)
+    shared.backward()
+    grad_shared = policy.action_in.weight.grad.clone()
+    policy.zero_grad()
+    repeated = {k: (v.repeat_interleave(3, dim=0) if torch.is_tensor(v) else [x for x in v for _ in range(3)])
+                for k, v in batch.items()}
+    policy.config.noise_samples = 1
+    torch.manual_seed(5)
+    plain, _ = policy.compute_loss(repeated)
+    plain.backward()
+    torch.testing.assert_close(shared, plain, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grad_shared, policy.action_in.weight.grad, rtol=1e-3, atol=1e-5)

@@ -96,3 +96,14 @@ def test_trainable_state_dict_excludes_frozen_encoders(built):
     cfg2.backbone.freeze_vision = False
     unfrozen = make_policy(cfg2)
     assert any(k.startswith("backbone.vision.") for k in unfrozen.trainable_state_dict())
+
+
+def test_encoder_features_do_not_depend_on_batch_composition(built):
+    """Pretrained encoders stay in eval mode (BatchNorm statistics frozen) even while training."""
+    cfg, policy = built
+    policy.train()
+    images = {c: torch.rand(4, 3, 64, 64) for c in cfg.backbone.cameras}
+    with torch.no_grad():
+        full = policy.backbone.encode_frames(images)["vision"]
+        one = policy.backbone.encode_frames({c: x[:1] for c, x in images.items()})["vision"]
+    torch.testing.assert_close(full[:1], one, rtol=1e-4, atol=1e-5)

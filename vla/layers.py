@@ -43,12 +43,48 @@ class Rotary(nn.Module):
 
 
 class StaticKVCache:
-    """Preallocated keys / values ``(layers, B, heads, max_len, head_dim)``."""
+    """Preallocated keys / values ``(layers, B, heads, max_len, head_dim)``, written in place.
+
+    For sampling (no autograd): static shapes, so a loop over it can be a CUDA graph.
+    """
 
     def __init__(self, n_layers: int, batch: int, heads: int, max_len: int, head_dim: int, device, dtype):
         shape = (n_layers, batch, heads, max_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+
+    def update(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write positions [start, start + L) and return keys / values of [0, start + L)."""
+        end = start + k.shape[2]
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class GrowingKVCache:
+    """Keys / values kept by concatenation: differentiable, for training through a shared prefix."""
+
+    def __init__(self):
+        self.k: dict[int, Tensor] = {}
+        self.v: dict[int, Tensor] = {}
+
+    def update(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if layer in self.k:
+            if self.k[layer].shape[2] != start:
+                raise ValueError(f"cache holds {self.k[layer].shape[2]} positions, asked to append at {start}")
+            k, v = torch.cat([self.k[layer], k], dim=2), torch.cat([self.v[layer], v], dim=2)
+        self.k[layer], self.v[layer] = k, v
+        return k, v
+
+    def repeat_interleave(self, n: int) -> "GrowingKVCache":
+        """The same cache with every batch row repeated ``n`` times (row b -> rows b*n .. b*n+n-1)."""
+        out = GrowingKVCache()
+        out.k = {i: t.repeat_interleave(n, dim=0) for i, t in self.k.items()}
+        out.v = {i: t.repeat_interleave(n, dim=0) for i, t in self.v.items()}
+        return out
+
+
+KVCache = StaticKVCache | GrowingKVCache
 
 
 class Attention(nn.Module):
@@ -61,19 +97,17 @@ class Attention(nn.Module):
         self.out = nn.Linear(dim, dim, bias=False)
 
     def forward(self, x: Tensor, rotary: Rotary, mask: Tensor, start: int = 0,
-                cache: StaticKVCache | None = None, layer: int = 0) -> Tensor:
+                cache: "KVCache | None" = None, layer: int = 0) -> Tensor:
         """``x`` (B, L, D) at positions start..start+L-1; ``mask`` (B, 1, L, L_keys) bool, True = attend.
 
-        With a cache, this call's keys / values are written at [start, start + L) and the
+        With a cache, this call's keys / values are stored at [start, start + L) and the
         queries attend over cache positions [0, start + L); without one, L_keys = L.
         """
         b, n, _ = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, h, L, hd)
         q, k = rotary(q, start), rotary(k, start)
         if cache is not None:
-            cache.k[layer, :, :, start:start + n] = k
-            cache.v[layer, :, :, start:start + n] = v
-            k, v = cache.k[layer, :, :, :start + n], cache.v[layer, :, :, :start + n]
+            k, v = cache.update(layer, start, k, v)
         drop = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)  # (B, h, L, hd)
         return self.out(y.transpose(1, 2).reshape(b, n, -1))
@@ -100,7 +134,7 @@ class DecoderBlock(nn.Module):
         self.ffn = SwiGLU(dim, ffn_dim)
 
     def forward(self, x: Tensor, rotary: Rotary, mask: Tensor, start: int = 0,
-                cache: StaticKVCache | None = None, layer: int = 0) -> Tensor:
+                cache: "KVCache | None" = None, layer: int = 0) -> Tensor:
         x = x + self.attn(self.attn_norm(x), rotary, mask, start, cache, layer)
         return x + self.ffn(self.ffn_norm(x))
 

@@ -23,3 +23,7 @@ class DitaConfig(PolicyConfig):
     # Run the prefix once per chunk and reuse its keys / values at every denoising step.
     # Exact: the causal mask means the prefix never attends to the (changing) action tokens.
     use_prefix_cache: bool = True
+    # Training: denoise each observation at this many noise levels, sharing one prefix pass
+    # (the same cache trick). The prefix is most of the sequence, so K > 1 buys K times the
+    # denoising samples for a fraction of the compute.
+    noise_samples: int = 1

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from policies.dita.config import DitaConfig
 from vla.heads import make_noise_process, sinusoidal_embedding
-from vla.layers import DecoderBlock, RMSNorm, Rotary, StaticKVCache, causal_mask, default_ffn_dim
+from vla.layers import DecoderBlock, GrowingKVCache, RMSNorm, Rotary, StaticKVCache, causal_mask, default_ffn_dim
 from vla.policy import Policy, masked_mse
 
 
@@ -44,7 +44,7 @@ class DitaPolicy(Policy):
         time = sinusoidal_embedding(self.process.model_time(t), self.config.width)  # t is on-device
         return torch.cat([time[:, None].to(noisy_actions.dtype), self.action_in(noisy_actions)], dim=1)
 
-    def _run(self, x: Tensor, mask: Tensor, start: int, cache: StaticKVCache | None) -> Tensor:
+    def _run(self, x: Tensor, mask: Tensor, start: int, cache=None) -> Tensor:
         for i, block in enumerate(self.blocks):
             x = block(x, self.rotary, mask, start, cache, i)
         return x
@@ -62,14 +62,35 @@ class DitaPolicy(Policy):
 
     # --- the contract ------------------------------------------------------------------
     def compute_loss(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
+        """Epsilon-prediction loss; with ``noise_samples = K`` every observation is denoised at
+        K noise levels that share one prefix pass (exactly K copies of the sample, cheaper)."""
         prefix = self.prefix(batch)
-        actions = batch["action"]  # (B, H, D_a)
+        k, n_p = self.config.noise_samples, self.n_prefix
+        actions = batch["action"].repeat_interleave(k, dim=0)  # (B*K, H, D_a)
+        is_pad = batch.get("action_is_pad")
+        is_pad = is_pad.repeat_interleave(k, dim=0) if is_pad is not None else None
         noise = torch.randn_like(actions)
         t = self.process.sample_time(actions.shape[0], actions.device)
         noisy = self.process.add_noise(actions, noise, t)
-        pred = self.denoise(prefix.tokens, self._full_mask(prefix.mask), noisy, t)
-        loss = masked_mse(pred, self.process.target(actions, noise, t), batch.get("action_is_pad"))
+        mask = self._full_mask(prefix.mask)
+        if k == 1:
+            pred = self.denoise(prefix.tokens, mask, noisy, t)
+        else:
+            cache = GrowingKVCache()  # differentiable: gradients reach the prefix through its keys / values
+            self._run(prefix.tokens, mask[:, :, :n_p, :n_p], 0, cache)
+            cache = cache.repeat_interleave(k)
+            h = self._run(self._suffix(noisy, t), mask[:, :, n_p:].repeat_interleave(k, dim=0), n_p, cache)
+            pred = self.action_out(self.norm(h[:, 1:]))
+        loss = masked_mse(pred, self.process.target(actions, noise, t), is_pad)
         return loss, {"loss": loss.item()}
+
+    def _prefill(self, prefix_tokens: Tensor, prefix_mask: Tensor) -> StaticKVCache:
+        """Keys / values of the prefix at positions [0, N_p) of a cache sized for the whole sequence."""
+        cfg = self.config
+        cache = StaticKVCache(cfg.depth, prefix_tokens.shape[0], cfg.heads, self.n_prefix + 1 + cfg.horizon,
+                              cfg.width // cfg.heads, prefix_tokens.device, prefix_tokens.dtype)
+        self._run(prefix_tokens, prefix_mask, 0, cache)
+        return cache
 
     @torch.no_grad()
     def sample_actions(self, obs: dict, noise: Tensor | None = None, use_cache: bool | None = None) -> Tensor:
@@ -118,10 +139,8 @@ class DitaPolicy(Policy):
         return sample
 
     def _sample_cached(self, prefix_tokens: Tensor, mask: Tensor, x: Tensor) -> Tensor:
-        n_p, cfg = self.n_prefix, self.config
-        cache = StaticKVCache(cfg.depth, x.shape[0], cfg.heads, n_p + 1 + cfg.horizon,
-                              cfg.width // cfg.heads, x.device, prefix_tokens.dtype)
-        self._run(prefix_tokens, mask[:, :, :n_p, :n_p], 0, cache)  # prefill positions [0, N_p)
+        n_p = self.n_prefix
+        cache = self._prefill(prefix_tokens, mask[:, :, :n_p, :n_p])
         suffix_mask = mask[:, :, n_p:, :]  # (B, 1, 1 + H, L): suffix rows over every key
         times = self.process.sampling_times()
         for t, t_next in zip(times[:-1], times[1:]):

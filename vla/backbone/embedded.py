@@ -75,6 +75,7 @@ class EmbeddedBackbone(Backbone):
         for p in (self.camera_embed, self.patch_embed, self.frame_embed):
             nn.init.normal_(p, std=0.02)
         self.state_proj = nn.Linear(state_dim, width) if cfg.use_state else None
+        self.train()  # puts the pretrained encoders in eval mode from the start (see train())
 
     def train(self, mode: bool = True):
         super().train(mode)
