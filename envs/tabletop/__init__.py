@@ -1,0 +1,56 @@
+"""Language-conditioned tabletop tasks on robosuite's Panda, and their scripted experts.
+
+    from envs.tabletop import TASKS, make_env
+    from envs.tabletop.experts import make_expert
+
+    env = make_env("stack")                      # or gymnasium.make("vla/TabletopStack-v0")
+    expert = make_expert("stack", env)
+    obs, info = env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step(expert.act(obs))
+
+Importing this package registers the gymnasium ids but starts no simulator: robosuite loads
+on the first `make_env`.
+"""
+
+import gymnasium
+
+from envs.tabletop.tasks import TASKS, TaskSpec, task_spec
+
+__all__ = ["TASKS", "TaskSpec", "make_env", "gym_id"]
+
+
+def gym_id(task: str) -> str:
+    """``stack`` -> ``vla/TabletopStack-v0``."""
+    return f"vla/Tabletop{task.capitalize()}-v0"
+
+
+def make_env(
+    task: str,
+    *,
+    image_size: int = 96,
+    cameras: tuple[str, ...] = ("agentview", "wrist"),
+    shadows: bool = False,
+    max_episode_steps: int | None = None,
+    terminate_on_success: bool = True,
+    render_mode: str | None = "rgb_array",
+    render_size: int | None = None,
+) -> gymnasium.Env:
+    """A `TabletopEnv` for `task`; see its docstring for the arguments."""
+    task_spec(task)  # fail on an unknown task before paying for robosuite's import
+    from envs.tabletop.env import TabletopEnv
+
+    return TabletopEnv(
+        task,
+        image_size=image_size,
+        cameras=cameras,
+        shadows=shadows,
+        max_episode_steps=max_episode_steps,
+        terminate_on_success=terminate_on_success,
+        render_mode=render_mode,
+        render_size=render_size,
+    )
+
+
+for _task in TASKS:
+    if gym_id(_task) not in gymnasium.registry:
+        gymnasium.register(id=gym_id(_task), entry_point="envs.tabletop.env:TabletopEnv", kwargs={"task": _task})

@@ -1,0 +1,258 @@
+"""The tabletop tasks: gymnasium contract, seeding, images, success predicates, experts.
+
+Building a robosuite env takes seconds, so envs are module-scoped and shared between tests.
+"""
+
+import gc
+from functools import partial
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from envs.tabletop import TASKS, gym_id, make_env
+from envs.tabletop.experts import make_expert
+from envs.tabletop.tasks import BIN_SIZE, BIN_WALL, CUBE_HALF_SIZE
+from vla.features import OBS_STATE, STATE_NAMES, TASK, image_key
+
+IMAGE_SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def camera_env():
+    env = make_env("lift", image_size=IMAGE_SIZE)
+    yield env
+    env.close()
+
+
+@pytest.fixture(scope="module")
+def blind_envs():
+    """One camera-less env per task, for predicates and experts (no rendering cost)."""
+    envs = {task: make_env(task, cameras=(), render_mode=None) for task in TASKS}
+    yield envs
+    for env in envs.values():
+        env.close()
+
+
+def object_positions(env) -> np.ndarray:
+    objects = env.unwrapped.privileged_state()["objects"]
+    return np.stack([objects[name]["pos"] for name in sorted(objects)])
+
+
+def test_unknown_task_names_the_valid_ones():
+    with pytest.raises(ValueError, match="lift"):
+        make_env("juggle")
+
+
+def test_unknown_camera_is_an_error():
+    with pytest.raises(ValueError, match="agentview"):
+        make_env("lift", cameras=("ceiling",))
+
+
+def test_observation_matches_its_space(camera_env):
+    obs, info = camera_env.reset(seed=0)
+    space = camera_env.observation_space
+    assert set(obs) == set(space.spaces) == {image_key("agentview"), image_key("wrist"), OBS_STATE, TASK}
+    assert space.contains(obs)
+    for camera in ("agentview", "wrist"):
+        image = obs[image_key(camera)]
+        assert image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and image.dtype == np.uint8
+    state = obs[OBS_STATE]
+    assert state.shape == (len(STATE_NAMES),) and state.dtype == np.float32
+    assert obs[TASK] == TASKS["lift"].instruction
+    assert info == {"is_success": False}
+    assert camera_env.action_space.shape == (7,) and camera_env.action_space.dtype == np.float32
+
+
+def test_state_holds_eef_pose_and_gripper(camera_env):
+    obs, _ = camera_env.reset(seed=0)
+    truth = camera_env.unwrapped.privileged_state()
+    state = obs[OBS_STATE]
+    np.testing.assert_allclose(state[:3], truth["eef_pos"], atol=1e-6)
+    np.testing.assert_allclose(state[3:6], truth["eef_rot"][:, 0], atol=1e-6)  # column 0 first
+    np.testing.assert_allclose(state[6:9], truth["eef_rot"][:, 1], atol=1e-6)
+    np.testing.assert_allclose(state[9:], truth["gripper_qpos"], atol=1e-6)
+
+
+def test_images_are_upright_and_not_blank(camera_env):
+    obs, _ = camera_env.reset(seed=0)
+    agentview = obs[image_key("agentview")].mean(axis=-1)
+    wrist = obs[image_key("wrist")].mean(axis=-1)
+    third = IMAGE_SIZE // 3
+    assert agentview.std() > 20 and wrist.std() > 20
+    # Agentview looks at the robot across the table: bright table below, dark floor above.
+    assert agentview[-third:].mean() > agentview[:third].mean() + 40
+    # The wrist camera sees the grey fingers at the bottom and the white table beyond them.
+    assert wrist[:third].mean() > wrist[-third:].mean() + 40
+
+
+def test_render_returns_the_agentview_frame(camera_env):
+    obs, _ = camera_env.reset(seed=0)
+    np.testing.assert_array_equal(camera_env.render(), obs[image_key("agentview")])
+
+
+def test_envs_sharing_a_process_render_their_own_scenes(camera_env):
+    agentview = image_key("agentview")
+    first = camera_env.reset(seed=0)[0][agentview]
+    closed = make_env("stack", image_size=IMAGE_SIZE, cameras=("agentview",))
+    dropped = make_env("stack", image_size=IMAGE_SIZE, cameras=("agentview",))
+    other_frame = closed.reset(seed=5)[0][agentview]
+    dropped.reset(seed=5)
+    np.testing.assert_array_equal(camera_env.reset(seed=0)[0][agentview], first)
+    closed.close()
+    del dropped  # garbage-collected without close(), while camera_env's GL context is current
+    gc.collect()
+    np.testing.assert_array_equal(camera_env.reset(seed=0)[0][agentview], first)
+    assert np.abs(other_frame.astype(int) - first).mean() > 1
+
+
+def test_render_size_renders_a_separate_frame():
+    env = make_env("lift", cameras=(), render_size=80)
+    env.reset(seed=0)
+    frame = env.render()
+    env.close()
+    assert frame.shape == (80, 80, 3) and frame.dtype == np.uint8 and frame.std() > 20
+
+
+def test_reset_is_determined_by_the_seed(camera_env):
+    first, _ = camera_env.reset(seed=7)
+    positions = object_positions(camera_env)
+    camera_env.step(camera_env.action_space.sample())
+    again, _ = camera_env.reset(seed=7)
+    np.testing.assert_array_equal(object_positions(camera_env), positions)
+    np.testing.assert_array_equal(again[OBS_STATE], first[OBS_STATE])  # same joint noise
+    np.testing.assert_array_equal(again[image_key("agentview")], first[image_key("agentview")])
+    camera_env.reset(seed=8)
+    assert np.abs(object_positions(camera_env) - positions).max() > 0.01
+
+
+def test_zero_action_keeps_the_scene_still(camera_env):
+    obs, _ = camera_env.reset(seed=1)
+    positions = object_positions(camera_env)
+    for _ in range(10):
+        obs, reward, terminated, truncated, info = camera_env.step(np.zeros(7, np.float32))
+        assert reward == 0.0 and not terminated and not truncated and info == {"is_success": False}
+    assert np.isfinite(obs[OBS_STATE]).all()
+    assert np.abs(object_positions(camera_env) - positions).max() < 0.005
+
+
+def test_episode_truncates_at_max_steps():
+    env = make_env("lift", cameras=(), render_mode=None, max_episode_steps=3)
+    env.reset(seed=0)
+    flags = [env.step(np.zeros(7))[3] for _ in range(3)]
+    env.close()
+    assert flags == [False, False, True]
+
+
+def settle(env, steps: int = 10) -> bool:
+    """Step with a zero action; True if success held on the last step."""
+    for _ in range(steps):
+        _, reward, terminated, _, info = env.step(np.zeros(7))
+    return info["is_success"] and reward == 1.0 and terminated
+
+
+def test_lift_success_needs_the_red_cube_high(blind_envs):
+    env = blind_envs["lift"]
+    env.reset(seed=0)
+    scene = env.unwrapped.scene
+    red = scene.object_pose("red_cube")[0]
+    assert not env.unwrapped.is_success()
+    scene.set_object_pose("red_cube", red + [0, 0, 0.09])  # bottom 9 cm up: not yet
+    assert not env.unwrapped.is_success()
+    scene.set_object_pose("red_cube", red + [0, 0, 0.11])
+    assert env.unwrapped.is_success()
+
+
+def test_stack_success_needs_red_resting_on_green(blind_envs):
+    env = blind_envs["stack"]
+    env.reset(seed=0)
+    scene = env.unwrapped.scene
+    green = scene.object_pose("green_cube")[0]
+    on_top = green + [0, 0, CUBE_HALF_SIZE["green"] + CUBE_HALF_SIZE["red"]]
+    scene.set_object_pose("red_cube", on_top + [0, 0, 0.03])  # hovering: no contact
+    assert not env.unwrapped.is_success()
+    scene.set_object_pose("red_cube", on_top + [0.05, 0, 0])  # beside the green cube's top face
+    assert not settle(env)
+    env.reset(seed=0)
+    scene.set_object_pose("red_cube", on_top)
+    assert settle(env)
+
+
+def test_place_success_needs_blue_inside_the_bin(blind_envs):
+    env = blind_envs["place"]
+    env.reset(seed=0)
+    scene = env.unwrapped.scene
+    bin_pos = scene.object_pose("bin")[0]
+    floor = bin_pos[2] - BIN_SIZE[2] / 2 + BIN_WALL
+    scene.set_object_pose("blue_cube", bin_pos + [0, BIN_SIZE[1], 0])  # next to the bin
+    assert not settle(env)
+    env.reset(seed=0)
+    scene.set_object_pose("blue_cube", [*bin_pos[:2], floor + CUBE_HALF_SIZE["blue"] + 0.002])
+    assert settle(env)
+
+
+EXPECTED_PHASES = {
+    "lift": ["reach the red cube", "grasp the red cube", "lift the red cube"],
+    "stack": [
+        "reach the red cube",
+        "grasp the red cube",
+        "lift the red cube",
+        "move the red cube above the green cube",
+        "lower the red cube onto the green cube",
+        "release the red cube",
+    ],
+    "place": [
+        "reach the blue cube",
+        "grasp the blue cube",
+        "lift the blue cube",
+        "move the blue cube above the bin",
+        "lower the blue cube into the bin",
+        "release the blue cube",
+    ],
+}
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_expert_solves_its_task(blind_envs, task):
+    env = blind_envs[task]
+    expert = make_expert(task, env)
+    for seed in (0, 1):
+        obs, _ = env.reset(seed=seed)
+        expert.reset()
+        phases, terminated, truncated = [], False, False
+        while not (terminated or truncated):
+            action = expert.act(obs)
+            assert action.shape == (7,) and np.abs(action).max() <= 1.0
+            if not phases or phases[-1] != expert.phase:
+                phases.append(expert.phase)
+            obs, reward, terminated, truncated, info = env.step(action)
+        assert terminated and info["is_success"] and reward == 1.0, f"{task} seed {seed}"
+        assert phases == EXPECTED_PHASES[task]
+
+
+def test_expert_refuses_another_tasks_env(blind_envs):
+    with pytest.raises(ValueError, match="stack"):
+        make_expert("stack", blind_envs["lift"])
+
+
+def test_gymnasium_make_by_id():
+    env = gym.make(gym_id("place"), cameras=(), render_mode=None)
+    obs, info = env.reset(seed=0)
+    assert obs[TASK] == "put the blue cube in the bin"
+    obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+    assert env.observation_space.contains(obs)
+    env.close()
+
+
+def test_async_vector_env_steps():
+    # shared_memory=True would turn the Text instruction into zeros: gymnasium cannot share strings.
+    env = gym.vector.AsyncVectorEnv(
+        [partial(make_env, "stack", cameras=("agentview",), image_size=32)] * 2, shared_memory=False
+    )
+    obs, info = env.reset(seed=[0, 1])
+    obs, reward, terminated, truncated, info = env.step(np.zeros((2, 7), np.float32))
+    env.close()
+    assert obs[image_key("agentview")].shape == (2, 32, 32, 3)
+    assert obs[OBS_STATE].shape == (2, len(STATE_NAMES))
+    assert obs[TASK] == (TASKS["stack"].instruction,) * 2
+    assert reward.shape == (2,) and not info["is_success"].any()
