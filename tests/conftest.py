@@ -1,11 +1,14 @@
 """Shared fixtures: a tiny real dataset recorded by the real expert, an isolated feature cache."""
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ["HF_HUB_OFFLINE"] = "1"
+# lerobot loads parquet through HF datasets, which caches arrow copies; keep them out of ~/.cache.
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="vla-test-hf-datasets-")
 
 # Overrides that make a run tiny: a 2-layer Dita, small batches, frequent saves.
 TINY = [
