@@ -91,3 +91,14 @@ def test_ddp_two_processes_gloo(lift_dataset, tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=380, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert (out / "checkpoints" / "last" / "pretrained_model" / "model.safetensors").exists()
+
+
+def test_periodic_evaluation_writes_reports(lift_dataset, tmp_path):
+    out = tmp_path / "with_eval"
+    args = ["train", f"dataset.root={lift_dataset}", f"output_dir={out}", "train.steps=2", "train.save_every=2",
+            "train.eval_every=2", "train.eval_episodes=1", "env.max_episode_steps=3", *TINY]
+    assert main(args) == 0
+    report = out / "eval" / "step_000002" / "report.json"
+    assert report.exists() and '"episodes": 1' in report.read_text()
+    events = b"".join(p.read_bytes() for p in (out / "tensorboard").iterdir())
+    assert b"eval/success_rate" in events
