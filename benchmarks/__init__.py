@@ -1,0 +1,1 @@
+"""Benchmarks of vla against LeRobot: ``make benchmarks`` runs them all (see RESULTS.md)."""
