@@ -13,7 +13,7 @@ os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="vla-test-hf-datasets-
 # Overrides that make a run tiny: a 2-layer Dita, small batches, frequent saves.
 TINY = [
     "policy.width=64", "policy.depth=2", "policy.heads=2", "policy.horizon=8", "policy.n_action_steps=4",
-    "train.batch_size=4", "train.warmup_steps=1", "train.log_every=1", "train.num_workers=0",
+    "train.batch_size=4", "train.warmup_steps=1", "train.log_every=1", "train.num_workers=0", "train.ema_decay=0.9",
 ]
 
 

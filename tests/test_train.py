@@ -31,6 +31,8 @@ def test_checkpoints_are_complete_and_last_points_at_the_newest(trained_run):
     assert any((trained_run / "tensorboard").iterdir())
     w2, w4 = weights(trained_run, "000002"), weights(trained_run, "000004")
     assert any(not torch.equal(w2[k], w4[k]) for k in w2), "training must change the weights"
+    raw = torch.load(ckpts / "last" / "training_state" / "state.pt", weights_only=False)["model"]
+    assert any(not torch.equal(raw[k], w4[k]) for k in w4), "with train.ema_decay the checkpoint holds EMA weights"
 
 
 def test_resume_continues_exactly(trained_run, lift_dataset, tmp_path):
