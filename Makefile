@@ -13,7 +13,10 @@ export HF_HUB_OFFLINE ?= 1
 # Demo settings (override on the command line, e.g. make demo DEMO_EPISODES=50)
 DEMO_DIR      ?= outputs/demo
 DEMO_EPISODES ?= 100
-DEMO_STEPS    ?= 6000
+DEMO_STEPS    ?= 3000
+# CPU-sized: a narrow Dita, 2 noise levels per observation sharing one prefix pass.
+DEMO_TRAIN    ?= policy.width=128 policy.depth=4 policy.heads=4 policy.noise_samples=2 train.batch_size=32 \
+                 train.warmup_steps=200 train.save_every=1000
 EVAL_EPISODES ?= 50
 
 .PHONY: setup demo test test-slow benchmarks clean
@@ -35,7 +38,7 @@ demo: setup
 	rm -rf $(DEMO_DIR)  # the demo always starts from scratch
 	$(VLA) collect env=lift collect.episodes=$(DEMO_EPISODES) dataset.root=$(DEMO_DIR)/data dataset.repo_id=local/lift
 	$(VLA) train policy=dita-small env=lift dataset.root=$(DEMO_DIR)/data dataset.repo_id=local/lift \
-	    output_dir=$(DEMO_DIR)/run train.steps=$(DEMO_STEPS)
+	    output_dir=$(DEMO_DIR)/run train.steps=$(DEMO_STEPS) $(DEMO_TRAIN)
 	$(VLA) eval env=lift output_dir=$(DEMO_DIR)/run eval.episodes=$(EVAL_EPISODES)
 
 test: setup

@@ -143,12 +143,26 @@ def ensure_dataset(root: str, episodes: int, task: str = "lift") -> None:
     print(f"collected in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def delta_timestamps(policy_cfg, fps: float) -> dict[str, list[float]]:
-    """LeRobot ``delta_timestamps`` (seconds) for the frames a vla policy config reads."""
-    return {k: [o / fps for o in v] for k, v in policy_cfg.frame_offsets().items()}
-
-
 def dataset_args(ap, default_root: str = "/tmp/bench_data") -> None:
     ap.add_argument("--dataset-root", default=default_root, help="LeRobot dataset dir (collected if missing)")
     ap.add_argument("--repo-id", default="local/lift")
     ap.add_argument("--episodes", type=int, default=20, help="episodes to collect when the dataset is missing")
+
+
+def block(make_iter, warm: int, n: int) -> float:
+    """Seconds per item over ``n`` items of a fresh iterator, after ``warm`` discarded ones.
+
+    The iterator is closed (generators) or dropped (DataLoader iterators) afterwards, which
+    shuts DataLoader worker processes down before the next candidate runs.
+    """
+    it = make_iter()
+    for _ in range(warm):
+        next(it)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        next(it)
+    dt = time.perf_counter() - t0
+    if hasattr(it, "close"):
+        it.close()
+    del it
+    return dt / n

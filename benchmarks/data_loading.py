@@ -31,9 +31,10 @@ import time
 import torch
 
 from benchmarks.common import (
-    dataset_args, delta_timestamps, dita_config, ensure_dataset, machine, markdown_table, median, set_threads,
+    block, dataset_args, dita_config, ensure_dataset, machine, markdown_table, median, set_threads,
     spread, write_section,
 )
+from vla.data.source import delta_timestamps  # noqa: E402
 
 
 def open_vla(args, cache_dir: str):
@@ -54,20 +55,7 @@ def open_lerobot(args, policy_cfg):
 
     meta = LeRobotDataset(args.repo_id, root=args.dataset_root, video_backend="pyav")
     return LeRobotDataset(args.repo_id, root=args.dataset_root, video_backend="pyav",
-                          delta_timestamps=delta_timestamps(policy_cfg, meta.meta.fps))
-
-
-def block(make_iter, warm: int, n: int) -> float:
-    """Seconds per batch over ``n`` batches of a fresh iterator, after ``warm`` discarded ones."""
-    it = make_iter()
-    for _ in range(warm):
-        next(it)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        next(it)
-    dt = time.perf_counter() - t0
-    del it  # a DataLoader iterator shuts its worker processes down here
-    return dt / n
+                          delta_timestamps=delta_timestamps(policy_cfg.frame_offsets(), meta.meta.fps))
 
 
 def loader_iter(dataset, batch_size: int, workers: int):

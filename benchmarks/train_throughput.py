@@ -31,7 +31,7 @@ import time
 import torch
 
 from benchmarks.common import (
-    dataset_args, ensure_dataset, machine, markdown_table, median, set_threads, spread, write_section,
+    block, dataset_args, ensure_dataset, machine, markdown_table, median, set_threads, spread, write_section,
 )
 
 
@@ -108,19 +108,6 @@ def lerobot_side(args) -> tuple[callable, dict]:
 
     n_params = sum(p.numel() for p in policy.parameters() if p.requires_grad)
     return steps, {"params": n_params, "frames": len(dataset)}
-
-
-def block(make_steps, warm: int, n: int) -> float:
-    """Seconds per step over ``n`` steps of a fresh step iterator, after ``warm`` discarded steps."""
-    it = make_steps()
-    for _ in range(warm):
-        next(it)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        next(it)
-    dt = time.perf_counter() - t0
-    it.close()  # shuts LeRobot's DataLoader workers down before the other candidate runs
-    return dt / n
 
 
 def report(args, desc: str, times: dict, vla: dict, lr: dict) -> str:

@@ -21,7 +21,7 @@ from vla.config import EnvConfig, RunConfig
 from vla.features import image_key
 
 
-def make_env(cfg: EnvConfig, render_size: int | None = None) -> gym.Env:
+def make_env(cfg: EnvConfig) -> gym.Env:
     """One environment of the configured family (the only place eval/collect name env code)."""
     if cfg.family == "tabletop":
         from envs.tabletop import make_env as make_tabletop
