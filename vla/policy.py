@@ -30,6 +30,7 @@ and ensembling live in :class:`vla.runtime.RuntimePolicy`; training in :mod:`vla
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import torch
@@ -80,7 +81,7 @@ class PolicyConfig:
         return offsets
 
 
-class Policy(nn.Module):
+class Policy(nn.Module, ABC):
     """Base class: owns the shared backbone; subclasses add a head (see module docstring)."""
 
     config_class = PolicyConfig
@@ -96,11 +97,13 @@ class Policy(nn.Module):
         )
 
     # --- the contract ------------------------------------------------------------------
+    @abstractmethod
     def compute_loss(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
-        raise NotImplementedError
+        """Batch (see module docstring) -> (scalar loss, logs)."""
 
+    @abstractmethod
     def sample_actions(self, obs: dict, noise: Tensor | None = None) -> Tensor:
-        raise NotImplementedError
+        """Observation -> (B, H, D_a) normalized actions; ``noise`` (B, H, D_a) fixes the start."""
 
     def forward(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
         """``compute_loss``; training calls the module so that DDP can hook its gradients."""

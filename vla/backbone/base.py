@@ -18,6 +18,7 @@ VLM over that frame's images and the instruction, and its token half projects th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from abc import ABC, abstractmethod
 
 import torch
 from torch import Tensor, nn
@@ -43,7 +44,7 @@ class Prefix:
     mask: Tensor    # (B, N) bool, True = a real token, False = padding
 
 
-class Backbone(nn.Module):
+class Backbone(nn.Module, ABC):
     """Base class; see the module docstring for the contract."""
 
     config: BackboneConfig
@@ -54,29 +55,30 @@ class Backbone(nn.Module):
         """True when both encoders are frozen, i.e. frame and text features can be cached."""
         return self.config.freeze_vision and self.config.freeze_text
 
+    @abstractmethod
     def frozen_modules(self) -> list[str]:
         """Names of submodules holding frozen pretrained weights (parameters and buffers),
         which checkpoints leave out because they are rebuilt from their source."""
-        raise NotImplementedError
 
+    @abstractmethod
     def cache_key(self) -> str:
         """Identifies the frozen features (encoder + preprocessing) for the feature cache."""
-        raise NotImplementedError
 
+    @abstractmethod
     def encode_frames(self, images: dict[str, Tensor]) -> dict[str, Tensor]:
         """``images[camera]`` ``(N, 3, H, W)`` float in [0, 1] -> frame features ``(N, ...)``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def encode_text(self, texts: list[str]) -> dict[str, Tensor]:
         """N instructions -> text features ``(N, ...)``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def num_tokens(self, n_obs_steps: int) -> int:
         """Prefix length N_tok for a history of ``n_obs_steps`` frames."""
-        raise NotImplementedError
 
+    @abstractmethod
     def forward(self, frames: dict[str, Tensor], text: dict[str, Tensor], state: Tensor | None) -> Prefix:
-        raise NotImplementedError
+        """Frame features (B, T, ...), text features (B, ...), state (B, T, D_s) -> Prefix."""
 
 
 _BACKBONES = {

@@ -20,6 +20,7 @@ them at different rates, and a fixed sampling loop can be captured in a CUDA gra
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -40,32 +41,32 @@ class NoiseProcessConfig:
     time_scale: float = 0.999
 
 
-class NoiseProcess:
+class NoiseProcess(ABC):
     """Interface of a noise process over tensors ``x0`` of any shape ``(B, ...)``."""
 
+    @abstractmethod
     def sample_time(self, batch_size: int, device: torch.device | str = "cpu") -> Tensor:
         """Training times, ``(B,)`` float in [0, 1]."""
-        raise NotImplementedError
 
+    @abstractmethod
     def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         """``x_t`` from clean ``x0`` and ``noise`` (same shape) at times ``t`` ``(B,)``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         """What the model regresses at ``(x_t, t)``; same shape as ``x0``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def sampling_times(self) -> list[float]:
         """Decreasing grid ``[t_0 > t_1 > ... > t_N = 0]`` of N + 1 times, t_0 at (or next to) 1."""
-        raise NotImplementedError
 
+    @abstractmethod
     def step(self, x_t: Tensor, model_out: Tensor, t: float, t_next: float) -> Tensor:
         """One sampler update from ``t`` to ``t_next < t``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def model_time(self, t: Tensor | float) -> Tensor:
         """The scalar the model embeds for time ``t`` (float, [0, 1000))."""
-        raise NotImplementedError
 
 
 def sinusoidal_embedding(time: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
