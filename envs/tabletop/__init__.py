@@ -24,32 +24,12 @@ def gym_id(task: str) -> str:
     return f"vla/Tabletop{task.capitalize()}-v0"
 
 
-def make_env(
-    task: str,
-    *,
-    image_size: int = 96,
-    cameras: tuple[str, ...] = ("agentview", "wrist"),
-    shadows: bool = False,
-    max_episode_steps: int | None = None,
-    terminate_on_success: bool = True,
-    render_mode: str | None = "rgb_array",
-    render_size: int | None = None,
-) -> gymnasium.Env:
-    """A `TabletopEnv` for `task`; see its docstring for the arguments."""
+def make_env(task: str, **kwargs) -> gymnasium.Env:
+    """A `TabletopEnv` for `task`; keyword arguments as in `TabletopEnv` (image_size, cameras, ...)."""
     task_spec(task)  # fail on an unknown task before paying for robosuite's import
     from envs.tabletop.env import TabletopEnv
 
-    return TabletopEnv(
-        task,
-        image_size=image_size,
-        cameras=cameras,
-        shadows=shadows,
-        max_episode_steps=max_episode_steps,
-        terminate_on_success=terminate_on_success,
-        render_mode=render_mode,
-        render_size=render_size,
-    )
-
+    return TabletopEnv(task, **kwargs)
 
 for _task in TASKS:
     if gym_id(_task) not in gymnasium.registry:
