@@ -122,6 +122,38 @@ def test_collect_then_load_round_trip(tmp_path):
     assert ds.meta.stats["observation.state"]["max"][1] == 5.0
 
 
+class ExecutedActionsEnv(CountingEnv):
+    """Remembers every action it was asked to execute."""
+
+    def __init__(self):
+        super().__init__()
+        self.executed = []
+
+    def step(self, action):
+        self.executed.append(np.array(action))
+        return super().step(action)
+
+
+def test_action_noise_perturbs_executed_actions_but_records_clean_ones(tmp_path):
+    env = ExecutedActionsEnv()
+    with make_recorder(tmp_path / "ds") as rec:
+        collect(env, ScriptedAgent(), rec, n_episodes=1, seed=0, action_noise=0.5, noise_dims=[0, 1, 2], progress=False)
+    recorded = np.stack([open_dataset(tmp_path / "ds")[i]["action"].numpy() for i in range(6)])
+    clean = np.repeat(np.arange(6)[:, None] / 10, 7, axis=1)  # ScriptedAgent: step index / 10 everywhere
+    np.testing.assert_allclose(recorded, clean, atol=1e-6)
+    executed = np.stack(env.executed)
+    assert np.abs(executed[:, :3] - clean[:, :3]).mean() > 0.1, "dims 0-2 were perturbed"
+    np.testing.assert_allclose(executed[:, 3:], clean[:, 3:], atol=1e-6)  # the others were not
+    assert executed.min() >= -1 and executed.max() <= 1, "clipped to the action space"
+
+    again = ExecutedActionsEnv()  # the same attempt seed draws the same noise
+    with make_recorder(tmp_path / "ds2") as rec:
+        collect(again, ScriptedAgent(), rec, n_episodes=1, seed=0, action_noise=0.5, noise_dims=[0, 1, 2], progress=False)
+    np.testing.assert_array_equal(np.stack(again.executed), executed)
+    with make_recorder(tmp_path / "ds3") as rec, pytest.raises(ValueError, match="noise_dims"):
+        collect(CountingEnv(), ScriptedAgent(), rec, n_episodes=1, action_noise=0.1, noise_dims=[7], progress=False)
+
+
 def test_append_continues_the_episode_indices(tmp_path):
     root = tmp_path / "ds"
     with make_recorder(root) as rec:

@@ -63,7 +63,7 @@ def cmd_collect(run, policy_cfg, args) -> None:
         agent = PolicyAgent(RuntimePolicy(*load_policy(c.agent, _device(run))))
     with EpisodeRecorder.for_env(env, root=run.dataset.root, repo_id=run.dataset.repo_id) as recorder:
         stats = collect(env, agent, recorder, c.episodes, success_only=c.success_only, seed=c.seed,
-                        max_attempts=c.max_attempts)
+                        max_attempts=c.max_attempts, action_noise=c.action_noise, noise_dims=c.noise_dims)
     env.close()
     print(f"collected {stats.episodes_saved} episodes ({stats.frames} frames) into {run.dataset.root}; "
           f"agent success {stats.success_rate:.1%} over {stats.attempts} attempts in {stats.seconds:.0f} s")

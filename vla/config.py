@@ -66,6 +66,8 @@ class CollectConfig:
     success_only: bool = True
     seed: int = 0                     # attempt k resets with seed + k
     max_attempts: int | None = None
+    action_noise: float = 0.0         # std of Gaussian noise on executed actions; recorded ones stay clean (DART)
+    noise_dims: list[int] | None = None  # action dims the noise perturbs (None: all)
 
 
 @dataclass

@@ -29,7 +29,8 @@ class BackboneConfig:
     name: str = "embedded"             # registered backbone name (see make_backbone)
     cameras: list[str] = field(default_factory=lambda: ["agentview", "wrist"])
     image_size: int = 96               # frames are resized to (image_size, image_size)
-    vision_grid: int = 3               # visual tokens per camera = vision_grid ** 2 (adaptive avg pool)
+    vision_grid: int = 3               # patch tokens per camera = vision_grid ** 2 (adaptive avg pool)
+    keypoints: int = 32                # spatial-softmax keypoints per camera, one extra token; 0 = off
     max_text_tokens: int = 16          # instruction tokens kept (padded / truncated)
     use_state: bool = True             # one proprioception token per observed frame
     freeze_vision: bool = True         # frozen encoders are cached during training

@@ -7,6 +7,11 @@
 
 Attempt k resets the env with ``seed + k``, so a collection is reproducible and a later run
 with ``seed`` past the last attempt adds new scenes rather than repeats.
+
+``action_noise`` perturbs what is executed, not what is recorded (DART, Laskey et al. 2017):
+a scripted expert is so consistent that its demos never leave the ideal path, and a policy
+cloned from them has never seen how to come back once its own small errors push it off. With
+noise the expert's corrections from perturbed states become training labels.
 """
 
 from __future__ import annotations
@@ -57,6 +62,8 @@ def collect(
     success_only: bool = True,
     seed: int = 0,
     max_attempts: int | None = None,
+    action_noise: float = 0.0,
+    noise_dims: list[int] | None = None,
     progress: bool = True,
 ) -> CollectStats:
     """Run ``agent`` in ``env`` until ``n_episodes`` episodes are saved to ``recorder``.
@@ -66,14 +73,20 @@ def collect(
     With ``success_only`` failed attempts are discarded (nothing of them is written).
     ``max_attempts`` (None: 10 * n_episodes, so a broken agent cannot loop forever) bounds
     the attempts; when it runs out, fewer episodes are saved and a warning is logged.
+    ``action_noise`` > 0 adds Gaussian noise of that standard deviation to the executed action
+    (on ``noise_dims``, default all; clipped to the action space) while the agent's own action
+    is what gets recorded.
     """
+    if action_noise < 0 or not np.isfinite(action_noise):
+        raise ValueError(f"action_noise must be a finite standard deviation >= 0, got {action_noise}")
+    perturb = _Perturbation(env.action_space, action_noise, noise_dims)
     max_attempts = 10 * n_episodes if max_attempts is None else max_attempts
     stats = CollectStats(episodes_saved=0, attempts=0, successes=0, frames=0, seconds=0.0)
     start = time.perf_counter()
     bar = tqdm(total=n_episodes, desc="collecting", unit="episode", disable=not progress)
     with bar:
         while stats.episodes_saved < n_episodes and stats.attempts < max_attempts:
-            success, frames = _record_episode(env, agent, recorder, seed + stats.attempts)
+            success, frames = _record_episode(env, agent, recorder, seed + stats.attempts, perturb)
             stats.attempts += 1
             stats.successes += success
             bar.set_postfix(success=f"{stats.success_rate:.0%} ({stats.successes}/{stats.attempts})", refresh=False)
@@ -92,15 +105,42 @@ def collect(
     return stats
 
 
-def _record_episode(env: gym.Env, agent: Agent, recorder: EpisodeRecorder, seed: int) -> tuple[bool, int]:
+class _Perturbation:
+    """Executed action = recorded action + N(0, std^2) on some dims, clipped to the action space."""
+
+    def __init__(self, space: gym.Space, std: float, dims: list[int] | None):
+        self.std, self.low, self.high = std, getattr(space, "low", None), getattr(space, "high", None)
+        size = int(np.prod(space.shape)) if space.shape else 0
+        self.dims = list(range(size)) if dims is None else list(dims)
+        bad = [d for d in self.dims if not 0 <= d < size]
+        if std and bad:
+            raise ValueError(f"noise_dims {bad} out of range for a {size}-D action space")
+        self.rng = np.random.default_rng(0)
+
+    def reseed(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)  # the same attempt seed gives the same noise
+
+    def __call__(self, action: np.ndarray) -> np.ndarray:
+        if not self.std:
+            return action
+        executed = np.array(action, dtype=np.float64, copy=True)
+        executed[self.dims] += self.std * self.rng.standard_normal(len(self.dims))
+        if self.low is not None:
+            executed = np.clip(executed, self.low, self.high)
+        return executed.astype(np.asarray(action).dtype)
+
+
+def _record_episode(env: gym.Env, agent: Agent, recorder: EpisodeRecorder, seed: int,
+                    perturb: _Perturbation) -> tuple[bool, int]:
     """Run one episode into the recorder's buffer; returns (success, frames buffered)."""
     obs, info = env.reset(seed=seed)
     agent.reset()
+    perturb.reseed(seed)
     frames, done = 0, False
     while not done:
         action = agent.act(obs)
         recorder.add_frame(obs, action, getattr(agent, "phase", None))
-        obs, _, terminated, truncated, info = env.step(action)
+        obs, _, terminated, truncated, info = env.step(perturb(action))
         frames += 1
         done = terminated or truncated
     return bool(info.get("is_success", False)), frames
