@@ -18,7 +18,8 @@ def run_cli(capsys, *args):
 def test_collect_appends_to_an_existing_dataset(lift_dataset, tmp_path, capsys):
     root = tmp_path / "lift"
     shutil.copytree(lift_dataset, root)
-    code, out, _ = run_cli(capsys, "collect", "collect.episodes=1", "collect.seed=50", f"dataset.root={root}")
+    code, out, _ = run_cli(capsys, "collect", "collect.episodes=1", "collect.seed=50", f"dataset.root={root}",
+                           "collect.action_noise=0.2", "collect.noise_dims=[0,1,2]")
     assert code == 0 and "collected 1 episodes" in out
     from vla.data.source import open_dataset
 
@@ -57,6 +58,17 @@ def test_bad_config_is_one_line(override, message, capsys, tmp_path):
     code, _, err = run_cli(capsys, "train", override, f"output_dir={tmp_path / 'run'}")
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("collect.action_noise=-1", "collect.action_noise"),
+    ("collect.noise_dims=[0,9]", "collect.noise_dims"),
+])
+def test_bad_collect_noise_is_one_line_and_writes_nothing(override, message, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "collect", "collect.episodes=1", "collect.action_noise=0.1", override,
+                           f"dataset.root={tmp_path / 'ds'}")
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "ds").exists()
 
 
 def test_missing_dataset_is_one_line_and_writes_nothing(tmp_path, capsys):
