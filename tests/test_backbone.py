@@ -30,3 +30,16 @@ def test_keypoints_are_differentiable_through_a_channels_last_map():
     out = kp(fmap.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (3, 1)))
     out.square().sum().backward()
     assert kp.detect.grad is not None and torch.isfinite(kp.detect.grad).all()
+
+
+def test_cache_key_says_whether_the_keypoint_map_is_cached():
+    from vla.backbone.base import BackboneConfig
+    from vla.backbone.embedded import EmbeddedBackbone
+
+    with_map = EmbeddedBackbone(BackboneConfig(keypoints=32), width=8, n_obs_steps=1, state_dim=3)
+    without = EmbeddedBackbone(BackboneConfig(keypoints=0), width=8, n_obs_steps=1, state_dim=3)
+    more = EmbeddedBackbone(BackboneConfig(keypoints=8), width=8, n_obs_steps=1, state_dim=3)
+    images = {c: torch.rand(1, 3, 96, 96) for c in with_map.config.cameras}
+    assert "vision_map" in with_map.encode_frames(images) and "vision_map" not in without.encode_frames(images)
+    assert with_map.cache_key() != without.cache_key()
+    assert with_map.cache_key() == more.cache_key(), "the cached map does not depend on the number of detectors"

@@ -31,7 +31,7 @@ VISION_DIM = COARSE_DIM + 4 * FINE_DIM
 # located the red cube with held-out R^2 0.98 / 0.99, where a ridge probe on the patch
 # tokens above reached 0.77: a detector shared across positions generalises from few scenes,
 # a readout of flattened patches has to see the cube at every place first.
-KEYPOINT_BLOCK, KEYPOINT_DIM, KEYPOINT_STRIDE = 4, 40, 8
+KEYPOINT_BLOCK, KEYPOINT_DIM = 4, 40
 TEXT_DIM = 384     # MiniLM-L6 hidden size
 # EfficientNet-Lite was trained on inputs scaled to about [-1, 1] (mean 127, std 128 on 0-255).
 _IMAGE_MEAN, _IMAGE_STD = 0.498, 0.502
@@ -54,14 +54,14 @@ def multiscale_features(net: nn.Module, x: Tensor, grid: int) -> tuple[Tensor, T
     """(N, 3, S, S) normalized images -> patch tokens (N, grid * grid, VISION_DIM) and the
     stride-8 keypoint map (N, KEYPOINT_DIM, S / 8, S / 8)."""
     h = net._swish(net._bn0(net._conv_stem(x)))
-    taps = {}
     for i, block in enumerate(net._blocks):
         h = block(h)  # eval mode: drop-connect is off, as in the library's own forward
-        taps[i] = h
+        if i == KEYPOINT_BLOCK:
+            keypoint_map = h.contiguous()  # plain layout: the cache stores it as is
+        elif i == FINE_BLOCK:
+            fine = F.pixel_unshuffle(F.adaptive_avg_pool2d(h, 2 * grid), 2)  # (N, 320, g, g)
     coarse = F.adaptive_avg_pool2d(h, grid)  # (N, 192, g, g)
-    fine = F.pixel_unshuffle(F.adaptive_avg_pool2d(taps[FINE_BLOCK], 2 * grid), 2)  # (N, 320, g, g)
-    tokens = torch.cat([coarse, fine], dim=1).flatten(2).transpose(1, 2)
-    return tokens, taps[KEYPOINT_BLOCK].contiguous()  # plain layout: the cache stores it as is
+    return torch.cat([coarse, fine], dim=1).flatten(2).transpose(1, 2), keypoint_map
 
 
 class SpatialKeypoints(nn.Module):
@@ -154,7 +154,10 @@ class EmbeddedBackbone(Backbone):
 
     def cache_key(self) -> str:
         c = self.config
-        desc = f"efficientnet-lite0-b{FINE_BLOCK}+b{COARSE_BLOCK}+kp{KEYPOINT_BLOCK}|minilm-l6|{c.image_size}|{c.vision_grid}|{c.max_text_tokens}|{','.join(c.cameras)}"
+        # The keypoint map is cached only when keypoints are on, so the key must say whether it is there.
+        keypoint_map = f"+kp{KEYPOINT_BLOCK}" if c.keypoints else ""
+        desc = (f"efficientnet-lite0-b{FINE_BLOCK}+b{COARSE_BLOCK}{keypoint_map}|minilm-l6|{c.image_size}|"
+                f"{c.vision_grid}|{c.max_text_tokens}|{','.join(c.cameras)}")
         return hashlib.sha1(desc.encode()).hexdigest()[:12]
 
     def num_tokens(self, n_obs_steps: int) -> int:
