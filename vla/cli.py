@@ -47,18 +47,17 @@ def compose(overrides: list[str]):
 def cmd_collect(run, policy_cfg, args) -> None:
     """Run the scripted expert (or a checkpoint) in an env and record a LeRobot dataset."""
     from vla.config import ConfigError
-    from vla.data.collect import collect
+    from vla.data.collect import check_action_noise, collect
     from vla.data.recorder import EpisodeRecorder
     from vla.rollout import make_env
 
     c = run.collect
-    if not c.action_noise >= 0:
-        raise ConfigError(f"collect.action_noise must be a standard deviation >= 0, got {c.action_noise}")
     env = make_env(run.env)
-    n_act = int(env.action_space.shape[0])
-    if c.action_noise and c.noise_dims is not None and any(not 0 <= d < n_act for d in c.noise_dims):
+    try:  # before the recorder exists, so a bad setting writes nothing
+        check_action_noise(env.action_space, c.action_noise, c.noise_dims)
+    except ValueError as e:
         env.close()
-        raise ConfigError(f"collect.noise_dims {list(c.noise_dims)} out of range for the {n_act}-D action space")
+        raise ConfigError(f"collect.{e}") from None
     if c.agent == "expert":
         from envs.tabletop.experts import make_expert
 

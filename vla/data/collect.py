@@ -77,8 +77,6 @@ def collect(
     (on ``noise_dims``, default all; clipped to the action space) while the agent's own action
     is what gets recorded.
     """
-    if action_noise < 0 or not np.isfinite(action_noise):
-        raise ValueError(f"action_noise must be a finite standard deviation >= 0, got {action_noise}")
     perturb = _Perturbation(env.action_space, action_noise, noise_dims)
     max_attempts = 10 * n_episodes if max_attempts is None else max_attempts
     stats = CollectStats(episodes_saved=0, attempts=0, successes=0, frames=0, seconds=0.0)
@@ -105,17 +103,26 @@ def collect(
     return stats
 
 
+def check_action_noise(space: gym.Space, std: float, dims: list[int] | None) -> list[int]:
+    """Validate a noise setting against an action space; returns the dims to perturb.
+    Errors start with the parameter's name (``action_noise`` / ``noise_dims``)."""
+    if not (std >= 0 and np.isfinite(std)):
+        raise ValueError(f"action_noise must be a finite standard deviation >= 0, got {std}")
+    size = int(np.prod(space.shape)) if space.shape else 0
+    dims = list(range(size)) if dims is None else list(dims)
+    bad = [d for d in dims if not 0 <= d < size]
+    if bad:
+        raise ValueError(f"noise_dims {bad} out of range for a {size}-D action space")
+    return dims
+
+
 class _Perturbation:
     """Executed action = recorded action + N(0, std^2) on some dims, clipped to the action space."""
 
     def __init__(self, space: gym.Space, std: float, dims: list[int] | None):
+        self.dims = check_action_noise(space, std, dims)
         self.std, self.low, self.high = std, getattr(space, "low", None), getattr(space, "high", None)
-        size = int(np.prod(space.shape)) if space.shape else 0
-        self.dims = list(range(size)) if dims is None else list(dims)
-        bad = [d for d in self.dims if not 0 <= d < size]
-        if std and bad:
-            raise ValueError(f"noise_dims {bad} out of range for a {size}-D action space")
-        self.rng = np.random.default_rng(0)
+        self.rng: np.random.Generator | None = None  # set per episode by reseed()
 
     def reseed(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)  # the same attempt seed gives the same noise
