@@ -166,3 +166,16 @@ def block(make_iter, warm: int, n: int) -> float:
         it.close()
     del it
     return dt / n
+
+
+def interleaved_blocks(cands: dict[str, tuple], *, rounds: int, warm: int, unit: str = "ms", scale: float = 1e3,
+                       fmt: str = ".1f") -> dict[str, list[float]]:
+    """Seconds per item of every ``cands[name] = (make_iter, n)``, timed by :func:`block` in
+    ``rounds`` interleaved rounds; each round is printed in ``unit`` (seconds x ``scale``)."""
+    times: dict[str, list[float]] = {k: [] for k in cands}
+    for r in range(rounds):
+        for name, (make, n) in cands.items():
+            times[name].append(block(make, warm, n))
+        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1] * scale:{fmt}} {unit}" for k, v in times.items()),
+              flush=True)
+    return times

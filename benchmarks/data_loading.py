@@ -31,7 +31,7 @@ import time
 import torch
 
 from benchmarks.common import (
-    block, dataset_args, dita_config, ensure_dataset, machine, markdown_table, median, set_threads,
+    dataset_args, dita_config, ensure_dataset, interleaved_blocks, machine, markdown_table, median, set_threads,
     spread, write_section,
 )
 from vla.data.source import delta_timestamps  # noqa: E402
@@ -103,12 +103,7 @@ def main() -> None:
         "LeRobotDataset + DataLoader, workers=0": (loader_iter(lerobot_ds, args.batch_size, 0), args.batches),
         "LeRobotDataset + DataLoader, workers=2": (loader_iter(lerobot_ds, args.batch_size, 2), args.batches),
     }
-    times: dict[str, list[float]] = {k: [] for k in cands}
-    for r in range(args.rounds):
-        for name, (make, n) in cands.items():
-            times[name].append(block(make, args.warm, n))
-        print(f"  round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1] * 1e3:.1f} ms/batch" for k, v in times.items()),
-              flush=True)
+    times = interleaved_blocks(cands, rounds=args.rounds, warm=args.warm, unit="ms/batch")
     text = report(args, desc, times, cache, per_sample, len(lerobot_ds))
     print("\n" + text)
     if not args.no_write:

@@ -31,7 +31,7 @@ import time
 import torch
 
 from benchmarks.common import (
-    block, dataset_args, ensure_dataset, machine, markdown_table, median, set_threads, spread, write_section,
+    dataset_args, ensure_dataset, interleaved_blocks, machine, markdown_table, median, set_threads, spread, write_section,
 )
 
 
@@ -159,12 +159,7 @@ def main() -> None:
         lr_steps, lr = lerobot_side(args)
         cands = {"vla dita-small (Trainer.train_step, cached features)": (vla_steps, args.vla_steps),
                  "LeRobot DiffusionPolicy (DataLoader + forward/backward + AdamW)": (lr_steps, args.lerobot_steps)}
-        times: dict[str, list[float]] = {k: [] for k in cands}
-        for r in range(args.rounds):
-            for name, (make, n) in cands.items():
-                times[name].append(block(make, args.warm, n))
-            print(f"  round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.3f} s/step" for k, v in times.items()),
-                  flush=True)
+        times = interleaved_blocks(cands, rounds=args.rounds, warm=args.warm, unit="s/step", scale=1.0, fmt=".3f")
     text = report(args, desc, times, vla, lr)
     print("\n" + text)
     if not args.no_write:
