@@ -13,7 +13,7 @@ import pytest
 from envs.tabletop import TASKS, gym_id, make_env
 from envs.tabletop.experts import make_expert
 from envs.tabletop.tasks import BIN_SIZE, BIN_WALL, CUBE_HALF_SIZE
-from vla.features import OBS_STATE, STATE_NAMES, TASK, image_key
+from vla.features import ENV_STATE_NAMES, OBS_ENV_STATE, OBS_STATE, STATE_NAMES, TASK, image_key
 
 IMAGE_SIZE = 64
 
@@ -52,7 +52,7 @@ def test_unknown_camera_is_an_error():
 def test_observation_matches_its_space(camera_env):
     obs, info = camera_env.reset(seed=0)
     space = camera_env.observation_space
-    assert set(obs) == set(space.spaces) == {image_key("agentview"), image_key("wrist"), OBS_STATE, TASK}
+    assert set(obs) == set(space.spaces) == {image_key("agentview"), image_key("wrist"), OBS_STATE, OBS_ENV_STATE, TASK}
     assert space.contains(obs)
     for camera in ("agentview", "wrist"):
         image = obs[image_key(camera)]
@@ -72,6 +72,24 @@ def test_state_holds_eef_pose_and_gripper(camera_env):
     np.testing.assert_allclose(state[3:6], truth["eef_rot"][:, 0], atol=1e-6)  # column 0 first
     np.testing.assert_allclose(state[6:9], truth["eef_rot"][:, 1], atol=1e-6)
     np.testing.assert_allclose(state[9:], truth["gripper_qpos"], atol=1e-6)
+
+
+def test_environment_state_holds_object_poses_up_to_the_square_symmetry(blind_envs):
+    env = blind_envs["lift"]
+    obs, _ = env.reset(seed=3)
+    names = {name: i for i, name in enumerate(ENV_STATE_NAMES)}
+    red = env.unwrapped.privileged_state()["objects"]["red_cube"]["pos"]
+    x = names["red_cube_x"]
+    np.testing.assert_allclose(obs[OBS_ENV_STATE][x:x + 3], red, atol=1e-6)
+
+    def yaw_features(angle):
+        half = angle / 2  # quaternion (w, x, y, z) of a rotation by `angle` about z
+        env.unwrapped.scene.set_object_pose("red_cube", red, (np.cos(half), 0.0, 0.0, np.sin(half)))
+        state = env.unwrapped._environment_state()
+        return state[names["red_cube_cos4yaw"]], state[names["red_cube_sin4yaw"]]
+
+    np.testing.assert_allclose(yaw_features(0.3), yaw_features(0.3 + np.pi / 2), atol=1e-5)  # a quarter turn looks the same
+    np.testing.assert_allclose(yaw_features(np.pi / 4), (-1.0, 0.0), atol=1e-5)  # 45 degrees is the far end
 
 
 def test_images_are_upright_and_not_blank(camera_env):

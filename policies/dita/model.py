@@ -82,7 +82,12 @@ class DitaPolicy(Policy):
             h = self._run(self._suffix(noisy, t), mask[:, :, n_p:].repeat_interleave(k, dim=0), n_p, cache)
             pred = self.action_out(self.norm(h[:, 1:]))
         loss = masked_mse(pred, self.process.target(actions, noise, t), is_pad)
-        return loss, {"loss": loss.item()}
+        logs = {"action_loss": loss.item()}
+        aux, aux_logs = self.auxiliary_loss(prefix, batch)
+        if aux is not None:
+            loss = loss + aux
+            logs.update(aux_logs)
+        return loss, {"loss": loss.item(), **logs}
 
     def _prefill(self, prefix_tokens: Tensor, prefix_mask: Tensor) -> StaticKVCache:
         """Keys / values of the prefix at positions [0, N_p) of a cache sized for the whole sequence."""

@@ -18,14 +18,20 @@ import torch
 from vla.config import DatasetConfig
 from vla.data.normalize import Normalizer
 from vla.data.source import check_features, delta_timestamps, open_dataset
-from vla.features import ACTION, OBS_STATE, is_image_key
+from vla.features import ACTION, OBS_ENV_STATE, OBS_STATE, is_image_key
 from vla.policy import PolicyConfig
 
 
 def infer_dims(policy_cfg: PolicyConfig, features: dict) -> PolicyConfig:
-    """Fill ``state_dim`` / ``action_dim`` left at 0 from the dataset's feature shapes."""
+    """Fill ``state_dim`` / ``action_dim`` (and ``env_state_dim`` when the auxiliary target is
+    on) left at 0 from the dataset's feature shapes; the target gets mean-std normalization
+    unless the config names a mode for it."""
     cfg = copy.deepcopy(policy_cfg)
-    for attr, key in (("state_dim", OBS_STATE), ("action_dim", ACTION)):
+    dims = [("state_dim", OBS_STATE), ("action_dim", ACTION)]
+    if cfg.env_state_weight > 0:
+        dims.append(("env_state_dim", OBS_ENV_STATE))
+        cfg.normalization.setdefault(OBS_ENV_STATE, "mean_std")
+    for attr, key in dims:
         if getattr(cfg, attr) <= 0 and key in features:
             setattr(cfg, attr, int(features[key]["shape"][0]))
     return cfg
@@ -35,6 +41,8 @@ def required_features(cfg: PolicyConfig) -> dict[str, tuple | None]:
     req: dict[str, tuple | None] = {k: None for k in cfg.image_keys()}
     req[OBS_STATE] = (cfg.state_dim,)
     req[ACTION] = (cfg.action_dim,)
+    if cfg.env_state_weight > 0:
+        req[OBS_ENV_STATE] = (cfg.env_state_dim,)
     return req
 
 

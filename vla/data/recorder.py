@@ -63,6 +63,8 @@ from vla.data.source import (
 from vla.features import (
     ACTION,
     ACTION_NAMES,
+    ENV_STATE_NAMES,
+    OBS_ENV_STATE,
     OBS_IMAGES,
     OBS_PREFIX,
     OBS_STATE,
@@ -81,6 +83,7 @@ ROLL_EVERY_EPISODE_MB = 1e-6
 # when its queue is full, which would desynchronise video and data; a simulator is not
 # real-time, so the queue is made large enough never to fill (96x96 RGB: 27 kB a frame).
 ENCODER_QUEUE_FRAMES = 100_000
+VECTOR_NAMES = {OBS_STATE: STATE_NAMES, OBS_ENV_STATE: ENV_STATE_NAMES}
 SIDECAR = ".vla"  # recorder.lock, and info.json as of the last committed episode
 
 
@@ -88,7 +91,7 @@ def features_from_space(observation_space: spaces.Dict, action_space: spaces.Box
     """lerobot ``features`` for an env's observations and actions (see vla.features).
 
     ``observation.images.<cam>`` uint8 (H, W, 3) -> "video"; other ``observation.*`` boxes and
-    the action -> float32 vectors, named with STATE_NAMES / ACTION_NAMES when the sizes match;
+    the action -> float32 vectors, named with STATE_NAMES / ENV_STATE_NAMES / ACTION_NAMES when the sizes match;
     ``task`` is not a feature (lerobot stores it per frame in its own ``task`` field); the
     expert's phase label is added as the string feature ``annotation.phase``.
     """
@@ -102,7 +105,7 @@ def features_from_space(observation_space: spaces.Dict, action_space: spaces.Box
                 raise ValueError(f"{key!r} must be a uint8 Box of shape (H, W, 3), got {space}")
             features[key] = {"dtype": "video", "shape": tuple(space.shape), "names": ["height", "width", "channels"]}
         elif key.startswith(OBS_PREFIX) and isinstance(space, spaces.Box):
-            features[key] = _vector_feature(key, space, STATE_NAMES if key == OBS_STATE else None)
+            features[key] = _vector_feature(key, space, VECTOR_NAMES.get(key))
         else:
             raise ValueError(f"cannot record observation {key!r} ({space}): expected {OBS_IMAGES}<camera> "
                              f"images, a Box under {OBS_PREFIX!r}, or {TASK!r}")
