@@ -122,7 +122,7 @@ def test_environment_state_auxiliary_target_trains_and_is_not_needed_to_act(lift
     assert main(["train", f"dataset.root={lift_dataset}", f"output_dir={out}", "train.steps=3",
                  "policy.env_state_weight=1.0", *TINY]) == 0
     rows = list(csv.DictReader((out / "metrics.csv").open()))
-    assert all(float(r["env_state_mse"]) > 0 for r in rows)
+    assert all(0 < float(r["env_state_mse"]) < 10 for r in rows)  # a normalized target, not raw metres
     assert all(float(r["loss"]) > float(r["action_loss"]) for r in rows)
     policy, normalizer = load_policy(out)
     assert policy.config.env_state_dim == 20

@@ -24,13 +24,14 @@ from vla.policy import PolicyConfig
 
 def infer_dims(policy_cfg: PolicyConfig, features: dict) -> PolicyConfig:
     """Fill ``state_dim`` / ``action_dim`` (and ``env_state_dim`` when the auxiliary target is
-    on) left at 0 from the dataset's feature shapes; the target gets mean-std normalization
-    unless the config names a mode for it."""
+    on) left at 0 from the dataset's feature shapes. The target gets min-max normalization
+    unless the config names a mode for it: a resting object's height has a std of ~1e-6 m, so
+    the one episode where it is bumped would be normalized to thousands under mean-std."""
     cfg = copy.deepcopy(policy_cfg)
     dims = [("state_dim", OBS_STATE), ("action_dim", ACTION)]
     if cfg.env_state_weight > 0:
         dims.append(("env_state_dim", OBS_ENV_STATE))
-        cfg.normalization.setdefault(OBS_ENV_STATE, "mean_std")
+        cfg.normalization.setdefault(OBS_ENV_STATE, "min_max")
     for attr, key in dims:
         if getattr(cfg, attr) <= 0 and key in features:
             setattr(cfg, attr, int(features[key]["shape"][0]))
