@@ -19,6 +19,9 @@ DEMO_STEPS    ?= 8000
 # last motion instead of looking), and a learning rate that suits a model this small.
 DEMO_TRAIN    ?= policy.width=128 policy.depth=4 policy.heads=4 policy.noise_samples=2 policy.n_obs_steps=1 \
                  train.batch_size=32 train.lr=1e-3 train.warmup_steps=200 train.save_every=1000
+# DART (Laskey et al. 2017): the expert's executed translation gets Gaussian noise while its
+# clean action is recorded, so the demos also show how to recover from being off course.
+DEMO_COLLECT  ?= collect.action_noise=0.3 "collect.noise_dims=[0,1,2]"
 EVAL_EPISODES ?= 50
 
 .PHONY: setup demo test test-slow benchmarks clean
@@ -38,7 +41,7 @@ $(STAMP): pyproject.toml Makefile
 
 demo: setup
 	rm -rf $(DEMO_DIR)  # the demo always starts from scratch
-	$(VLA) collect env=lift collect.episodes=$(DEMO_EPISODES) dataset.root=$(DEMO_DIR)/data dataset.repo_id=local/lift
+	$(VLA) collect env=lift collect.episodes=$(DEMO_EPISODES) dataset.root=$(DEMO_DIR)/data dataset.repo_id=local/lift $(DEMO_COLLECT)
 	$(VLA) train policy=dita-small env=lift dataset.root=$(DEMO_DIR)/data dataset.repo_id=local/lift \
 	    output_dir=$(DEMO_DIR)/run train.steps=$(DEMO_STEPS) $(DEMO_TRAIN)
 	$(VLA) eval env=lift output_dir=$(DEMO_DIR)/run eval.episodes=$(EVAL_EPISODES)

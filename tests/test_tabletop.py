@@ -248,6 +248,23 @@ def test_expert_solves_its_task(blind_envs, task):
         assert phases == EXPECTED_PHASES[task]
 
 
+def test_descent_ends_at_grasp_height_even_a_little_off_centre(blind_envs):
+    """The fingers close once they are at the cube's height and within 1.5 cm of its centre
+    horizontally (closing centres the cube); higher up, or farther off, the descent goes on."""
+    from dataclasses import replace
+
+    expert = make_expert("lift", blind_envs["lift"])
+    descend = replace(expert.phases[1], yaw=None)  # position test only
+    goal = np.array([0.0, 0.0, 0.82])
+
+    def done(offset):
+        return expert._phase_done(descend, {"eef_pos": goal + offset}, goal)
+
+    assert done([0.01, 0.0, 0.004])       # 1 cm off centre, at height: close
+    assert not done([0.0, 0.0, 0.01])     # centred but 1 cm too high
+    assert not done([0.02, 0.0, 0.0])     # at height but 2 cm off
+
+
 def test_expert_refuses_another_tasks_env(blind_envs):
     with pytest.raises(ValueError, match="stack"):
         make_expert("stack", blind_envs["lift"])

@@ -25,6 +25,7 @@ MAX_ROT_ACTION = 1.0  # ~0.1 rad per step: a quarter turn of the wrist takes ~15
 # instead of jumping when a phase starts, so demonstrations have no velocity steps.
 MAX_ACTION_CHANGE = 0.2
 YAW_TOLERANCE = 0.05  # rad; a phase that sets the yaw also waits for it
+GRASP_XY_TOLERANCE = 0.015  # m; see pick_phases
 HOVER = 0.08  # approach the cube from this far above its centre (m)
 CARRY_CLEARANCE = 0.15  # carried cube's bottom face above the table (m); lift succeeds at 0.10
 # Distances (m) from the grasp centre along the finger axis that must stay clear: the open
@@ -54,6 +55,7 @@ class Phase:
     yaw: Callable[[dict, dict], float] | None = None
     tolerance: float = 0.01
     wait: int | None = None
+    xy_tolerance: float | None = None
 
 
 def yaw_of(rotation: np.ndarray) -> float:
@@ -161,7 +163,10 @@ class ScriptedExpert:
             yaw_error = phase.yaw(state, self._start) - gripper_yaw(state["eef_rot"])
             if abs((yaw_error + np.pi) % (2 * np.pi) - np.pi) > YAW_TOLERANCE:
                 return False
-        return bool(np.linalg.norm(goal - state["eef_pos"]) < phase.tolerance)
+        error = goal - state["eef_pos"]
+        if phase.xy_tolerance is not None:
+            return bool(abs(error[2]) < phase.tolerance and np.linalg.norm(error[:2]) < phase.xy_tolerance)
+        return bool(np.linalg.norm(error) < phase.tolerance)
 
     def _action(self, phase: Phase, state: dict, goal: np.ndarray) -> np.ndarray:
         """Proportional control, rate-limited: position error -> capped translation, yaw error
@@ -226,7 +231,11 @@ def pick_phases(colour: str) -> list[Phase]:
 
     return [
         Phase(f"reach the {colour} cube", above(cube, HOVER), OPEN, yaw=grasp_yaw_of(cube), tolerance=0.015),
-        Phase(f"reach the {colour} cube", above(cube, 0.0), OPEN, yaw=grasp_yaw_of(cube), tolerance=0.006),
+        # Close once the fingers are at the cube's height and within GRASP_XY_TOLERANCE of its
+        # centre: closing fingers centre the cube, and a policy learns "close at this height"
+        # from proprioception far more precisely than "close within 6 mm of a seen point".
+        Phase(f"reach the {colour} cube", above(cube, 0.0), OPEN, yaw=grasp_yaw_of(cube), tolerance=0.006,
+              xy_tolerance=GRASP_XY_TOLERANCE),
         Phase(f"grasp the {colour} cube", hold(), CLOSE, wait=GRASP_STEPS),
         Phase(f"lift the {colour} cube", carry_cube_to(cube, lifted), CLOSE),
     ]
