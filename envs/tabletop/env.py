@@ -23,6 +23,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from envs.tabletop.experts import yaw_of
 from envs.tabletop.scene import CONTROL_FREQ, TABLE_TOP, TabletopScene
 from envs.tabletop.tasks import task_spec
 from vla.features import ENV_STATE_NAMES, OBS_ENV_STATE, OBS_STATE, STATE_NAMES, TABLETOP_OBJECTS, TASK, image_key
@@ -181,7 +182,7 @@ class TabletopEnv(gym.Env):
         parts = []
         for name in TABLETOP_OBJECTS:
             pos, rot = self._scene.object_pose(name)
-            yaw = 4.0 * np.arctan2(rot[1, 0], rot[0, 0])
+            yaw = 4.0 * yaw_of(rot)
             parts.append(np.concatenate([pos, [np.cos(yaw), np.sin(yaw)]]))
         return np.concatenate(parts).astype(np.float32)
 
