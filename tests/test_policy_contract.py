@@ -13,7 +13,7 @@ B, STATE_DIM, ACTION_DIM = 3, 11, 7
 
 def tiny_config(name):
     cfg = policy_config_class(name)(state_dim=STATE_DIM, action_dim=ACTION_DIM, horizon=8, n_action_steps=4)
-    for attr, value in (("width", 64), ("depth", 2), ("heads", 2)):
+    for attr, value in (("width", 64), ("depth", 2), ("heads", 2), ("mmdit_depth", 1), ("stream_depth", 1)):
         if hasattr(cfg, attr):
             setattr(cfg, attr, value)
     cfg.backbone.image_size = 64
@@ -30,6 +30,11 @@ def raw_batch(cfg, with_actions=True):
         batch[ACTION] = torch.rand(B, cfg.horizon, ACTION_DIM) * 2 - 1
         batch["action_is_pad"] = torch.zeros(B, cfg.horizon, dtype=torch.bool)
         batch["action_is_pad"][0, -3:] = True
+        future = cfg.future_offsets()
+        if future:  # a world model's targets: frames after the chunk, the last one past the episode end
+            batch["future_images"] = {c: torch.rand(B, len(future), 3, 64, 64) for c in cfg.backbone.cameras}
+            batch["future_is_pad"] = torch.zeros(B, len(future), dtype=torch.bool)
+            batch["future_is_pad"][-1] = True
     return batch
 
 
@@ -48,6 +53,14 @@ def test_loss_is_finite_and_backward_reaches_the_head(built):
     policy.zero_grad()
     loss.backward()
     trainable = [p for p in policy.parameters() if p.requires_grad]
+    # One SGD step first: adaLN-Zero blocks (DUST) start with zero gates, which hide the weights
+    # behind them from the very first gradient by design.
+    with torch.no_grad():
+        for p in trainable:
+            if p.grad is not None:
+                p -= 1e-2 * p.grad.sign()
+    policy.zero_grad()
+    policy.compute_loss(raw_batch(cfg))[0].backward()
     assert sum(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable) > 0.9 * len(trainable)
     frozen = [p for n, p in policy.named_parameters() if n.startswith("backbone.vision.")]
     assert all(p.grad is None for p in frozen), "the pretrained encoder is frozen by default"

@@ -50,6 +50,7 @@ class TrainConfig:
     warmup_steps: int = 500
     grad_clip: float = 1.0
     ema_decay: float | None = None    # e.g. 0.999; the checkpoint then holds the EMA weights
+    init_from: str | None = None      # start from this checkpoint's weights (fine-tuning); fresh optimizer
     log_every: int = 100
     save_every: int = 5000
     eval_every: int = 0               # 0 = never during training
@@ -78,6 +79,7 @@ class EvalConfig:
     seed: int = 100_000               # episode k uses seed + k; disjoint from collection seeds
     max_videos: int = 6
     n_action_steps: int | None = None  # override the replan rate; None = the checkpoint's
+    test_time_scaling: int | None = None  # DUST: vision steps per action step q (N_o = q * N_A); None = the checkpoint's
     temporal_ensemble: float | None = None  # ACT-style ensembling coefficient; None = off
     output_dir: str | None = None     # None = <output_dir>/eval
 

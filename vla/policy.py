@@ -87,10 +87,21 @@ class PolicyConfig:
         obs = list(range(1 - self.n_obs_steps, 1))
         offsets = {key: obs for key in self.image_keys()}
         offsets[OBS_STATE] = obs
-        offsets[ACTION] = list(range(self.horizon))
+        if self.needs_actions():
+            offsets[ACTION] = list(range(self.horizon))
         if self.env_state_weight > 0:
             offsets[OBS_ENV_STATE] = [0]  # the auxiliary target: the newest frame's object poses
         return offsets
+
+    def future_offsets(self) -> list[int]:
+        """Offsets of future frames whose frozen features are training targets (a world
+        model's); the batch then carries them as ``future_frames`` / ``future_images`` with
+        ``future_is_pad`` (B, F). None by default."""
+        return []
+
+    def needs_actions(self) -> bool:
+        """False for a mode that trains without the action feature (video-only pretraining)."""
+        return True
 
 
 class Policy(nn.Module, ABC):
@@ -144,6 +155,27 @@ class Policy(nn.Module, ABC):
         frames, text = self.encode_observation(obs)
         return self.backbone(frames, text, obs.get(OBS_STATE))
 
+    def encode_future(self, batch: dict) -> dict[str, Tensor]:
+        """Frame features ``(B, F, ...)`` of the batch's future frames (``future_offsets``), from
+        the feature cache or computed from ``future_images`` without gradients: they are targets."""
+        if "future_frames" in batch:
+            return batch["future_frames"]
+        images = batch["future_images"]  # {camera: (B, F, 3, H, W)}
+        b, f = next(iter(images.values())).shape[:2]
+        with torch.no_grad():
+            flat = self.backbone.encode_frames({c: x.flatten(0, 1) for c, x in images.items()})
+        return {k: v.unflatten(0, (b, f)) for k, v in flat.items()}
+
+    # --- sampling knobs (eval / deploy) ------------------------------------------------------
+    def set_test_time_scaling(self, factor: int) -> None:
+        """Spend ``factor`` times more compute per chunk where the policy knows how (DUST: more
+        vision denoising steps per action step). Policies without such a knob refuse."""
+        raise ValueError(f"policy {self.config.name!r} has no test-time scaling knob (DUST has one)")
+
+    def sampling_protocol(self) -> dict:
+        """How a chunk is sampled, for evaluation reports."""
+        return {"denoising_steps": self.config.noise.num_inference_steps}
+
     def auxiliary_loss(self, prefix: Prefix, batch: dict) -> tuple[Tensor | None, dict[str, float]]:
         """``env_state_weight`` * MSE of the environment state read off the prefix, or None
         when the auxiliary target is off. Policies add it to their own loss."""
@@ -162,6 +194,7 @@ class Policy(nn.Module, ABC):
 # name -> "module:ConfigClass", "module:PolicyClass"; imported only when asked for.
 _REGISTRY: dict[str, tuple[str, str]] = {
     "dita": ("policies.dita.config:DitaConfig", "policies.dita.model:DitaPolicy"),
+    "dust": ("policies.dust.config:DustConfig", "policies.dust.model:DustPolicy"),
 }
 
 

@@ -134,6 +134,13 @@ def evaluate_policy(policy, normalizer, run: RunConfig, *, episodes: int | None 
     ev = run.eval
     episodes = episodes or ev.episodes
     out = Path(output_dir or ev.output_dir or Path(run.output_dir) / "eval")
+    if ev.test_time_scaling is not None:
+        from vla.config import ConfigError
+
+        try:
+            policy.set_test_time_scaling(ev.test_time_scaling)
+        except ValueError as e:
+            raise ConfigError(f"eval.test_time_scaling: {e}") from None
     runtime = RuntimePolicy(policy, normalizer, n_action_steps=ev.n_action_steps, temporal_ensemble=ev.temporal_ensemble)
     records = rollout(runtime, run.env, episodes=episodes, n_envs=ev.n_envs, seed=ev.seed, video_dir=out / "videos",
                       max_videos=ev.max_videos, progress=progress)
@@ -141,7 +148,7 @@ def evaluate_policy(policy, normalizer, run: RunConfig, *, episodes: int | None 
         "episodes": episodes, "n_envs": ev.n_envs, "seeds": f"{ev.seed} .. {ev.seed + episodes - 1} (episode k: seed + k)",
         "n_action_steps (replan every)": runtime.n_action_steps, "temporal_ensemble": ev.temporal_ensemble,
         "env": asdict(run.env), "checkpoint": ev.checkpoint,
-        "policy": policy.config.name, "denoising_steps": policy.config.noise.num_inference_steps,
+        "policy": policy.config.name, **policy.sampling_protocol(),
     }
     result = summarize(records, protocol)
     write_report(out, result)

@@ -35,6 +35,11 @@ class RuntimePolicy:
 
     def __init__(self, policy: Policy, normalizer: Normalizer, *, n_action_steps: int | None = None,
                  temporal_ensemble: float | None = None):
+        if ACTION not in normalizer.keys():
+            from vla.checkpoint import CheckpointError
+
+            raise CheckpointError("this checkpoint has no action statistics: it was trained without actions "
+                                  "(action-free pretraining); fine-tune it on data with actions (train.init_from=...)")
         self.policy, self.normalizer = policy.eval(), normalizer
         cfg = policy.config
         self.n_obs_steps, self.horizon = cfg.n_obs_steps, cfg.horizon

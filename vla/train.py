@@ -96,6 +96,8 @@ class Trainer:
         self.policy_cfg = self.data.policy_cfg
         self.policy: Policy = make_policy(self.policy_cfg).to(self.device)
         self.normalizer = self.data.normalizer.to(self.device)
+        if run.train.init_from and not resume:
+            self._init_weights(run.train.init_from)
         self.model = self.dist.wrap(self.policy)
         t = run.train
         # fused: one kernel for the whole update instead of ~10 small ops per parameter tensor
@@ -112,6 +114,23 @@ class Trainer:
         self.step = 0
         if resume:
             self._load_training_state()
+
+    def _init_weights(self, source: str) -> None:
+        """Start from another run's weights (e.g. fine-tuning after action-free pretraining):
+        every trainable tensor must exist there with the same shape; optimizer, schedule and
+        normalization statistics start fresh from this run's data."""
+        pretrained, _ = load_policy(source, "cpu")
+        if pretrained.config.name != self.policy_cfg.name:
+            raise TrainingError(f"train.init_from: {source} holds a {pretrained.config.name!r} policy, "
+                                f"this run trains {self.policy_cfg.name!r}")
+        weights, own = pretrained.trainable_state_dict(), self.policy.trainable_state_dict()
+        bad = sorted(k for k in own if k not in weights or weights[k].shape != own[k].shape)
+        if bad:
+            raise TrainingError(f"train.init_from: {source} does not match this policy's architecture "
+                                f"({len(bad)} tensors differ, e.g. {bad[0]!r})")
+        self.policy.load_state_dict(weights, strict=False)
+        if self.dist.is_main:
+            print(f"initialised {len(own)} tensors from {source}")
 
     # --- resume --------------------------------------------------------------------------
     def _last(self) -> Path:

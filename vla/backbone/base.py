@@ -81,6 +81,31 @@ class Backbone(nn.Module, ABC):
     def forward(self, frames: dict[str, Tensor], text: dict[str, Tensor], state: Tensor | None) -> Prefix:
         """Frame features (B, T, ...), text features (B, ...), state (B, T, D_s) -> Prefix."""
 
+    # --- the visual embedding a world-model policy predicts (DUST) ---------------------------
+    @property
+    @abstractmethod
+    def vision_feature_dim(self) -> int:
+        """D_vis of the per-frame visual embedding ``frames["vision"]`` (N, n_cam, P, D_vis)."""
+
+    def future_grid(self, pool: int) -> tuple[int, int, int]:
+        """(n_cam, rows, cols) of :meth:`future_target` tokens: each camera's square patch grid
+        (``vision_grid`` x ``vision_grid``) after ``pool`` x ``pool`` average pooling."""
+        g = -(-self.config.vision_grid // pool)  # ceil: a 3x3 grid pools to 2x2, edge windows clipped
+        return len(self.config.cameras), g, g
+
+    def future_target(self, frames: dict[str, Tensor], pool: int) -> Tensor:
+        """Frame features (N, ...) -> (N, n_cam * rows * cols, D_vis): the frozen per-frame visual
+        embedding ``frames["vision"]`` average-pooled ``pool`` x ``pool`` over each camera's
+        patch grid (DUST pools SigLIP's 16x16 grid 2x2 to 64 tokens)."""
+        vision = frames["vision"].float()  # (N, n_cam, P, D)
+        n, n_cam, p, d = vision.shape
+        g = int(round(p**0.5))
+        if g * g != p:
+            raise ValueError(f"future_target needs a square patch grid per camera, got {p} patches")
+        x = vision.reshape(n * n_cam, g, g, d).permute(0, 3, 1, 2)
+        x = torch.nn.functional.avg_pool2d(x, pool, ceil_mode=True)  # (N*n_cam, D, g', g')
+        return x.flatten(2).transpose(1, 2).reshape(n, -1, d)
+
 
 _BACKBONES = {
     "embedded": "vla.backbone.embedded:EmbeddedBackbone",

@@ -160,6 +160,10 @@ class EmbeddedBackbone(Backbone):
                 f"{c.vision_grid}|{c.max_text_tokens}|{','.join(c.cameras)}")
         return hashlib.sha1(desc.encode()).hexdigest()[:12]
 
+    @property
+    def vision_feature_dim(self) -> int:
+        return VISION_DIM
+
     def num_tokens(self, n_obs_steps: int) -> int:
         c = self.config
         state = n_obs_steps if c.use_state else 0

@@ -19,8 +19,11 @@ from vla.features import is_image_key
 class ChunkSampler:
     """Draws random training batches ``dict[str, Tensor]`` (see vla.policy for the layout)."""
 
-    def __init__(self, dataset, offsets: dict[str, list[int]], features: dict[str, Tensor], *, seed: int = 0):
+    def __init__(self, dataset, offsets: dict[str, list[int]], features: dict[str, Tensor], *, seed: int = 0,
+                 future_offsets: list[int] | None = None):
         self.offsets = {k: torch.tensor(v) for k, v in offsets.items()}
+        # Future frames (a world model's targets) come from the same feature cache.
+        self.future_offsets = torch.tensor(future_offsets) if future_offsets else None
         low_dim = [k for k in offsets if not is_image_key(k)]
         table = dataset.hf_dataset.select_columns(low_dim + ["episode_index"]).with_format("numpy")
         self.columns = {k: torch.from_numpy(np.stack(table[k])).float() for k in low_dim}
@@ -65,6 +68,10 @@ class ChunkSampler:
             batch["frames"] = {k: v[rows].float() for k, v in self.frames.items()}  # (B, T, ...)
             task = self.task_index[idx]
             batch["text"] = {k: v[task].float() if v.is_floating_point() else v[task] for k, v in self.text.items()}
+        if self.future_offsets is not None:
+            rows, is_pad = self._rows(idx, self.future_offsets)
+            batch["future_frames"] = {k: v[rows].float() for k, v in self.frames.items()}  # (B, F, ...)
+            batch["future_is_pad"] = is_pad  # (B, F): past the episode's end, clamped to its last frame
         return batch
 
     def sample(self, batch_size: int) -> dict:

@@ -17,7 +17,7 @@ import torch
 
 from vla.config import DatasetConfig
 from vla.data.normalize import Normalizer
-from vla.data.source import check_features, delta_timestamps, open_dataset
+from vla.data.source import DatasetError, check_features, delta_timestamps, open_dataset
 from vla.features import ACTION, OBS_ENV_STATE, OBS_STATE, is_image_key
 from vla.policy import PolicyConfig
 
@@ -29,6 +29,9 @@ def infer_dims(policy_cfg: PolicyConfig, features: dict) -> PolicyConfig:
     the one episode where it is bumped would be normalized to thousands under mean-std."""
     cfg = copy.deepcopy(policy_cfg)
     dims = [("state_dim", OBS_STATE), ("action_dim", ACTION)]
+    if not cfg.needs_actions() and cfg.action_dim <= 0 and ACTION not in features:
+        raise DatasetError("training without actions needs policy.action_dim set (the action size of the data "
+                           "you will fine-tune on), since this dataset has no 'action' feature")
     if cfg.env_state_weight > 0:
         dims.append(("env_state_dim", OBS_ENV_STATE))
         cfg.normalization.setdefault(OBS_ENV_STATE, "min_max")
@@ -41,7 +44,8 @@ def infer_dims(policy_cfg: PolicyConfig, features: dict) -> PolicyConfig:
 def required_features(cfg: PolicyConfig) -> dict[str, tuple | None]:
     req: dict[str, tuple | None] = {k: None for k in cfg.image_keys()}
     req[OBS_STATE] = (cfg.state_dim,)
-    req[ACTION] = (cfg.action_dim,)
+    if cfg.needs_actions():
+        req[ACTION] = (cfg.action_dim,)
     if cfg.env_state_weight > 0:
         req[OBS_ENV_STATE] = (cfg.env_state_dim,)
     return req
@@ -51,14 +55,26 @@ def open_configured(ds_cfg: DatasetConfig, delta_timestamps: dict | None = None)
     """The dataset a DatasetConfig names: a local ``root`` if it exists, else ``repo_id`` from the hub."""
     from pathlib import Path
 
-    from vla.data.source import DatasetError
-
     kwargs = dict(episodes=ds_cfg.episodes, video_backend=ds_cfg.video_backend, delta_timestamps=delta_timestamps)
     if ds_cfg.root is not None and Path(ds_cfg.root).exists():
         return open_dataset(ds_cfg.root, **kwargs)
     if ds_cfg.repo_id.startswith("local/"):
         raise DatasetError(f"no dataset at {ds_cfg.root} (and {ds_cfg.repo_id!r} is a local name, not a hub id)")
     return open_dataset(ds_cfg.repo_id, root=ds_cfg.root, **kwargs)
+
+
+def split_future(batch: dict, image_keys: list[str], n_future: int) -> dict:
+    """Move the last ``n_future`` frames of every camera (read at ``future_offsets``) into
+    ``future_images`` {camera: (B, F, 3, H, W)} and ``future_is_pad`` (B, F)."""
+    future = {}
+    for key in image_keys:
+        frames = batch[key]
+        batch[key], future[key.removeprefix("observation.images.")] = frames[:, :-n_future], frames[:, -n_future:]
+        pad = batch.get(f"{key}_is_pad")
+        if pad is not None:
+            batch[f"{key}_is_pad"], batch["future_is_pad"] = pad[:, :-n_future], pad[:, -n_future:]
+    batch["future_images"] = future
+    return batch
 
 
 class TrainingData:
@@ -69,16 +85,21 @@ class TrainingData:
         meta_ds = open_configured(ds_cfg)
         self.policy_cfg = infer_dims(policy_cfg, meta_ds.meta.features)
         check_features(meta_ds.meta, required_features(self.policy_cfg))
-        modes = self.policy_cfg.normalization
+        # Only features the dataset has (required ones were checked above): a video-only
+        # dataset has no action statistics, and its checkpoint gets them when fine-tuned.
+        modes = {k: m for k, m in self.policy_cfg.normalization.items() if k in meta_ds.meta.features}
         self.normalizer = Normalizer(meta_ds.meta.stats, modes)
         frozen = self.policy_cfg.backbone.freeze_vision and self.policy_cfg.backbone.freeze_text
         self.cached = ds_cfg.cache_features and frozen
         offsets = self.policy_cfg.frame_offsets()
+        self.future = self.policy_cfg.future_offsets()
         if self.cached:
             self._sampler = self._cached_sampler(meta_ds, offsets, seed, device, is_main, barrier, progress)
             self._iter = None
         else:
-            dataset = open_configured(ds_cfg, delta_timestamps(offsets, meta_ds.meta.fps))
+            # Future frames ride along as extra image offsets and are split off each batch.
+            read = {k: v + self.future if is_image_key(k) else v for k, v in offsets.items()}
+            dataset = open_configured(ds_cfg, delta_timestamps(read, meta_ds.meta.fps))
             self._sampler = None
             self._iter = self._raw_batches(dataset, seed, num_workers)
 
@@ -95,7 +116,7 @@ class TrainingData:
         barrier()
         features = build_feature_cache(dataset, backbone, progress=False)
         del backbone
-        return ChunkSampler(dataset, offsets, features, seed=seed)
+        return ChunkSampler(dataset, offsets, features, seed=seed, future_offsets=self.future)
 
     def _raw_batches(self, dataset, seed: int, num_workers: int) -> Iterator[dict]:
         g = torch.Generator().manual_seed(seed)
@@ -104,9 +125,13 @@ class TrainingData:
             num_workers=num_workers, persistent_workers=num_workers > 0,
         )
         keep = set(self.policy_cfg.frame_offsets()) | {"task", f"{ACTION}_is_pad"}
+        n_future = len(self.future)
         while True:
             for batch in loader:
-                yield {k: v for k, v in batch.items() if k in keep or (is_image_key(k) and not k.endswith("_is_pad"))}
+                if n_future:
+                    batch = split_future(batch, self.policy_cfg.image_keys(), n_future)
+                yield {k: v for k, v in batch.items()
+                       if k in keep or k.startswith("future_") or (is_image_key(k) and not k.endswith("_is_pad"))}
 
     def next_batch(self) -> dict:
         if self._sampler is not None:

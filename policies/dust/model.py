@@ -1,0 +1,235 @@
+"""DUST: a dual-stream flow-matching policy that also predicts the future visual embedding.
+
+Two streams of tokens are denoised together:
+
+    action stream   [state tokens (T_o) | action tokens (H)]            time t_A
+    vision stream   [future visual tokens (n_cam * rows * cols)]        time t_o
+
+through ``mmdit_depth`` MM-DiT blocks (own weights per stream, one joint self-attention, each
+stream's adaLN driven by its own time) and then ``stream_depth`` DiT blocks per stream. The
+shared backbone's prefix (instruction + current frames) conditions both by cross-attention,
+or as a third MM-DiT stream. The vision target is the frozen backbone's embedding of the
+frame at t + H (``PolicyConfig.future_offsets``), so the policy learns how its chunk will
+change what the cameras see.
+
+Training draws t_A and t_o independently (decoupled noise) and minimises
+L_action + lambda_wm * L_wm on flow velocities. Sampling is asynchronous: the vision stream
+takes N_o = q * N_A Euler steps while the actions take one step every q-th pass, so raising
+q spends more compute on the world model at test time (test-time scaling).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from policies.dust.blocks import DiTBlock, FinalLayer, MMDiTBlock, TimeEmbedder, sincos_1d, sincos_2d
+from policies.dust.config import DustConfig
+from vla.features import ACTION, OBS_STATE
+from vla.heads import make_noise_process
+from vla.layers import default_ffn_dim
+from vla.policy import Policy, masked_mse
+
+# Positions of the streams in the MM-DiT lists (the prefix, in "stream" mode, comes last).
+_STREAM_ACTION, _STREAM_VISION = 0, 1
+
+
+class DustPolicy(Policy):
+    config_class = DustConfig
+
+    def __init__(self, config: DustConfig):
+        super().__init__(config, width=config.width)
+        cfg, w = config, config.width
+        ffn = cfg.ffn_dim or default_ffn_dim(w)
+        self.process = make_noise_process(cfg.noise)
+        self.time_action, self.time_vision = TimeEmbedder(w), TimeEmbedder(w)
+        # Action stream: state tokens then action tokens, with a fixed 1-D position table.
+        self.state_in = nn.Linear(cfg.state_dim, w)
+        self.action_in = nn.Linear(cfg.action_dim, w)
+        self.register_buffer("action_pos", sincos_1d(cfg.n_obs_steps + cfg.horizon, w), persistent=False)
+        n_streams = 1
+        if cfg.world_model:
+            n_streams = 2
+            n_cam, rows, cols = self.backbone.future_grid(cfg.future_pool)
+            self.vision_dim = self.backbone.vision_feature_dim
+            self.n_future = n_cam * rows * cols
+            # DUST: a 3-layer SiLU MLP encoder with a 2-D sinusoidal position table, a 2-layer ReLU decoder.
+            self.vision_in = nn.Sequential(nn.Linear(self.vision_dim, w), nn.SiLU(), nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
+            pos = sincos_2d(rows, cols, w).repeat(n_cam, 1)  # (n_cam * rows * cols, w)
+            self.register_buffer("vision_pos", pos, persistent=False)
+            self.camera_embed = nn.Parameter(torch.randn(n_cam, 1, w) * 0.02)
+            self.n_cam = n_cam
+        in_stream = cfg.conditioning == "stream"
+        if in_stream:
+            n_streams += 1  # the prefix, last
+        cross = [not in_stream] * (n_streams - int(in_stream)) + [False] * int(in_stream)
+        self.mmdit = nn.ModuleList(MMDiTBlock(w, cfg.heads, ffn, n_streams, cross) for _ in range(cfg.mmdit_depth))
+        self.action_blocks = nn.ModuleList(DiTBlock(w, cfg.heads, ffn) for _ in range(cfg.stream_depth))
+        self.action_out = FinalLayer(w, nn.Linear(w, cfg.action_dim))
+        if cfg.world_model:
+            self.vision_blocks = nn.ModuleList(DiTBlock(w, cfg.heads, ffn) for _ in range(cfg.stream_depth))
+            self.vision_out = FinalLayer(w, nn.Sequential(nn.Linear(w, w), nn.ReLU(), nn.Linear(w, self.vision_dim)))
+        self.counters = {"forward_passes": 0, "action_updates": 0}
+
+    # --- targets -------------------------------------------------------------------------------
+    def future_tokens(self, batch: dict) -> tuple[Tensor, Tensor]:
+        """The world-model target (B, n_future, D_vis) and which samples have one (B,) bool:
+        a frame at t + H past the episode's end is padding (``future_is_pad``) and has no loss."""
+        frames = self.encode_future(batch)  # (B, 1, ...)
+        target = self.backbone.future_target({k: v[:, -1] for k, v in frames.items()}, self.config.future_pool)
+        if self.config.target_norm == "layer":
+            target = nn.functional.layer_norm(target, target.shape[-1:])
+        is_pad = batch.get("future_is_pad")
+        valid = ~is_pad[:, -1] if is_pad is not None else torch.ones(target.shape[0], dtype=torch.bool, device=target.device)
+        return target, valid
+
+    # --- the denoiser ------------------------------------------------------------------------
+    def _context(self, prefix) -> dict:
+        """Per-chunk work on the prefix: cross-attention keys / values of every block (reused at
+        every denoising step), or the prefix as the third stream."""
+        ctx = {"tokens": prefix.tokens, "mask": prefix.mask}
+        if self.config.conditioning == "cross_attention":
+            ctx["mmdit_kv"] = [[s.cross.prefix_kv(prefix.tokens) for s in block.streams] for block in self.mmdit]
+            ctx["action_kv"] = [b.prefix_kv(prefix.tokens) for b in self.action_blocks]
+            if self.config.world_model:
+                ctx["vision_kv"] = [b.prefix_kv(prefix.tokens) for b in self.vision_blocks]
+        return ctx
+
+    def velocity(self, state: Tensor, actions: Tensor, t_action: Tensor, future: Tensor | None,
+                 t_vision: Tensor | None, ctx: dict, action_is_pad: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """One forward pass. state (B, T_o, D_s) normalized, noisy actions (B, H, D_a) at t_action
+        (B,), noisy future tokens (B, n_future, D_vis) at t_vision (B,) -> velocities, same shapes.
+        Padded actions (``action_is_pad`` (B, H), training) are hidden from every attention."""
+        self.counters["forward_passes"] += 1
+        cfg = self.config
+        a = torch.cat([self.state_in(state), self.action_in(actions)], dim=1) + self.action_pos
+        c_a = self.time_action(self.process.model_time(t_action))
+        a_mask = None
+        if action_is_pad is not None and action_is_pad.any():
+            state_real = torch.ones(state.shape[:2], dtype=torch.bool, device=state.device)
+            a_mask = torch.cat([state_real, ~action_is_pad], dim=1)
+        xs, cs, masks = [a], [c_a], [a_mask]
+        if cfg.world_model:
+            per_camera = self.camera_embed.expand(-1, self.n_future // self.n_cam, -1).reshape(self.n_future, -1)
+            v = self.vision_in(future) + self.vision_pos + per_camera
+            c_o = self.time_vision(self.process.model_time(t_vision))
+            xs, cs, masks = xs + [v], cs + [c_o], masks + [None]
+        stream_mode = cfg.conditioning == "stream"
+        if stream_mode:
+            # The context stream has no time of its own; it is modulated by the streams' mean.
+            xs, cs, masks = xs + [ctx["tokens"]], cs + [torch.stack(cs).mean(0)], masks + [ctx["mask"]]
+        for i, block in enumerate(self.mmdit):
+            xs = block(xs, cs, masks, None if stream_mode else ctx["mmdit_kv"][i], ctx["mask"])
+        if stream_mode:
+            kv_source = xs[-1]
+            kv = {"action": [b.prefix_kv(kv_source) for b in self.action_blocks]}
+            if cfg.world_model:
+                kv["vision"] = [b.prefix_kv(kv_source) for b in self.vision_blocks]
+        else:
+            kv = {"action": ctx["action_kv"], "vision": ctx.get("vision_kv")}
+        a = xs[_STREAM_ACTION]
+        for block, block_kv in zip(self.action_blocks, kv["action"]):
+            a = block(a, c_a, block_kv, ctx["mask"], a_mask)
+        v_action = self.action_out(a[:, cfg.n_obs_steps:], c_a)
+        v_vision = None
+        if cfg.world_model:
+            v = xs[_STREAM_VISION]
+            for block, block_kv in zip(self.vision_blocks, kv["vision"]):
+                v = block(v, c_o, block_kv, ctx["mask"])
+            v_vision = self.vision_out(v, c_o)
+        return v_action, v_vision
+
+    # --- the contract --------------------------------------------------------------------------
+    def compute_loss(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
+        """Decoupled flow matching: L_action + lambda_wm * L_wm (only L_wm when action-free)."""
+        cfg = self.config
+        prefix = self.prefix(batch)
+        state = batch[OBS_STATE]
+        b, device = state.shape[0], state.device
+        ctx = self._context(prefix)
+        if cfg.action_free:
+            actions = torch.zeros(b, cfg.horizon, cfg.action_dim, device=device)
+            t_a = torch.ones(b, device=device)  # pure noise, no loss: the stream carries no action information
+        else:
+            actions = batch[ACTION]
+            t_a = self.process.sample_time(b, device)
+        noise_a = torch.randn_like(actions)
+        noisy_a = self.process.add_noise(actions, noise_a, t_a)
+        future = noisy_o = t_o = noise_o = None
+        if cfg.world_model:
+            future, valid = self.future_tokens(batch)
+            t_o = self.process.sample_time(b, device) if cfg.decoupled_noise else t_a
+            noise_o = torch.randn_like(future)
+            noisy_o = self.process.add_noise(future, noise_o, t_o)
+        is_pad = batch.get(f"{ACTION}_is_pad")
+        v_a, v_o = self.velocity(state, noisy_a, t_a, noisy_o, t_o, ctx, None if cfg.action_free else is_pad)
+        logs: dict[str, float] = {}
+        loss = torch.zeros((), device=device)
+        if not cfg.action_free:
+            l_action = masked_mse(v_a, self.process.target(actions, noise_a, t_a), is_pad)
+            loss = loss + l_action
+            logs["action_loss"] = l_action.item()
+        if cfg.world_model:
+            err = (v_o - self.process.target(future, noise_o, t_o)).pow(2).mean(dim=(1, 2))  # (B,)
+            l_wm = (err * valid).sum() / valid.sum().clamp(min=1)
+            loss = loss + cfg.lambda_wm * l_wm
+            logs["wm_loss"] = l_wm.item()
+        aux, aux_logs = self.auxiliary_loss(prefix, batch)
+        if aux is not None:
+            loss = loss + aux
+            logs.update(aux_logs)
+        return loss, {"loss": loss.item(), **logs}
+
+    @torch.no_grad()
+    def sample_actions(self, obs: dict, noise: Tensor | None = None) -> Tensor:
+        """Asynchronous joint sampling: N_o = q * N_A vision steps, an action step every q-th.
+
+        Action block k (k = 0 .. N_A - 1) holds the actions at t_A = 1 - k / N_A for its q
+        passes; the vision tokens take a step of 1 / N_o after every pass. The action update
+        uses the velocity of the block's last pass ("end") or its first ("start"). Returns
+        (B, H, D_a) normalized actions at t_A = 0; ``counters`` count passes and updates.
+        ``noise`` fixes the actions' start (and makes the vision start a fixed-seed draw).
+        """
+        cfg = self.config
+        prefix = self.prefix(obs)
+        state = obs[OBS_STATE].to(prefix.tokens.dtype)
+        b, device, dtype = state.shape[0], state.device, prefix.tokens.dtype
+        ctx = self._context(prefix)
+        actions = noise if noise is not None else torch.randn(b, cfg.horizon, cfg.action_dim, device=device, dtype=dtype)
+        n_a, q = cfg.noise.num_inference_steps, cfg.vision_ratio
+        n_o = n_a * q
+        future = None
+        if cfg.world_model:
+            # Given the action start, the vision start is a fixed-seed draw: the call is then deterministic.
+            gen = torch.Generator(device=device).manual_seed(0) if noise is not None else None
+            future = torch.randn(b, self.n_future, self.vision_dim, device=device, dtype=dtype, generator=gen)
+        updates, update_at = 0, q - 1 if cfg.action_update == "end" else 0
+        for j in range(n_o):
+            t_a, t_o = 1.0 - updates / n_a, 1.0 - j / n_o
+            v_a, v_o = self.velocity(state, actions, torch.full((b,), t_a, device=device), future,
+                                     torch.full((b,), t_o, device=device), ctx)
+            if cfg.world_model:
+                future = self.process.step(future, v_o, t_o, 1.0 - (j + 1) / n_o)
+            if j % q == update_at:
+                actions = self.process.step(actions, v_a, t_a, 1.0 - (updates + 1) / n_a)
+                updates += 1
+        self.counters["action_updates"] += updates
+        self.last_action_time = 1.0 - updates / n_a
+        return actions
+
+    # --- sampling knobs ----------------------------------------------------------------------
+    def set_test_time_scaling(self, factor: int) -> None:
+        """q = ``factor`` vision denoising steps per action step (N_o = q * N_A)."""
+        if factor < 1:
+            raise ValueError(f"test-time scaling must be >= 1, got {factor}")
+        if not self.config.world_model:
+            raise ValueError("test-time scaling refines the vision stream, which lambda_wm=0 removes")
+        self.config.vision_ratio = int(factor)
+
+    def sampling_protocol(self) -> dict:
+        n_a, q = self.config.noise.num_inference_steps, self.config.vision_ratio
+        out = {"action_denoising_steps (N_A)": n_a}
+        if self.config.world_model:
+            out.update({"vision_ratio (q)": q, "vision_denoising_steps (N_o)": n_a * q,
+                        "action_update": self.config.action_update})
+        return out

@@ -1,0 +1,311 @@
+"""DUST: decoupled flow matching, asynchronous sampling, the future-vision target, action-free training."""
+
+import copy
+
+import pytest
+import torch
+
+from policies.dust.blocks import Modulation
+from tests.test_policy_contract import ACTION_DIM, B, raw_batch, tiny_config
+from vla.features import ACTION, OBS_STATE
+from vla.policy import make_policy
+
+
+@pytest.fixture(scope="module")
+def dust():
+    """A tiny DUST whose adaLN modulations are not zero: at initialisation (adaLN-Zero) every
+    block is the identity, so the streams could not yet influence each other."""
+    torch.manual_seed(0)
+    cfg = tiny_config("dust")
+    policy = make_policy(cfg)
+    for m in policy.modules():
+        if isinstance(m, Modulation):
+            torch.nn.init.normal_(m.proj.weight, std=0.1)
+    return cfg, policy
+
+
+def obs_of(cfg):
+    return raw_batch(cfg, with_actions=False)
+
+
+@pytest.mark.parametrize("n_a, q, update", [(4, 1, "end"), (4, 4, "end"), (4, 8, "start"), (2, 3, "start")])
+def test_asynchronous_sampling_counts_passes_and_updates(dust, n_a, q, update):
+    cfg, policy = dust
+    policy.config.noise.num_inference_steps, policy.config.vision_ratio = n_a, q
+    policy.config.action_update = update
+    policy.counters.update(forward_passes=0, action_updates=0)
+    try:
+        actions = policy.eval().sample_actions(obs_of(cfg))
+    finally:
+        policy.config.noise.num_inference_steps, policy.config.vision_ratio, policy.config.action_update = 4, 1, "end"
+    assert actions.shape == (B, cfg.horizon, ACTION_DIM)
+    assert policy.counters == {"forward_passes": n_a * q, "action_updates": n_a}  # N_o passes, N_A updates
+    assert policy.last_action_time == 0.0  # the actions integrate all the way to data (DUST's tau = 1)
+
+
+def test_action_update_position_in_the_block_matters(dust):
+    """With q > 1, updating actions at the start or the end of each block of vision steps uses
+    different velocities, so the chunks differ; with q = 1 both are the same schedule."""
+    cfg, policy = dust
+    obs, noise = obs_of(cfg), torch.randn(B, cfg.horizon, ACTION_DIM)
+
+    def sample(q, update):
+        policy.config.vision_ratio, policy.config.action_update = q, update
+        try:
+            return policy.eval().sample_actions(obs, noise=noise)
+        finally:
+            policy.config.vision_ratio, policy.config.action_update = 1, "end"
+
+    torch.testing.assert_close(sample(1, "end"), sample(1, "start"))
+    assert not torch.allclose(sample(4, "end"), sample(4, "start"))
+
+
+def test_decoupled_times_are_independent_and_joint_noise_shares_one(dust, monkeypatch):
+    cfg, policy = dust
+    seen = {}
+    original = type(policy).velocity
+
+    def spy(self, state, actions, t_a, future, t_o, ctx, is_pad=None):
+        seen["t_a"], seen["t_o"] = t_a.clone(), t_o.clone()
+        return original(self, state, actions, t_a, future, t_o, ctx, is_pad)
+
+    monkeypatch.setattr(type(policy), "velocity", spy)
+    policy.compute_loss(raw_batch(cfg))
+    assert not torch.equal(seen["t_a"], seen["t_o"])
+    policy.config.decoupled_noise = False
+    try:
+        policy.compute_loss(raw_batch(cfg))
+    finally:
+        policy.config.decoupled_noise = True
+    assert torch.equal(seen["t_a"], seen["t_o"])
+
+
+def test_default_time_law_is_beta_1_5_1_towards_noise():
+    """t = 0.999 * Beta(1.5, 1) + 0.001 (t = 1 noise): mean 0.6, mass near the noise end,
+    GR00T's / DUST's tau law written in the toolkit's convention."""
+    policy = make_policy(tiny_config("dust"))
+    torch.manual_seed(0)
+    t = policy.process.sample_time(200_000)
+    assert 0.001 <= t.min() and t.max() <= 1.0
+    assert abs(t.mean().item() - (0.999 * 0.6 + 0.001)) < 0.005
+    assert (t > 0.5).float().mean() > 0.6  # P(Beta(1.5, 1) > 0.5) = 1 - 0.5 ** 1.5 = 0.65
+
+
+def test_loss_is_action_plus_lambda_times_world_model(dust):
+    cfg, policy = dust
+    batch = raw_batch(cfg)
+    for lam in (1.0, 0.25):
+        policy.config.lambda_wm = lam
+        torch.manual_seed(3)
+        loss, logs = policy.compute_loss(copy.deepcopy(batch))
+        assert logs["wm_loss"] > 0
+        assert loss.item() == pytest.approx(logs["action_loss"] + lam * logs["wm_loss"], rel=1e-5)
+    policy.config.lambda_wm = 1.0
+
+
+def test_lambda_zero_removes_the_vision_stream():
+    cfg = tiny_config("dust")
+    cfg.lambda_wm = 0.0
+    policy = make_policy(cfg)
+    assert cfg.future_offsets() == [] and not hasattr(policy, "vision_blocks")
+    loss, logs = policy.compute_loss(raw_batch(cfg))
+    assert "wm_loss" not in logs and loss.item() == pytest.approx(logs["action_loss"])
+    assert policy.sample_actions(obs_of(cfg)).shape == (B, cfg.horizon, ACTION_DIM)
+    with pytest.raises(ValueError, match="lambda_wm=0"):
+        policy.set_test_time_scaling(4)
+
+
+def test_future_past_the_episode_end_has_no_world_model_loss(dust):
+    cfg, policy = dust
+    batch = raw_batch(cfg)
+    batch["future_is_pad"][:] = False
+    batch["future_is_pad"][0] = True
+    torch.manual_seed(5)
+    a, _ = policy.compute_loss(copy.deepcopy(batch))
+    for images in batch["future_images"].values():
+        images[0] = torch.rand_like(images[0])  # another frame for the padded sample only
+    torch.manual_seed(5)
+    b, _ = policy.compute_loss(batch)
+    torch.testing.assert_close(a, b)
+
+
+def test_future_target_is_the_2x2_pooled_frame_embedding(dust):
+    cfg, policy = dust
+    frames = {"vision": torch.randn(5, 2, 9, 7)}  # a 3x3 grid per camera
+    grid_before = policy.backbone.config.vision_grid
+    policy.backbone.config.vision_grid = 3
+    try:
+        target = policy.backbone.future_target(frames, 2)
+        assert policy.backbone.future_grid(2) == (2, 2, 2)
+    finally:
+        policy.backbone.config.vision_grid = grid_before
+    assert target.shape == (5, 2 * 4, 7)
+    grid = frames["vision"][:, 1].reshape(5, 3, 3, 7)
+    torch.testing.assert_close(target[:, 4], grid[:, :2, :2].mean(dim=(1, 2)))  # camera 1, top-left window
+    torch.testing.assert_close(target[:, 7], grid[:, 2, 2])  # bottom-right window clipped to one patch
+
+
+def test_third_stream_conditioning_trains_and_samples():
+    cfg = tiny_config("dust")
+    cfg.conditioning = "stream"
+    policy = make_policy(cfg)
+    loss, _ = policy.compute_loss(raw_batch(cfg))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert policy.sample_actions(obs_of(cfg)).shape == (B, cfg.horizon, ACTION_DIM)
+
+
+def test_action_free_mode_trains_only_the_world_model():
+    cfg = tiny_config("dust")
+    cfg.action_free = True
+    policy = make_policy(cfg)
+    assert ACTION not in cfg.frame_offsets()
+    batch = raw_batch(cfg)
+    batch.pop(ACTION), batch.pop("action_is_pad")
+    loss, logs = policy.compute_loss(batch)
+    assert "action_loss" not in logs and loss.item() == pytest.approx(logs["wm_loss"])
+    loss.backward()
+    assert policy.action_out.decoder.weight.grad is None  # no action loss reaches the action decoder
+    assert policy.vision_in[0].weight.grad.abs().sum() > 0
+
+
+def test_bad_dust_configs_are_refused():
+    for field, value, match in (("conditioning", "concat", "conditioning"), ("action_update", "middle", "action_update"),
+                                ("vision_ratio", 0, "vision_ratio")):
+        cfg = tiny_config("dust")
+        setattr(cfg, field, value)
+        with pytest.raises(ValueError, match=match):
+            make_policy(cfg)
+    cfg = tiny_config("dust")
+    cfg.noise.kind = "diffusion"
+    with pytest.raises(ValueError, match="flow"):
+        make_policy(cfg)
+
+
+def test_dita_has_no_test_time_scaling_knob():
+    policy = make_policy(tiny_config("dita"))
+    with pytest.raises(ValueError, match="no test-time scaling"):
+        policy.set_test_time_scaling(4)
+
+
+def test_state_is_a_token_of_the_action_stream_not_of_the_prefix(dust):
+    cfg, policy = dust
+    assert not cfg.backbone.use_state
+    obs, noise = obs_of(cfg), torch.randn(B, cfg.horizon, ACTION_DIM)
+    a = policy.eval().sample_actions(obs, noise=noise)
+    obs[OBS_STATE] = obs[OBS_STATE] + 1.0
+    assert not torch.allclose(a, policy.sample_actions(obs, noise=noise))
+
+
+# --- end to end through the CLI ------------------------------------------------------------
+TINY_DUST = ["policy=dust-small", "policy.width=32", "policy.heads=2", "policy.mmdit_depth=1", "policy.stream_depth=1",
+             "policy.horizon=8", "policy.n_action_steps=4", "train.batch_size=4", "train.warmup_steps=1",
+             "train.log_every=1", "train.num_workers=0", "train.save_every=2"]
+
+
+def run_cli(capsys, *args):
+    from vla.cli import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def dust_run(lift_dataset, tmp_path_factory):
+    from vla.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "dust"
+    assert main(["train", f"dataset.root={lift_dataset}", f"output_dir={out}", "train.steps=2", *TINY_DUST]) == 0
+    return out
+
+
+def test_train_logs_both_losses_and_eval_reports_test_time_scaling(dust_run, tmp_path, capsys):
+    header, *rows = (dust_run / "metrics.csv").read_text().splitlines()
+    assert "action_loss" in header and "wm_loss" in header and len(rows) == 2
+    out_dir = tmp_path / "eval"
+    code, out, err = run_cli(capsys, "eval", f"eval.checkpoint={dust_run}", "eval.episodes=1", "eval.n_envs=1",
+                             "eval.max_videos=0", "env.max_episode_steps=8", "eval.test_time_scaling=4",
+                             f"eval.output_dir={out_dir}")
+    assert code == 0, err
+    import json
+
+    protocol = json.loads((out_dir / "report.json").read_text())["protocol"]
+    assert protocol["vision_denoising_steps (N_o)"] == 16 and protocol["action_denoising_steps (N_A)"] == 4
+
+
+def test_eval_refuses_test_time_scaling_for_dita_in_one_line(trained_run, capsys):
+    code, _, err = run_cli(capsys, "eval", f"eval.checkpoint={trained_run}", "eval.episodes=1", "eval.test_time_scaling=4")
+    assert code == 2 and "no test-time scaling" in err and "Traceback" not in err
+
+
+def test_raw_frames_path_reads_the_future_frame_through_lerobot(lift_dataset, tmp_path):
+    """Without the feature cache the future frame comes from LeRobot's delta timestamps."""
+    from vla.config import DatasetConfig
+    from vla.data.pipeline import TrainingData
+
+    cfg = tiny_config("dust")
+    data = TrainingData(DatasetConfig(root=str(lift_dataset), cache_features=False), cfg, seed=0, device="cpu",
+                        num_workers=0, batch_size=4, progress=False)
+    batch = data.next_batch()
+    cam = cfg.backbone.cameras[0]
+    assert batch[f"observation.images.{cam}"].shape[1] == cfg.n_obs_steps
+    assert batch["future_images"][cam].shape[:2] == (4, 1) and batch["future_is_pad"].shape == (4, 1)
+    policy = make_policy(data.policy_cfg)
+    loss, logs = policy.compute_loss(batch)
+    assert torch.isfinite(loss) and "wm_loss" in logs
+
+
+def test_cached_future_frame_is_the_frame_horizon_steps_later(lift_dataset):
+    from vla.config import DatasetConfig
+    from vla.data.pipeline import TrainingData
+
+    cfg = tiny_config("dust")
+    data = TrainingData(DatasetConfig(root=str(lift_dataset)), cfg, seed=0, device="cpu", num_workers=0,
+                        batch_size=4, progress=False)
+    sampler = data._sampler
+    end = int(sampler.ep_end[0])  # first episode: rows [0, end)
+    idx = torch.tensor([0, end - cfg.horizon - 1, end - cfg.horizon, end - 1])
+    batch = sampler.get(idx)
+    assert batch["future_is_pad"][:, 0].tolist() == [False, False, True, True]
+    vision = sampler.frames["vision"].float()
+    torch.testing.assert_close(batch["future_frames"]["vision"][0, 0], vision[cfg.horizon])
+    torch.testing.assert_close(batch["future_frames"]["vision"][3, 0], vision[end - 1])  # clamped to the edge
+
+
+def test_action_free_pretraining_then_fine_tuning(lift_dataset, tmp_path, capsys):
+    """Video-only pretraining on the dataset with its action feature removed (by lerobot's own
+    dataset tools), then fine-tuning from those weights on the data with actions."""
+    from lerobot.datasets.dataset_tools import remove_feature
+
+    from vla.data.source import open_dataset
+
+    video_only = tmp_path / "video_only"
+    remove_feature(open_dataset("local/lift", root=lift_dataset), "action", output_dir=video_only, repo_id="local/video")
+    assert "action" not in open_dataset("local/video", root=video_only).meta.features
+    pre, fine = tmp_path / "pre", tmp_path / "fine"
+    base = [f"dataset.root={video_only}", "dataset.repo_id=local/video", "policy.action_free=true", *TINY_DUST]
+    code, _, err = run_cli(capsys, "train", f"output_dir={pre}", "train.steps=2", *base)
+    assert code == 2 and "policy.action_dim" in err  # nothing says how large the actions will be
+    code, _, err = run_cli(capsys, "train", f"output_dir={pre}", "train.steps=2", "policy.action_dim=7", *base)
+    assert code == 0, err
+    header = (pre / "metrics.csv").read_text().splitlines()[0]
+    assert "wm_loss" in header and "action_loss" not in header
+    code, _, err = run_cli(capsys, "eval", f"eval.checkpoint={pre}", "eval.episodes=1")
+    assert code == 2 and "without actions" in err
+    code, out, err = run_cli(capsys, "train", f"dataset.root={lift_dataset}", f"output_dir={fine}", "train.steps=2",
+                             f"train.init_from={pre}", *TINY_DUST)
+    assert code == 0, err
+    assert "initialised" in out
+    from safetensors.torch import load_file
+
+    w_pre = load_file(pre / "checkpoints" / "last" / "pretrained_model" / "model.safetensors")
+    w_fine = load_file(fine / "checkpoints" / "000002" / "pretrained_model" / "model.safetensors")
+    moved = [k for k in w_pre if (w_pre[k] - w_fine[k]).abs().max() < 0.05]
+    assert len(moved) == len(w_pre), "two fine-tuning steps start from the pretrained weights"
+
+
+def test_init_from_a_different_architecture_is_one_line(dust_run, lift_dataset, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", f"dataset.root={lift_dataset}", f"output_dir={tmp_path / 'x'}",
+                           "train.steps=1", f"train.init_from={dust_run}", *TINY_DUST, "policy.width=64")
+    assert code == 2 and "does not match" in err
