@@ -119,8 +119,8 @@ def write_section(name: str, body: str, path: Path = RESULTS) -> None:
     print(f"wrote section '{name}' of {path.relative_to(REPO)}")
 
 
-def dita_config(preset: str, state_dim: int, action_dim: int, overrides: list[str] | None = None):
-    """The Dita config of a ``configs/policy/<preset>.yaml`` preset, as ``vla train`` composes it."""
+def preset_config(preset: str, state_dim: int, action_dim: int, overrides: list[str] | None = None):
+    """The policy config of a ``configs/policy/<preset>.yaml`` preset, as ``vla train`` composes it."""
     from vla.cli import compose
 
     _, cfg = compose([f"policy={preset}", *(overrides or [])])

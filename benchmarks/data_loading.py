@@ -31,7 +31,7 @@ import time
 import torch
 
 from benchmarks.common import (
-    dataset_args, dita_config, ensure_dataset, interleaved_blocks, machine, markdown_table, median, set_threads,
+    dataset_args, preset_config, ensure_dataset, interleaved_blocks, machine, markdown_table, median, set_threads,
     spread, write_section,
 )
 from vla.data.source import delta_timestamps  # noqa: E402
@@ -45,7 +45,7 @@ def open_vla(args, cache_dir: str):
     os.environ["VLA_CACHE"] = cache_dir
     ds = DatasetConfig(repo_id=args.repo_id, root=args.dataset_root, cache_features=True)
     t0 = time.perf_counter()
-    data = TrainingData(ds, dita_config("dita-small", 0, 0), seed=0, device=torch.device("cpu"),
+    data = TrainingData(ds, preset_config("dita-small", 0, 0), seed=0, device=torch.device("cpu"),
                         num_workers=0, batch_size=args.batch_size, progress=False)
     return data, time.perf_counter() - t0
 
@@ -72,7 +72,7 @@ def caching_cost(args) -> tuple[object, dict]:
     count as caching cost: cold minus warm is then the encoding of every frame."""
     from vla.backbone import make_backbone
 
-    cfg = dita_config("dita-small", 1, 1)
+    cfg = preset_config("dita-small", 1, 1)
     make_backbone(cfg.backbone, width=8, n_obs_steps=cfg.n_obs_steps, state_dim=1)  # discarded
     with tempfile.TemporaryDirectory(prefix="vla-bench-cache-") as tmp:
         _, cold = open_vla(args, tmp)
@@ -93,7 +93,7 @@ def main() -> None:
     set_threads(args.threads)
     ensure_dataset(args.dataset_root, args.episodes)
     desc = machine()
-    lerobot_ds = open_lerobot(args, dita_config("dita-small", 0, 0))
+    lerobot_ds = open_lerobot(args, preset_config("dita-small", 0, 0))
     data, cache = caching_cost(args)
     cfg = data.policy_cfg
     per_sample = cfg.n_obs_steps * len(cfg.backbone.cameras)

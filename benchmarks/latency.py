@@ -1,4 +1,4 @@
-"""Latency of ONE action chunk at batch 1: Dita (dita-small, dita-base) vs LeRobot's DiffusionPolicy and ACT.
+"""Latency of ONE action chunk at batch 1: Dita and DUST vs LeRobot's DiffusionPolicy and ACT.
 
 What is measured (seconds per call, median over interleaved rounds, warm-up excluded):
 - ``<preset> cached`` / ``uncached``: ``DitaPolicy.sample_actions`` on an observation whose
@@ -10,6 +10,9 @@ What is measured (seconds per call, median over interleaved rounds, warm-up excl
 - ``<preset> from raw``: ``sample_actions`` on raw inputs: the T_o=2 history frames of both
   cameras and the instruction are encoded inside the call. This is LeRobot's protocol (its
   chunk timings encode every history image), so it is the most conservative comparison.
+- ``<dust preset> N_o=<n>``: ``DustPolicy.sample_actions`` on ready features with N_A = 4
+  action steps and N_o vision steps (4 = the default sampler, 32 = test-time scaling q = 8);
+  the prefix's cross-attention keys / values are computed once per call.
 - ``DiffusionPolicy DDIM-10``: ``predict_action_chunk`` of a PushT-like config (one 96x96
   image + 2-D state, horizon 16, n_obs_steps 2, 84x84 crop, GroupNorm ResNet18, DDIM 10 steps);
   it encodes both history images and runs 10 U-Net steps.
@@ -27,20 +30,24 @@ import argparse
 import torch
 
 from benchmarks.common import (
-    dita_config, interleaved, machine, markdown_table, median, set_threads, spread, write_section,
+    preset_config, interleaved, machine, markdown_table, median, set_threads, spread, write_section,
 )
 
 STATE_DIM, ACTION_DIM = 11, 7  # the tabletop envs' observation.state / action (vla.features)
 PRESETS = ("dita-small", "dita-base")
+# DUST presets and the vision step counts timed for each: dust-base at N_o = 32 takes seconds
+# per chunk on a 2-core CPU, so there it is timed on GPUs only.
+DUST_STEPS = {"dust-small": (4, 32), "dust-base": (4, 32)}
+DUST_STEPS_CPU = {"dust-small": (4, 32), "dust-base": (4,)}
 DP, ACT = "DiffusionPolicy DDIM-10", "ACT"
 ENCODE = "embedded encode_frames (1 frame, 2 cams)"
 N_ACTION_STEPS = 8  # T_a of both Dita presets and of the DiffusionPolicy config
 
 
-def build_dita(preset: str, device: str):
+def build_policy(preset: str, device: str):
     from vla.policy import make_policy
 
-    return make_policy(dita_config(preset, STATE_DIM, ACTION_DIM)).to(device).eval()
+    return make_policy(preset_config(preset, STATE_DIM, ACTION_DIM)).to(device).eval()
 
 
 def dita_inputs(policy, device: str) -> tuple[dict, dict, dict]:
@@ -57,7 +64,7 @@ def dita_inputs(policy, device: str) -> tuple[dict, dict, dict]:
 
 
 def dita_candidates(preset: str, device: str) -> dict:
-    policy = build_dita(preset, device)
+    policy = build_policy(preset, device)
     raw, feats, newest = dita_inputs(policy, device)
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda")
 
@@ -79,6 +86,23 @@ def dita_candidates(preset: str, device: str) -> dict:
         f"{preset} cached + encode": run(with_encode),
         f"{preset} from raw": run(lambda: policy.sample_actions(raw, use_cache=True)),
     }, policy
+
+
+def dust_candidates(preset: str, device: str, vision_steps: tuple[int, ...]) -> dict:
+    """``<preset> N_o=<n>``: one DUST chunk from ready features at N_A = 4 and N_o = n."""
+    policy = build_policy(preset, device)
+    _, feats, _ = dita_inputs(policy, device)
+    n_a = policy.config.noise.num_inference_steps
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda")
+
+    def at(n_o: int):
+        def call():
+            policy.config.vision_ratio = n_o // n_a
+            with amp:
+                return policy.sample_actions(feats)
+        return call
+
+    return {f"{preset} N_o={n}": at(n) for n in vision_steps}
 
 
 def lerobot_candidates(device: str) -> dict:
@@ -117,7 +141,7 @@ def lerobot_candidates(device: str) -> dict:
 
 def graphed_candidate(preset: str, device: str) -> dict:
     """``<preset> CUDA graph``: the cached sampler replayed from one CUDA graph in bf16 weights."""
-    policy = build_dita(preset, device).to(torch.bfloat16)
+    policy = build_policy(preset, device).to(torch.bfloat16)
     _, feats, _ = dita_inputs(policy, device)
     sample = policy.capture_sampler(batch_size=1)
     return {f"{preset} CUDA graph (bf16)": lambda: sample(feats)}
@@ -137,6 +161,11 @@ def report(times: dict[str, list[float]], args, note: str) -> str:
             lines.append(f"- {p} (cached) is {med[DP] / med[c]:.1f}x faster than {DP}; "
                          f"with the newest frame's encode {med[DP] / med[c + ' + encode']:.1f}x; "
                          f"from raw inputs {med[DP] / med[p + ' from raw']:.1f}x")
+    for k in (k for k in med if k.startswith("dust-")):
+        hz = 1 / med[k]
+        paper = f"; the paper's ~40 Hz (GPU, N_o = 4): {'MET' if hz >= 40 else 'NOT MET'}" if (
+            k == "dust-base N_o=4" and args.device != "cpu") else ""
+        lines.append(f"- {k}: {hz:.0f} chunks/s, {med[DP] / med[k]:.1f}x faster than {DP}{paper}")
     goal = med[DP] / med["dita-small cached"]
     goal_enc = med[DP] / med["dita-small cached + encode"]
     # RuntimePolicy encodes every control step's frame, so between two re-plans (T_a = 8 actions)
@@ -178,6 +207,8 @@ def main() -> None:
         if preset == "dita-small":
             newest = {c: torch.rand(1, 3, 96, 96, device=args.device) for c in policy.config.backbone.cameras}
             fns[ENCODE] = lambda p=policy, x=newest: p.backbone.encode_frames(x)
+    for preset, steps in (DUST_STEPS_CPU if args.device == "cpu" else DUST_STEPS).items():
+        fns.update(dust_candidates(preset, args.device, steps))
     if args.device != "cpu":
         for preset in PRESETS:
             fns.update(graphed_candidate(preset, args.device))
