@@ -128,15 +128,16 @@ def preset_config(preset: str, state_dim: int, action_dim: int, overrides: list[
     return cfg
 
 
-def ensure_dataset(root: str, episodes: int, task: str = "lift") -> None:
-    """Collect ``episodes`` scripted-expert episodes into ``root`` with the vla CLI, unless a dataset is there."""
+def ensure_dataset(root: str, episodes: int, task: str = "lift", extra: list[str] | None = None) -> None:
+    """Collect ``episodes`` scripted-expert episodes into ``root`` with the vla CLI (plus
+    ``extra`` overrides, e.g. DART noise), unless a dataset is there."""
     import subprocess
     import sys
 
     if (Path(root) / "meta" / "info.json").exists():
         return
     cmd = [sys.executable, "-m", "vla.cli", "collect", f"env={task}", f"collect.episodes={episodes}",
-           f"dataset.root={root}", f"dataset.repo_id=local/{task}"]
+           f"dataset.root={root}", f"dataset.repo_id=local/{task}", *(extra or [])]
     print("no dataset at", root, "- collecting:", " ".join(cmd[2:]), flush=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=REPO, check=True)
