@@ -166,6 +166,7 @@ def test_action_free_mode_trains_only_the_world_model():
     assert "action_loss" not in logs and loss.item() == pytest.approx(logs["wm_loss"])
     loss.backward()
     assert policy.action_out.decoder.weight.grad is None  # no action loss reaches the action decoder
+    assert not policy.action_out.decoder.weight.requires_grad  # so DDP sees no parameter without a gradient
     assert policy.vision_in[0].weight.grad.abs().sum() > 0
 
 

@@ -66,6 +66,8 @@ class DustPolicy(Policy):
         self.mmdit = nn.ModuleList(MMDiTBlock(w, cfg.heads, ffn, n_streams, cross) for _ in range(cfg.mmdit_depth))
         self.action_blocks = nn.ModuleList(DiTBlock(w, cfg.heads, ffn) for _ in range(cfg.stream_depth))
         self.action_out = FinalLayer(w, nn.Linear(w, cfg.action_dim))
+        if cfg.action_free:  # no loss reaches the action decoder; DDP refuses parameters without gradients
+            self.action_out.requires_grad_(False)
         if cfg.world_model:
             self.vision_blocks = nn.ModuleList(DiTBlock(w, cfg.heads, ffn) for _ in range(cfg.stream_depth))
             self.vision_out = FinalLayer(w, nn.Sequential(nn.Linear(w, w), nn.ReLU(), nn.Linear(w, self.vision_dim)))
