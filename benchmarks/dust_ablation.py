@@ -104,7 +104,9 @@ def report(tasks: list[str], out: Path) -> str:
             "Each task: 100 expert demos with DART noise 0.3 on translation; every row the same "
             f"budget ({' '.join(COMMON)}, same steps) and the same 50 held-out seeds.\n\n"
             + markdown_table(header, rows)
-            + "\n\nTest-time scaling (the DUST row's checkpoint, N_A = 4 action steps):\n\n"
+            + "\n\nThe budget is the step count; the seconds are wall time as run (with `--jobs 2` two rows "
+            "train at once, one thread each), so they are not a speed comparison: see the latency and "
+            "throughput sections for that.\n\nTest-time scaling (the DUST row's checkpoint, N_A = 4 action steps):\n\n"
             + markdown_table(["vision steps", *[f"{t}: success [95% CI]" for t in tasks]], tts) + "\n")
 
 
