@@ -145,9 +145,11 @@ def test_future_target_is_the_2x2_pooled_frame_embedding(dust):
     torch.testing.assert_close(target[:, 7], grid[:, 2, 2])  # bottom-right window clipped to one patch
 
 
-def test_third_stream_conditioning_trains_and_samples():
+@pytest.mark.parametrize("field, value", [("conditioning", "stream"), ("prefix_depth", 2)])
+def test_conditioning_variants_train_and_sample(field, value):
+    """The prefix as a third MM-DiT stream; self-attention blocks over the prefix before cross-attention."""
     cfg = tiny_config("dust")
-    cfg.conditioning = "stream"
+    setattr(cfg, field, value)
     policy = make_policy(cfg)
     loss, _ = policy.compute_loss(raw_batch(cfg))
     loss.backward()

@@ -31,6 +31,10 @@ class DustConfig(PolicyConfig):
     # once per chunk). "stream": they are a third MM-DiT stream in the joint attention, which
     # the paper leaves open; per-stream blocks then cross-attend to that stream's output.
     conditioning: str = "cross_attention"
+    # Bidirectional self-attention blocks over the prefix before the streams read it, run once
+    # per chunk (GR00T passes its VLM features through such a stack). The paper's prefix is a
+    # VLM's layer-12 features, already contextual; the embedded backbone's tokens are not.
+    prefix_depth: int = 0
     # The future-vision target: the frozen backbone's visual embedding of frame t + horizon,
     # average-pooled future_pool x future_pool over each camera's patch grid.
     future_pool: int = 2
@@ -67,6 +71,8 @@ class DustConfig(PolicyConfig):
             raise ValueError(f"lambda_wm must be >= 0, got {self.lambda_wm}")
         if self.action_free and self.lambda_wm == 0:
             raise ValueError("action_free trains only the world-model loss; it needs lambda_wm > 0")
+        if self.prefix_depth < 0:
+            raise ValueError(f"prefix_depth must be >= 0, got {self.prefix_depth}")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
 

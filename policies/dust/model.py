@@ -27,7 +27,7 @@ from policies.dust.blocks import DiTBlock, FinalLayer, MMDiTBlock, TimeEmbedder,
 from policies.dust.config import DustConfig
 from vla.features import ACTION, OBS_STATE
 from vla.heads import make_noise_process
-from vla.layers import default_ffn_dim
+from vla.layers import DecoderBlock, Rotary, default_ffn_dim
 from vla.policy import Policy, masked_mse
 
 # Positions of the streams in the MM-DiT lists (the prefix, in "stream" mode, comes last).
@@ -63,6 +63,8 @@ class DustPolicy(Policy):
         if in_stream:
             n_streams += 1  # the prefix, last
         cross = [not in_stream] * (n_streams - int(in_stream)) + [False] * int(in_stream)
+        self.prefix_blocks = nn.ModuleList(DecoderBlock(w, cfg.heads, ffn) for _ in range(cfg.prefix_depth))
+        self.prefix_rotary = Rotary(w // cfg.heads, self.backbone.num_tokens(cfg.n_obs_steps))
         self.mmdit = nn.ModuleList(MMDiTBlock(w, cfg.heads, ffn, n_streams, cross) for _ in range(cfg.mmdit_depth))
         self.action_blocks = nn.ModuleList(DiTBlock(w, cfg.heads, ffn) for _ in range(cfg.stream_depth))
         self.action_out = FinalLayer(w, nn.Linear(w, cfg.action_dim))
@@ -89,12 +91,17 @@ class DustPolicy(Policy):
     def _context(self, prefix) -> dict:
         """Per-chunk work on the prefix: cross-attention keys / values of every block (reused at
         every denoising step), or the prefix as the third stream."""
-        ctx = {"tokens": prefix.tokens, "mask": prefix.mask}
+        tokens = prefix.tokens
+        if len(self.prefix_blocks):
+            keys = prefix.mask[:, None, None, :]  # (B, 1, 1, N_p): bidirectional, padding hidden
+            for block in self.prefix_blocks:
+                tokens = block(tokens, self.prefix_rotary, keys)
+        ctx = {"tokens": tokens, "mask": prefix.mask}
         if self.config.conditioning == "cross_attention":
-            ctx["mmdit_kv"] = [[s.cross.prefix_kv(prefix.tokens) for s in block.streams] for block in self.mmdit]
-            ctx["action_kv"] = [b.prefix_kv(prefix.tokens) for b in self.action_blocks]
+            ctx["mmdit_kv"] = [[s.cross.prefix_kv(tokens) for s in block.streams] for block in self.mmdit]
+            ctx["action_kv"] = [b.prefix_kv(tokens) for b in self.action_blocks]
             if self.config.world_model:
-                ctx["vision_kv"] = [b.prefix_kv(prefix.tokens) for b in self.vision_blocks]
+                ctx["vision_kv"] = [b.prefix_kv(tokens) for b in self.vision_blocks]
         return ctx
 
     def velocity(self, state: Tensor, actions: Tensor, t_action: Tensor, future: Tensor | None,
