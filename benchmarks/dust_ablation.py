@@ -125,7 +125,9 @@ def main() -> None:
     if not args.report_only:
         for task in args.tasks:
             run_task(task, Path(data.get(task, args.out / task / "data")), args.out / task, args)
-    text = report(args.tasks, args.out)
+    # Report every task that has runs, not only the ones trained now: the section is shared.
+    tasks = [t for t in ("lift", "stack", "place") if (args.out / t).is_dir()] or args.tasks
+    text = report(tasks, args.out)
     print(text)
     write_section("dust-ablation", text)
 
