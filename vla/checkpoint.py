@@ -99,6 +99,25 @@ def resolve_model_dir(path_or_id: str) -> Path:
     raise CheckpointError(f"{path_or_id}: no such checkpoint directory")
 
 
+_CORRUPT = (json.JSONDecodeError, KeyError, SafetensorError, FileNotFoundError, ValueError, OSError)
+
+
+def _corrupt(model_dir: Path, e: Exception) -> CheckpointError:
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return CheckpointError(f"{model_dir}: corrupt or truncated checkpoint ({first})")
+
+
+def load_trainable_weights(path_or_id: str) -> tuple[str, dict[str, torch.Tensor]]:
+    """(policy name, trainable weights) of a checkpoint, without building the policy (whose
+    frozen pretrained encoders are not in the file anyway); for ``train.init_from``."""
+    model_dir = resolve_model_dir(path_or_id)
+    try:
+        name = json.loads((model_dir / "config.json").read_text())["policy"]
+        return name, load_file(model_dir / "model.safetensors")
+    except _CORRUPT as e:
+        raise _corrupt(model_dir, e) from None
+
+
 def load_policy(path_or_id: str, device: str | torch.device = "cpu") -> tuple[Policy, Normalizer]:
     """Rebuild a policy and its normalizer from a checkpoint; errors are one line."""
     model_dir = resolve_model_dir(path_or_id)
@@ -107,9 +126,8 @@ def load_policy(path_or_id: str, device: str | torch.device = "cpu") -> tuple[Po
         config: PolicyConfig = _config_from_dict(policy_config_class(meta["policy"]), meta["config"])
         normalizer = Normalizer.from_json((model_dir / "normalization.json").read_text())
         weights = load_file(model_dir / "model.safetensors")
-    except (json.JSONDecodeError, KeyError, SafetensorError, FileNotFoundError, ValueError, OSError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"{model_dir}: corrupt or truncated checkpoint ({first})") from None
+    except _CORRUPT as e:
+        raise _corrupt(model_dir, e) from None
     policy = make_policy(config)
     missing, unexpected = policy.load_state_dict(weights, strict=False)
     frozen = set(policy.state_dict()) - set(policy.trainable_state_dict())

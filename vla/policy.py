@@ -142,10 +142,7 @@ class Policy(nn.Module, ABC):
         """Frame and text features of an Observation, computing them when not cached."""
         frames = obs.get("frames")
         if frames is None:
-            images = {c: obs[image_key(c)] for c in self.config.backbone.cameras}  # (B, T, 3, H, W)
-            b, t = next(iter(images.values())).shape[:2]
-            flat = self.backbone.encode_frames({c: x.flatten(0, 1) for c, x in images.items()})
-            frames = {k: v.unflatten(0, (b, t)) for k, v in flat.items()}
+            frames = self._encode_images({c: obs[image_key(c)] for c in self.config.backbone.cameras})
         text = obs.get("text")
         if text is None:
             text = self.backbone.encode_text(obs[TASK])
@@ -160,11 +157,14 @@ class Policy(nn.Module, ABC):
         the feature cache or computed from ``future_images`` without gradients: they are targets."""
         if "future_frames" in batch:
             return batch["future_frames"]
-        images = batch["future_images"]  # {camera: (B, F, 3, H, W)}
-        b, f = next(iter(images.values())).shape[:2]
         with torch.no_grad():
-            flat = self.backbone.encode_frames({c: x.flatten(0, 1) for c, x in images.items()})
-        return {k: v.unflatten(0, (b, f)) for k, v in flat.items()}
+            return self._encode_images(batch["future_images"])
+
+    def _encode_images(self, images: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``images[camera]`` (B, T, 3, H, W) -> frame features (B, T, ...)."""
+        b, t = next(iter(images.values())).shape[:2]
+        flat = self.backbone.encode_frames({c: x.flatten(0, 1) for c, x in images.items()})
+        return {k: v.unflatten(0, (b, t)) for k, v in flat.items()}
 
     # --- sampling knobs (eval / deploy) ------------------------------------------------------
     def set_test_time_scaling(self, factor: int) -> None:

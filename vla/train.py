@@ -19,7 +19,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vla.checkpoint import CheckpointError, STATE_DIR, clean_stale_tmp, load_policy, save_checkpoint
+from vla.checkpoint import (
+    CheckpointError, STATE_DIR, clean_stale_tmp, load_policy, load_trainable_weights, save_checkpoint,
+)
 from vla.config import RunConfig
 from vla.data.normalize import Normalizer
 from vla.distributed import Distributed
@@ -119,11 +121,11 @@ class Trainer:
         """Start from another run's weights (e.g. fine-tuning after action-free pretraining):
         every trainable tensor must exist there with the same shape; optimizer, schedule and
         normalization statistics start fresh from this run's data."""
-        pretrained, _ = load_policy(source, "cpu")
-        if pretrained.config.name != self.policy_cfg.name:
-            raise TrainingError(f"train.init_from: {source} holds a {pretrained.config.name!r} policy, "
+        name, weights = load_trainable_weights(source)
+        if name != self.policy_cfg.name:
+            raise TrainingError(f"train.init_from: {source} holds a {name!r} policy, "
                                 f"this run trains {self.policy_cfg.name!r}")
-        weights, own = pretrained.trainable_state_dict(), self.policy.trainable_state_dict()
+        own = self.policy.trainable_state_dict()
         bad = sorted(k for k in own if k not in weights or weights[k].shape != own[k].shape)
         if bad:
             raise TrainingError(f"train.init_from: {source} does not match this policy's architecture "

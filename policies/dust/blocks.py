@@ -108,10 +108,11 @@ class MMDiTBlock(nn.Module):
     keys / values for stream i's cross-attention (None when the block has none).
     """
 
-    def __init__(self, width: int, heads: int, ffn_dim: int, n_streams: int, cross_attention: list[bool]):
+    def __init__(self, width: int, heads: int, ffn_dim: int, cross_attention: list[bool]):
+        """One stream per entry of ``cross_attention`` (whether that stream cross-attends to the prefix)."""
         super().__init__()
         self.heads = heads
-        self.streams = nn.ModuleList(StreamWeights(width, heads, ffn_dim, cross) for cross in cross_attention[:n_streams])
+        self.streams = nn.ModuleList(StreamWeights(width, heads, ffn_dim, cross) for cross in cross_attention)
 
     def forward(self, xs: list[Tensor], cs: list[Tensor], key_masks: list[Tensor | None],
                 cross_kv: list | None = None, prefix_mask: Tensor | None = None) -> list[Tensor]:
@@ -142,7 +143,7 @@ class DiTBlock(nn.Module):
 
     def __init__(self, width: int, heads: int, ffn_dim: int):
         super().__init__()
-        self.block = MMDiTBlock(width, heads, ffn_dim, 1, [True])
+        self.block = MMDiTBlock(width, heads, ffn_dim, [True])
 
     def forward(self, x: Tensor, c: Tensor, cross_kv, prefix_mask: Tensor, key_mask: Tensor | None = None) -> Tensor:
         return self.block([x], [c], [key_mask], [cross_kv], prefix_mask)[0]

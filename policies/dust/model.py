@@ -47,9 +47,7 @@ class DustPolicy(Policy):
         self.state_in = nn.Linear(cfg.state_dim, w)
         self.action_in = nn.Linear(cfg.action_dim, w)
         self.register_buffer("action_pos", sincos_1d(cfg.n_obs_steps + cfg.horizon, w), persistent=False)
-        n_streams = 1
         if cfg.world_model:
-            n_streams = 2
             n_cam, rows, cols = self.backbone.future_grid(cfg.future_pool)
             self.vision_dim = self.backbone.vision_feature_dim
             self.n_future = n_cam * rows * cols
@@ -59,13 +57,13 @@ class DustPolicy(Policy):
             self.register_buffer("vision_pos", pos, persistent=False)
             self.camera_embed = nn.Parameter(torch.randn(n_cam, 1, w) * 0.02)
             self.n_cam = n_cam
+        # Streams: action, vision (with a world model), prefix (in "stream" mode, last). The
+        # action / vision streams cross-attend to the prefix unless it is a stream itself.
         in_stream = cfg.conditioning == "stream"
-        if in_stream:
-            n_streams += 1  # the prefix, last
-        cross = [not in_stream] * (n_streams - int(in_stream)) + [False] * int(in_stream)
+        cross = [not in_stream] * (1 + int(cfg.world_model)) + [False] * int(in_stream)
         self.prefix_blocks = nn.ModuleList(DecoderBlock(w, cfg.heads, ffn) for _ in range(cfg.prefix_depth))
         self.prefix_rotary = Rotary(w // cfg.heads, self.backbone.num_tokens(cfg.n_obs_steps))
-        self.mmdit = nn.ModuleList(MMDiTBlock(w, cfg.heads, ffn, n_streams, cross) for _ in range(cfg.mmdit_depth))
+        self.mmdit = nn.ModuleList(MMDiTBlock(w, cfg.heads, ffn, cross) for _ in range(cfg.mmdit_depth))
         self.action_blocks = nn.ModuleList(DiTBlock(w, cfg.heads, ffn) for _ in range(cfg.stream_depth))
         self.action_out = FinalLayer(w, nn.Linear(w, cfg.action_dim))
         if cfg.action_free:  # no loss reaches the action decoder; DDP refuses parameters without gradients
@@ -114,7 +112,7 @@ class DustPolicy(Policy):
         a = torch.cat([self.state_in(state), self.action_in(actions)], dim=1) + self.action_pos
         c_a = self.time_action(self.process.model_time(t_action))
         a_mask = None
-        if action_is_pad is not None and action_is_pad.any():
+        if action_is_pad is not None:  # no .any() shortcut: it would sync the GPU every step
             state_real = torch.ones(state.shape[:2], dtype=torch.bool, device=state.device)
             a_mask = torch.cat([state_real, ~action_is_pad], dim=1)
         xs, cs, masks = [a], [c_a], [a_mask]
