@@ -180,3 +180,34 @@ def interleaved_blocks(cands: dict[str, tuple], *, rounds: int, warm: int, unit:
         print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1] * scale:{fmt}} {unit}" for k, v in times.items()),
               flush=True)
     return times
+
+
+def run_vla(*args: str, log: Path, threads: int | None = None) -> None:
+    """Run one ``vla`` command (a user could type it), its output appended to ``log``."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+    with open(log, "a") as f:  # a resumed run keeps its earlier log
+        subprocess.run([sys.executable, "-m", "vla.cli", *args], cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
+                       check=True, env=env)
+
+
+def train_seconds(run_dir: Path) -> tuple[float, int]:
+    """(wall seconds, steps) of a training run, from its metrics.csv."""
+    import csv
+
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    return float(rows[-1]["elapsed_s"]), int(rows[-1]["step"])
+
+
+def cell(report: Path) -> str:
+    """'58% (29/50) [44%, 71%]' from an eval report.json, or 'not run'."""
+    import json
+
+    if not report.exists():
+        return "not run"
+    r = json.loads(report.read_text())
+    lo, hi = r["ci95"]
+    return f"{r['success_rate']:.0%} ({r['successes']}/{r['episodes']}) [{lo:.0%}, {hi:.0%}]"

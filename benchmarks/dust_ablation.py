@@ -14,15 +14,10 @@ killed run continues where it stopped. Writes the table into ``benchmarks/RESULT
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.common import REPO, ensure_dataset, machine, markdown_table, write_section
+from benchmarks.common import REPO, cell, ensure_dataset, machine, markdown_table, run_vla, train_seconds, write_section
 
 # Shared by every row: the demo's CPU budget (see the Makefile's DEMO_TRAIN).
 COMMON = ["policy.n_obs_steps=1", "train.batch_size=32", "train.lr=1e-3", "train.warmup_steps=200",
@@ -41,28 +36,22 @@ def slug(row: str) -> str:
     return {"DUST": "dust", "Dita": "dita"}.get(row, "dust_nowm" if "lambda" in row else "dust_joint")
 
 
-def vla(*args: str, log: Path, threads: int | None) -> None:
-    """Run one ``vla`` command, its output into ``log``."""
-    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
-    with open(log, "w") as f:
-        subprocess.run([sys.executable, "-m", "vla.cli", *args], cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
-                       check=True, env=env)
-
-
 def run_row(task: str, data: Path, out: Path, row: str, args) -> None:
     """Train one row (unless its checkpoint exists), then run its evaluations (unless reported)."""
     run = out / slug(row)
     run.mkdir(parents=True, exist_ok=True)
     threads = 1 if args.jobs > 1 else None  # small matmuls: two 1-thread runs beat one 2-thread run
-    if not (run / "run" / "checkpoints" / "last").exists():
-        print(f"[{task}] training {row}", flush=True)
-        vla("train", f"env={task}", f"dataset.root={data}", f"dataset.repo_id=local/{task}", f"output_dir={run / 'run'}",
+    last = run / "run" / "checkpoints" / "last"
+    done_steps = int(last.resolve().name) if last.exists() else 0
+    if done_steps < args.steps:  # a killed row resumes from its last checkpoint
+        print(f"[{task}] training {row}" + (f" from step {done_steps}" if done_steps else ""), flush=True)
+        run_vla("train", *(["--resume"] if done_steps else []), f"env={task}", f"dataset.root={data}", f"dataset.repo_id=local/{task}", f"output_dir={run / 'run'}",
             f"train.steps={args.steps}", *COMMON, *ROWS[row], log=run / "train.log", threads=threads)
     evals = [("eval", [])] + ([(f"eval_q{q}", [f"eval.test_time_scaling={q}"]) for q in TTS] if row == "DUST" else [])
     for name, extra in evals:
         if not (run / name / "report.json").exists():
             print(f"[{task}] evaluating {row} {' '.join(extra)}", flush=True)
-            vla("eval", f"env={task}", f"output_dir={run / 'run'}", f"eval.output_dir={run / name}",
+            run_vla("eval", f"env={task}", f"output_dir={run / 'run'}", f"eval.output_dir={run / name}",
                 f"eval.episodes={args.episodes}", *extra, log=run / f"{name}.log", threads=threads)
 
 
@@ -73,19 +62,6 @@ def run_task(task: str, data: Path, out: Path, args) -> None:
             job.result()
 
 
-def train_seconds(run: Path) -> tuple[float, int]:
-    rows = list(csv.DictReader(open(run / "run" / "metrics.csv")))
-    return float(rows[-1]["elapsed_s"]), int(rows[-1]["step"])
-
-
-def cell(report: Path) -> str:
-    if not report.exists():
-        return "not run"
-    r = json.loads(report.read_text())
-    lo, hi = r["ci95"]
-    return f"{r['success_rate']:.0%} ({r['successes']}/{r['episodes']}) [{lo:.0%}, {hi:.0%}]"
-
-
 def report(tasks: list[str], out: Path) -> str:
     header = ["policy", *[f"{t}: success [95% CI]" for t in tasks], "train s / steps (first task)"]
     rows = []
@@ -94,7 +70,7 @@ def report(tasks: list[str], out: Path) -> str:
         run = out / tasks[0] / slug(row)
         budget = "not run"
         if (run / "run" / "metrics.csv").exists():
-            secs, steps = train_seconds(run)
+            secs, steps = train_seconds(run / "run")
             budget = f"{secs:.0f} s / {steps}"
         rows.append([row, *cells, budget])
     tts = [[f"N_o = {4 * q}" if q > 1 else "N_o = 4 (default)",

@@ -5,31 +5,52 @@ import copy
 import pytest
 import torch
 
-from vla.features import ACTION, OBS_STATE
+from vla.features import ACTION, OBS_STATE, PHASE
 from vla.policy import available_policies, make_policy, policy_config_class
 
 B, STATE_DIM, ACTION_DIM = 3, 11, 7
 
 
-def tiny_config(name):
+# Every registered policy, plus OmniJARVIS's second stage (the VLA over the behavior tokenizer).
+VARIANTS = available_policies() + ["omnijarvis:vla"]
+
+
+def tiny_config(variant):
+    name, _, stage = variant.partition(":")
     cfg = policy_config_class(name)(state_dim=STATE_DIM, action_dim=ACTION_DIM, horizon=8, n_action_steps=4)
-    for attr, value in (("width", 64), ("depth", 2), ("heads", 2), ("mmdit_depth", 1), ("stream_depth", 1)):
+    for attr, value in (("width", 64), ("depth", 2), ("heads", 2), ("mmdit_depth", 1), ("stream_depth", 1),
+                        ("chunk_length", 4), ("encoder_depth", 1), ("decoder_depth", 1)):
         if hasattr(cfg, attr):
             setattr(cfg, attr, value)
+    if stage:
+        cfg.stage = stage
+        cfg.lm.width, cfg.lm.depth, cfg.lm.heads = 32, 1, 2
     cfg.backbone.image_size = 64
     cfg.backbone.vision_grid = 2
     return cfg
 
 
+def can_act(policy) -> bool:
+    """A stage-1 OmniJARVIS checkpoint has no VLA to pick behaviors; it refuses to act."""
+    return getattr(policy, "vla", True) is not None
+
+
 def raw_batch(cfg, with_actions=True):
-    t = cfg.n_obs_steps
+    """A training batch (with_actions) at the policy's declared offsets, or an observation."""
+    offsets = cfg.frame_offsets()
+    t = len(offsets[OBS_STATE]) if with_actions else cfg.n_obs_steps
     batch = {k: torch.rand(B, t, 3, 64, 64) for k in cfg.image_keys()}
     batch["task"] = ["lift the red cube", "stack the red cube on the green cube", "lift the red cube"]
     batch[OBS_STATE] = torch.randn(B, t, STATE_DIM)
     if with_actions:
-        batch[ACTION] = torch.rand(B, cfg.horizon, ACTION_DIM) * 2 - 1
-        batch["action_is_pad"] = torch.zeros(B, cfg.horizon, dtype=torch.bool)
+        h = len(offsets.get(ACTION, range(cfg.horizon)))
+        batch[ACTION] = torch.rand(B, h, ACTION_DIM) * 2 - 1
+        batch["action_is_pad"] = torch.zeros(B, h, dtype=torch.bool)
         batch["action_is_pad"][0, -3:] = True
+        if PHASE in offsets:  # language annotations: the newest is the thought, earlier ones the memory
+            m = len(offsets[PHASE])
+            batch[PHASE] = [["reach the red cube"] * (m - 1) + ["grasp the red cube"]] * B
+            batch[f"{PHASE}_is_pad"] = torch.zeros(B, m, dtype=torch.bool)
         future = cfg.future_offsets()
         if future:  # a world model's targets: frames after the chunk, the last one past the episode end
             batch["future_images"] = {c: torch.rand(B, len(future), 3, 64, 64) for c in cfg.backbone.cameras}
@@ -38,11 +59,22 @@ def raw_batch(cfg, with_actions=True):
     return batch
 
 
-@pytest.fixture(scope="module", params=available_policies())
+@pytest.fixture(scope="module", params=VARIANTS)
 def built(request):
     torch.manual_seed(0)
     cfg = tiny_config(request.param)
-    return cfg, make_policy(cfg)
+    policy = make_policy(cfg)
+    if cfg.name == "omnijarvis" and cfg.stage == "vla":
+        policy.tokenizer_trained.fill_(True)  # as train.init_from=<stage-1 run> leaves it
+    return cfg, policy
+
+
+def test_a_stage_one_behavior_tokenizer_refuses_to_act():
+    from vla.checkpoint import CheckpointError
+
+    cfg = tiny_config("omnijarvis")
+    with pytest.raises(CheckpointError, match="stage-1"):
+        make_policy(cfg).eval().sample_actions(raw_batch(cfg, with_actions=False))
 
 
 def test_loss_is_finite_and_backward_reaches_the_head(built):
@@ -81,6 +113,8 @@ def test_padded_actions_do_not_contribute(built):
 
 def test_sample_shapes_and_determinism_given_noise(built):
     cfg, policy = built
+    if not can_act(policy):
+        pytest.skip("covered by test_a_stage_one_behavior_tokenizer_refuses_to_act")
     policy.eval()
     obs = raw_batch(cfg, with_actions=False)
     noise = torch.randn(B, cfg.horizon, ACTION_DIM)
@@ -92,11 +126,13 @@ def test_sample_shapes_and_determinism_given_noise(built):
 
 def test_cached_features_match_raw_inputs(built):
     cfg, policy = built
+    if not can_act(policy):
+        pytest.skip("covered by test_a_stage_one_behavior_tokenizer_refuses_to_act")
     policy.eval()
     obs = raw_batch(cfg, with_actions=False)
     with torch.no_grad():
         frames, text = policy.encode_observation(obs)
-    cached = {"frames": frames, "text": text, OBS_STATE: obs[OBS_STATE]}
+    cached = {"frames": frames, "text": text, OBS_STATE: obs[OBS_STATE], "task": obs["task"]}
     noise = torch.randn(B, cfg.horizon, ACTION_DIM)
     assert torch.allclose(policy.sample_actions(obs, noise=noise), policy.sample_actions(cached, noise=noise), atol=1e-5)
 

@@ -15,7 +15,8 @@ A **Batch** (training, produced by :mod:`vla.data`, already normalized) holds
     observation.images.<c>   (B, T_o, 3, H_img, W_img) float in [0, 1]
     task                     list[str] of length B
 
-An **Observation** (sampling) is the same without ``action`` / ``action_is_pad``.
+An **Observation** (sampling) is the same without ``action`` / ``action_is_pad``; at run
+time it also carries ``step`` (B,) long: control steps since each env's episode began.
 
 Every policy implements
 
@@ -172,6 +173,16 @@ class Policy(nn.Module, ABC):
         vision denoising steps per action step). Policies without such a knob refuse."""
         raise ValueError(f"policy {self.config.name!r} has no test-time scaling knob (DUST has one)")
 
+    def annotations(self) -> list[str] | None:
+        """Text the policy produced with its latest actions, one string per batch row (a
+        behavior-token policy's thought), shown on eval videos; None for most policies."""
+        return None
+
+    def modules_new_in_finetuning(self) -> tuple[str, ...]:
+        """State-dict prefixes that ``train.init_from`` may find missing in its source
+        checkpoint: modules this configuration adds on top of an earlier stage."""
+        return ()
+
     def sampling_protocol(self) -> dict:
         """How a chunk is sampled, for evaluation reports."""
         return {"denoising_steps": self.config.noise.num_inference_steps}
@@ -195,6 +206,7 @@ class Policy(nn.Module, ABC):
 _REGISTRY: dict[str, tuple[str, str]] = {
     "dita": ("policies.dita.config:DitaConfig", "policies.dita.model:DitaPolicy"),
     "dust": ("policies.dust.config:DustConfig", "policies.dust.model:DustPolicy"),
+    "omnijarvis": ("policies.omnijarvis.config:OmniJarvisConfig", "policies.omnijarvis.model:OmniJarvisPolicy"),
 }
 
 

@@ -39,9 +39,20 @@ def make_vector_env(cfg: EnvConfig, n_envs: int) -> gym.vector.VectorEnv:
     return gym.vector.AsyncVectorEnv(fns, shared_memory=False, autoreset_mode=mode, context="spawn")
 
 
-def video_frame(obs: dict, i: int, cameras: list[str]) -> np.ndarray:
-    """Camera views of env ``i`` side by side, (H, n_cam * W, 3) uint8."""
-    return np.concatenate([np.asarray(obs[image_key(c)][i]) for c in cameras], axis=1)
+def video_frame(obs: dict, i: int, cameras: list[str], caption: str | None = None) -> np.ndarray:
+    """Camera views of env ``i`` side by side, (H, n_cam * W, 3) uint8; with a caption (what
+    the policy says it is doing), a text band under the views."""
+    frame = np.concatenate([np.asarray(obs[image_key(c)][i]) for c in cameras], axis=1)
+    if caption is None:
+        return frame
+    from PIL import Image, ImageDraw
+
+    band = Image.new("RGB", (frame.shape[1], CAPTION_HEIGHT), (0, 0, 0))
+    ImageDraw.Draw(band).text((2, 1), caption, fill=(255, 255, 255))  # PIL's built-in bitmap font
+    return np.concatenate([frame, np.asarray(band)], axis=0)
+
+
+CAPTION_HEIGHT = 12
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
@@ -76,10 +87,12 @@ def rollout(runtime, env_cfg: EnvConfig, *, episodes: int, n_envs: int, seed: in
         bar = tqdm(total=episodes, desc="eval", unit="episode", disable=not progress)
         started = time.time()
         while any(e >= 0 for e in episode_of):
+            actions = runtime.act(obs)
+            captions = runtime.annotations()  # said while choosing these actions
             for i, ep in enumerate(episode_of):
                 if ep in frames:
-                    frames[ep].append(video_frame(obs, i, env_cfg.cameras))
-            obs, _, terminated, truncated, info = envs.step(runtime.act(obs))
+                    frames[ep].append(video_frame(obs, i, env_cfg.cameras, captions[i] if captions else None))
+            obs, _, terminated, truncated, info = envs.step(actions)
             done_ids = []
             for i, ep in enumerate(episode_of):
                 if ep < 0:
@@ -90,7 +103,7 @@ def rollout(runtime, env_cfg: EnvConfig, *, episodes: int, n_envs: int, seed: in
                     records.append({"episode": ep, "seed": seed + ep, "success": success, "length": steps[i],
                                     "task": env_cfg.task})
                     if ep in frames and video_dir is not None:
-                        frames[ep].append(video_frame(obs, i, env_cfg.cameras))
+                        frames[ep].append(video_frame(obs, i, env_cfg.cameras, captions[i] if captions else None))
                         tag = "success" if success else "failure"
                         write_video(video_dir / f"episode_{ep:03d}_{tag}.mp4", frames.pop(ep), fps)
                     done_ids.append(i)

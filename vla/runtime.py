@@ -114,7 +114,10 @@ class RuntimePolicy:
         hist = list(self._history)
         frames = {k: torch.stack([h[k] for h in hist], dim=1) for k in hist[0] if k != OBS_STATE}
         state = torch.stack([h[OBS_STATE] for h in hist], dim=1)  # (B, T_o, D_s)
-        return {"frames": frames, "text": self._text_features(tasks), OBS_STATE: state}
+        # step: control steps since each env's episode began, for policies that plan over
+        # time (a behavior-token policy re-plans every N steps and starts afresh at 0)
+        return {"frames": frames, "text": self._text_features(tasks), OBS_STATE: state, TASK: tasks,
+                "step": torch.tensor(self._steps, device=self.device)}
 
     # --- acting ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -139,6 +142,10 @@ class RuntimePolicy:
         chunk = self.policy.sample_actions(self._observation(tasks))
         return self.normalizer.unnormalize(ACTION, chunk).float().cpu().numpy()
 
+    def annotations(self) -> list[str] | None:
+        """What the policy says it is doing, per env (e.g. a generated thought), or None."""
+        return self.policy.annotations()
+
     def _next_action(self, i: int) -> np.ndarray:
         if self.ensemble is None:
             return self._queue[i].pop(0)
@@ -153,10 +160,14 @@ class RuntimePolicy:
 class PolicyAgent:
     """A runtime policy driving one unbatched environment (the agent protocol of vla.data.collect)."""
 
-    phase = ""  # policies emit no sub-task labels
-
     def __init__(self, runtime: RuntimePolicy):
         self.runtime = runtime
+
+    @property
+    def phase(self) -> str:
+        """The sub-task label recorded with each frame: the policy's own words, if it has any."""
+        said = self.runtime.annotations()
+        return said[0] if said else ""
 
     def reset(self) -> None:
         self.runtime.reset()

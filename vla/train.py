@@ -126,13 +126,15 @@ class Trainer:
             raise TrainingError(f"train.init_from: {source} holds a {name!r} policy, "
                                 f"this run trains {self.policy_cfg.name!r}")
         own = self.policy.trainable_state_dict()
-        bad = sorted(k for k in own if k not in weights or weights[k].shape != own[k].shape)
+        new = self.policy.modules_new_in_finetuning()
+        bad = sorted(k for k in own if (k not in weights and not k.startswith(new))
+                     or (k in weights and weights[k].shape != own[k].shape))
         if bad:
             raise TrainingError(f"train.init_from: {source} does not match this policy's architecture "
                                 f"({len(bad)} tensors differ, e.g. {bad[0]!r})")
-        self.policy.load_state_dict(weights, strict=False)
+        self.policy.load_state_dict({k: v for k, v in weights.items() if k in own}, strict=False)
         if self.dist.is_main:
-            print(f"initialised {len(own)} tensors from {source}")
+            print(f"initialised {sum(k in weights for k in own)} of {len(own)} tensors from {source}")
 
     # --- resume --------------------------------------------------------------------------
     def _last(self) -> Path:

@@ -25,15 +25,13 @@ class ChunkSampler:
         # Future frames (a world model's targets) come from the same feature cache.
         self.future_offsets = torch.tensor(future_offsets) if future_offsets else None
         low_dim = [k for k in offsets if not is_image_key(k)]
+        strings = [k for k in low_dim if dataset.meta.features.get(k, {}).get("dtype") == "string"]
         table = dataset.hf_dataset.select_columns(low_dim + ["episode_index"]).with_format("numpy")
-        self.columns = {k: torch.from_numpy(np.stack(table[k])).float() for k in low_dim}
+        self.columns = {k: torch.from_numpy(np.stack(table[k])).float() for k in low_dim if k not in strings}
+        self.strings = {k: np.asarray(table[k]) for k in strings}
         episode = np.asarray(table["episode_index"])
-        # First and one-past-last row of the episode each row belongs to (rows are ordered by episode).
-        starts = np.r_[0, np.flatnonzero(np.diff(episode)) + 1]
-        ends = np.r_[starts[1:], len(episode)]
-        lengths = ends - starts
-        self.ep_start = torch.from_numpy(np.repeat(starts, lengths))
-        self.ep_end = torch.from_numpy(np.repeat(ends, lengths))
+        self.ep_start, self.ep_end = episode_bounds(episode)
+        self.task_names = dataset.meta.tasks.sort_values("task_index").index.tolist()
         self.frames = {k[len("frames."):]: v for k, v in features.items() if k.startswith("frames.")}
         self.text = {k[len("text."):]: v for k, v in features.items() if k.startswith("text.")}
         self.task_index = features.get("task_index")
@@ -52,10 +50,7 @@ class ChunkSampler:
         return len(self.ep_start)
 
     def _rows(self, idx: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor]:
-        rows = idx[:, None] + offsets[None]  # (B, m)
-        start, end = self.ep_start[idx][:, None], self.ep_end[idx][:, None]
-        is_pad = (rows < start) | (rows >= end)
-        return torch.maximum(torch.minimum(rows, end - 1), start), is_pad
+        return rows_at(idx, offsets, self.ep_start, self.ep_end)
 
     def get(self, idx: Tensor) -> dict:
         """Samples at dataset rows ``idx`` (B,)."""
@@ -63,10 +58,14 @@ class ChunkSampler:
         for key, column in self.columns.items():
             rows, is_pad = self._rows(idx, self.offsets[key])
             batch[key], batch[f"{key}_is_pad"] = column[rows], is_pad  # (B, m, D), (B, m)
+        for key, column in self.strings.items():
+            rows, is_pad = self._rows(idx, self.offsets[key])
+            batch[key], batch[f"{key}_is_pad"] = column[rows.numpy()].tolist(), is_pad  # (B, m) str
         if self.image_offsets is not None and self.frames:
             rows, _ = self._rows(idx, self.image_offsets)
             batch["frames"] = {k: v[rows].float() for k, v in self.frames.items()}  # (B, T, ...)
             task = self.task_index[idx]
+            batch["task"] = [self.task_names[i] for i in task.tolist()]
             batch["text"] = {k: v[task].float() if v.is_floating_point() else v[task] for k, v in self.text.items()}
         if self.future_offsets is not None:
             rows, is_pad = self._rows(idx, self.future_offsets)
@@ -76,3 +75,40 @@ class ChunkSampler:
 
     def sample(self, batch_size: int) -> dict:
         return self.get(torch.randint(len(self), (batch_size,), generator=self.generator))
+
+
+def episode_bounds(episode_index: np.ndarray) -> tuple[Tensor, Tensor]:
+    """First and one-past-last row of the episode each row belongs to (rows ordered by episode)."""
+    starts = np.r_[0, np.flatnonzero(np.diff(episode_index)) + 1]
+    ends = np.r_[starts[1:], len(episode_index)]
+    lengths = ends - starts
+    return torch.from_numpy(np.repeat(starts, lengths)), torch.from_numpy(np.repeat(ends, lengths))
+
+
+class StringLookup:
+    """String features at offsets for the raw (DataLoader) path, where LeRobot's delta
+    timestamps stack tensors and cannot carry strings: looked up by the batch's global
+    ``index`` with the same clamping and ``<key>_is_pad`` flags as :class:`ChunkSampler`."""
+
+    def __init__(self, dataset, offsets: dict[str, list[int]]):
+        self.offsets = {k: torch.tensor(v) for k, v in offsets.items()}
+        table = dataset.hf_dataset.select_columns([*offsets, "episode_index", "index"]).with_format("numpy")
+        self.values = {k: np.asarray(table[k]) for k in offsets}
+        self.index = np.asarray(table["index"])
+        self.ep_start, self.ep_end = episode_bounds(np.asarray(table["episode_index"]))
+
+    def __call__(self, global_index: Tensor) -> dict:
+        pos = torch.from_numpy(np.searchsorted(self.index, global_index.numpy()))
+        out = {}
+        for key, offsets in self.offsets.items():
+            rows, out[f"{key}_is_pad"] = rows_at(pos, offsets, self.ep_start, self.ep_end)
+            out[key] = self.values[key][rows.numpy()].tolist()
+        return out
+
+
+def rows_at(idx: Tensor, offsets: Tensor, ep_start: Tensor, ep_end: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows ``idx + offsets`` (B, m) clamped to each sample's episode, and where they were clamped."""
+    rows = idx[:, None] + offsets[None]
+    start, end = ep_start[idx][:, None], ep_end[idx][:, None]
+    is_pad = (rows < start) | (rows >= end)
+    return torch.maximum(torch.minimum(rows, end - 1), start), is_pad

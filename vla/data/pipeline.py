@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from vla.config import DatasetConfig
+from vla.data.chunks import StringLookup
 from vla.data.normalize import Normalizer
 from vla.data.source import DatasetError, check_features, delta_timestamps, open_dataset
 from vla.features import ACTION, OBS_ENV_STATE, OBS_STATE, is_image_key
@@ -42,7 +43,8 @@ def infer_dims(policy_cfg: PolicyConfig, features: dict) -> PolicyConfig:
 
 
 def required_features(cfg: PolicyConfig) -> dict[str, tuple | None]:
-    req: dict[str, tuple | None] = {k: None for k in cfg.image_keys()}
+    # every key the policy reads (e.g. a phase annotation), with the shape of those it sizes
+    req: dict[str, tuple | None] = {k: None for k in cfg.frame_offsets()}
     req[OBS_STATE] = (cfg.state_dim,)
     if cfg.needs_actions():
         req[ACTION] = (cfg.action_dim,)
@@ -85,6 +87,8 @@ class TrainingData:
         meta_ds = open_configured(ds_cfg)
         self.policy_cfg = infer_dims(policy_cfg, meta_ds.meta.features)
         check_features(meta_ds.meta, required_features(self.policy_cfg))
+        self.string_keys = [k for k in self.policy_cfg.frame_offsets()
+                            if meta_ds.meta.features.get(k, {}).get("dtype") == "string"]
         # Only features the dataset has (required ones were checked above): a video-only
         # dataset has no action statistics, and its checkpoint gets them when fine-tuned.
         modes = {k: m for k, m in self.policy_cfg.normalization.items() if k in meta_ds.meta.features}
@@ -97,10 +101,13 @@ class TrainingData:
             self._sampler = self._cached_sampler(meta_ds, offsets, seed, device, is_main, barrier, progress)
             self._iter = None
         else:
-            # Future frames ride along as extra image offsets and are split off each batch.
-            read = {k: v + self.future if is_image_key(k) else v for k, v in offsets.items()}
+            # Future frames ride along as extra image offsets and are split off each batch;
+            # string features are looked up by frame index (delta timestamps stack tensors only).
+            strings = {k: v for k, v in offsets.items() if k in self.string_keys}
+            read = {k: v + self.future if is_image_key(k) else v for k, v in offsets.items() if k not in strings}
             dataset = open_configured(ds_cfg, delta_timestamps(read, meta_ds.meta.fps))
             self._sampler = None
+            self._strings = StringLookup(dataset, strings) if strings else None
             self._iter = self._raw_batches(dataset, seed, num_workers)
 
     def _cached_sampler(self, dataset, offsets, seed, device, is_main, barrier, progress):
@@ -124,12 +131,15 @@ class TrainingData:
             dataset, batch_size=self.batch_size, shuffle=True, generator=g, drop_last=True,
             num_workers=num_workers, persistent_workers=num_workers > 0,
         )
-        keep = set(self.policy_cfg.frame_offsets()) | {"task", f"{ACTION}_is_pad"}
+        keep = set(self.policy_cfg.frame_offsets()) | {"task", "index", f"{ACTION}_is_pad", f"{OBS_STATE}_is_pad"}
         n_future = len(self.future)
         while True:
             for batch in loader:
                 if n_future:
                     batch = split_future(batch, self.policy_cfg.image_keys(), n_future)
+                if self._strings is not None:
+                    batch.update(self._strings(batch["index"]))
+                    keep |= {f"{k}_is_pad" for k in self.string_keys}
                 yield {k: v for k, v in batch.items()
                        if k in keep or k.startswith("future_") or (is_image_key(k) and not k.endswith("_is_pad"))}
 

@@ -1,0 +1,247 @@
+"""OmniJARVIS behavior tokens: FSQ, the extended vocabulary, constrained decoding, the loss
+mask, re-planning, annotation data, and both training stages through the CLI."""
+
+import pytest
+import torch
+
+from policies.omnijarvis.config import OmniJarvisConfig
+from policies.omnijarvis.fsq import FSQ
+from policies.omnijarvis.model import memory_text
+from vla.backbone import Prefix
+from vla.features import PHASE
+from vla.policy import make_policy
+
+# Tiny stage-2 settings for the CLI (stage 1 uses the same with policy.stage left at tokenizer).
+TINY_OJ = ["policy=omnijarvis-small", "policy.width=32", "policy.heads=2", "policy.chunk_length=4",
+           "policy.horizon=4", "policy.n_action_steps=2", "policy.encoder_depth=1", "policy.decoder_depth=1",
+           "policy.lm.width=32", "policy.lm.depth=1", "policy.lm.heads=2", "policy.backbone.image_size=64",
+           "policy.backbone.vision_grid=2", "train.batch_size=4", "train.warmup_steps=1", "train.log_every=1",
+           "train.num_workers=0"]
+
+
+def test_fsq_round_trip_and_codebook_size():
+    fsq = FSQ([8, 8, 8, 6, 5])
+    assert fsq.codebook_size == 15_360
+    codes = fsq(torch.randn(4096, 5) * 3)
+    assert codes.abs().max() <= 1
+    idx = fsq.codes_to_indices(codes)
+    assert idx.min() >= 0 and idx.max() < fsq.codebook_size
+    torch.testing.assert_close(fsq.indices_to_codes(idx), codes)
+    every = torch.arange(fsq.codebook_size)
+    assert torch.equal(fsq.codes_to_indices(fsq.indices_to_codes(every)), every)  # a bijection
+    digits = fsq.codes_to_digits(codes)
+    assert ((digits >= 0) & (digits < fsq.levels)).all()
+
+
+def test_fsq_reaches_every_level_and_passes_gradients_straight_through():
+    fsq = FSQ([5, 4])
+    z = torch.linspace(-6, 6, 2001)[:, None].repeat(1, 2).requires_grad_()
+    codes = fsq(z)
+    assert [len(codes[:, d].unique()) for d in range(2)] == [5, 4]
+    codes.sum().backward()
+    assert (z.grad[1000] > 0).all()  # not zero through the rounding
+
+
+@pytest.fixture(scope="module")
+def vla_policy():
+    torch.manual_seed(0)
+    cfg = OmniJarvisConfig(state_dim=11, action_dim=7, horizon=4, n_action_steps=2, chunk_length=4, stage="vla",
+                           width=32, heads=2, encoder_depth=1, decoder_depth=1, temperature=1.0)
+    cfg.lm.width, cfg.lm.depth, cfg.lm.heads = 32, 1, 2
+    cfg.backbone.image_size, cfg.backbone.vision_grid = 64, 2
+    policy = make_policy(cfg).eval()
+    policy.tokenizer_trained.fill_(True)
+    return policy
+
+
+def random_prefix(b, n=6, width=32):
+    return Prefix(torch.randn(b, n, width), torch.ones(b, n, dtype=torch.bool))
+
+
+def test_constrained_decoding_only_emits_valid_tokens(vla_policy):
+    vla, levels = vla_policy.vla, vla_policy.config.fsq_levels
+    torch.manual_seed(1)
+    b = 64  # untrained LM, sampled at temperature 1: anything unconstrained would show up
+    out = vla.generate(["lift the red cube"] * b, [""] * b, random_prefix(b))
+    k, d = vla.n_behavior, len(levels)
+    for row, thought in zip(out.tokens, out.thoughts):
+        row = row[row >= 0]
+        n = len(row) - k
+        assert 0 <= n <= vla.max_thought and len(row) == n + k
+        assert vla.vocab.text_mask[row[:n]].all(), "thought tokens come from the text vocabulary"
+        for pos, tok in enumerate(row[n:].tolist()):
+            assert tok in vla.vocab.ids[pos % d].tolist(), f"behavior position {pos} emitted a foreign token"
+    assert ((out.digits >= 0) & (out.digits < torch.tensor(levels))).all()
+    assert any(out.thoughts), "sampling at temperature 1 produces some thought text"
+
+
+def test_without_thoughts_the_first_token_is_a_behavior(vla_policy):
+    vla = vla_policy.vla
+    vla.max_thought = 0  # what thoughts=False sets
+    try:
+        out = vla.generate(["lift the red cube"] * 8, [""] * 8, random_prefix(8))
+    finally:
+        vla.max_thought = vla_policy.config.max_thought_tokens
+    assert (out.tokens >= 0).sum(1).eq(vla.n_behavior).all() and out.thoughts == [""] * 8
+
+
+def test_loss_mask_covers_exactly_the_thought_and_behavior_tokens(vla_policy):
+    vla, tok = vla_policy.vla, vla_policy.vla.tokenizer
+    thoughts = ["grasp the red cube", "lift"]
+    digits = torch.tensor([[[1, 2, 3, 4, 0]], [[7, 7, 7, 5, 4]]])
+    seq = vla.training_sequence(["lift the red cube"] * 2, ["reach the red cube", ""], random_prefix(2), thoughts, digits)
+    assert (seq.labels[:, : vla.prompt_length(6)] == -100).all(), "no loss on instruction, memory or observation"
+    for i, thought in enumerate(thoughts):
+        supervised = seq.labels[i][seq.labels[i] != -100]
+        words = tok(thought, add_special_tokens=False)["input_ids"]
+        assert supervised[: len(words)].tolist() == words
+        assert supervised[len(words):].tolist() == vla.vocab.token_ids(digits[i]).flatten().tolist()
+        assert seq.is_behavior[i].sum() == vla.n_behavior
+    assert seq.key_mask[seq.labels != -100].all()
+
+
+def test_extending_the_vocabulary_keeps_original_ids():
+    from policies.omnijarvis.config import LMConfig
+    from policies.omnijarvis.lm import BehaviorVocab, load_tokenizer
+
+    tok = load_tokenizer(LMConfig())
+    before = {w: tok.convert_tokens_to_ids(w) for w in ["red", "cube", "[SEP]", "##s"]}
+    vocab = BehaviorVocab(tok, [8, 8, 8, 6, 5])
+    assert {w: tok.convert_tokens_to_ids(w) for w in before} == before
+    assert vocab.size == vocab.base_size + 35
+    ids = torch.cat(vocab.ids)
+    assert sorted(ids.tolist()) == list(range(vocab.base_size, vocab.size))
+    assert tok.decode(ids[:3], skip_special_tokens=True) == ""  # never leaks into a thought
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    """A randomly initialised LlamaForCausalLM saved with MiniLM's tokenizer: a real
+    transformers causal LM in a local directory, offline."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from policies.omnijarvis.config import LMConfig
+    from policies.omnijarvis.lm import load_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tok = load_tokenizer(LMConfig())
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256)
+                     ).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_transformers_lm_keeps_its_embeddings_trains_and_generates(tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    original = AutoModelForCausalLM.from_pretrained(tiny_llama).get_input_embeddings().weight.detach()
+    cfg = OmniJarvisConfig(state_dim=11, action_dim=7, horizon=4, n_action_steps=2, chunk_length=4, stage="vla",
+                           width=32, heads=2, encoder_depth=1, decoder_depth=1)
+    cfg.lm.kind, cfg.lm.path = "transformers", str(tiny_llama)
+    cfg.backbone.image_size, cfg.backbone.vision_grid = 64, 2
+    vla = make_policy(cfg).vla
+    grown = vla.lm.embed(torch.arange(len(original)))
+    torch.testing.assert_close(grown, original)  # every original row, same id
+    digits = torch.tensor([[[1, 2, 3, 4, 0]]])
+    seq = vla.training_sequence(["lift the red cube"], [""], random_prefix(1), ["grasp the red cube"], digits)
+    loss, _ = vla.loss(seq)
+    loss.backward()
+    assert torch.isfinite(loss) and vla.obs_proj[1].weight.grad.abs().sum() > 0
+    with torch.no_grad():  # KV-cached generation agrees with the uncached forward pass
+        out = vla.generate(["lift the red cube"], [""], random_prefix(1))
+    assert (out.tokens >= 0).sum() >= vla.n_behavior
+
+
+def test_kv_cached_generation_matches_a_full_forward(vla_policy):
+    """Greedy tokens from prefill + step equal the argmax of one uncached pass over the result."""
+    vla = vla_policy.vla
+    vla.config.temperature = 0.0
+    try:
+        prefix = random_prefix(2)
+        out = vla.generate(["lift the red cube", "stack the red cube on the green cube"], ["", "reach"], prefix)
+    finally:
+        vla.config.temperature = 1.0
+    emb, mask = vla.prompt(["lift the red cube", "stack the red cube on the green cube"], ["", "reach"], prefix)
+    for i in range(2):
+        toks = out.tokens[i][out.tokens[i] >= 0]
+        full = torch.cat([emb[i:i + 1], vla.lm.embed(toks[None])], 1)
+        keys = torch.cat([mask[i:i + 1], torch.ones(1, len(toks), dtype=torch.bool)], 1)
+        with torch.no_grad():
+            logits = vla.lm.logits(vla.lm(full, keys))[0, vla.prompt_length(6) - 1: -1]
+        allowed = torch.stack([vla.allowed(torch.tensor([min(max(0, p - (len(toks) - vla.n_behavior)), 99)]),
+                                           torch.tensor([p]))[0] for p in range(len(toks))])
+        assert torch.equal(logits.masked_fill(~allowed, float("-inf")).argmax(-1), toks)
+
+
+def test_replans_every_n_steps_with_memory_and_starts_over_at_step_zero(vla_policy):
+    policy, b = vla_policy, 2
+    cfg = policy.config
+    obs = {f"observation.images.{c}": torch.rand(b, 1, 3, 64, 64) for c in cfg.backbone.cameras}
+    obs.update({"observation.state": torch.randn(b, 1, 11), "task": ["lift the red cube"] * b})
+    starts = []
+    for step in [[0, 0], [2, 2], [4, 3], [6, 6], [8, 0]]:
+        obs["step"] = torch.tensor(step)
+        assert policy.sample_actions(obs).shape == (b, cfg.horizon, 7)
+        starts.append(policy._plans["start"].tolist())
+        assert len(policy.annotations()) == b
+    # N = chunk_length = 4: env 0 re-plans at 4 and 8; env 1 at 6 (first call >= 4 steps after 0), then a new episode
+    assert starts == [[0, 0], [0, 0], [4, 0], [4, 6], [8, 0]]
+    assert len(policy._plans["memory"][0]) == 2 and policy._plans["memory"][1] == []
+
+
+def test_memory_text_merges_repeats():
+    assert memory_text(["reach", "reach", "grasp", ""]) == "reach; grasp"
+    assert memory_text([]) == ""
+
+
+def test_phase_annotations_arrive_at_their_offsets_on_both_data_paths(lift_dataset):
+    from vla.config import DatasetConfig
+    from vla.data.pipeline import TrainingData
+    from vla.data.source import open_dataset
+
+    cfg = OmniJarvisConfig(stage="vla", chunk_length=4, horizon=4, n_action_steps=2, replan_every=2, memory_size=2)
+    ds = open_dataset(lift_dataset)
+    phases = list(ds.hf_dataset.with_format(None)[PHASE])
+    episode = list(ds.hf_dataset.with_format(None)["episode_index"])
+    cached = TrainingData(DatasetConfig(root=str(lift_dataset)), cfg, seed=0, device=torch.device("cpu"),
+                          num_workers=0, batch_size=8, progress=False)
+    batch = cached._sampler.get(torch.tensor([0, 3, 10, len(phases) - 1]))
+    assert batch["task"] == ["lift the red cube"] * 4
+    for row, i in zip(range(4), [0, 3, 10, len(phases) - 1]):
+        want = [phases[max(i + o, episode.index(episode[i]))] for o in (-4, -2, 0)]
+        assert batch[PHASE][row] == want
+        assert batch[f"{PHASE}_is_pad"][row].tolist() == [i - 4 < episode.index(episode[i]), i - 2 < episode.index(episode[i]), False]
+    cfg.backbone.freeze_vision = False  # the raw path: LeRobot's DataLoader + a lookup by frame index
+    raw = TrainingData(DatasetConfig(root=str(lift_dataset), cache_features=False), cfg, seed=0,
+                       device=torch.device("cpu"), num_workers=0, batch_size=4, progress=False)
+    rb = raw.next_batch()
+    for row, i in enumerate(rb["index"].tolist()):
+        assert rb[PHASE][row][-1] == phases[i]
+
+
+def test_both_stages_train_through_the_cli_and_eval_shows_thoughts(lift_dataset, tmp_path, capsys):
+    from vla.cli import main
+
+    data = [f"dataset.root={lift_dataset}", "env.image_size=64"]
+    stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
+    assert main(["train", *data, f"output_dir={stage1}", "train.steps=3", *TINY_OJ]) == 0
+    # stage 2 without the stage-1 weights is refused in one line
+    assert main(["train", *data, f"output_dir={tmp_path / 'bad'}", "train.steps=2", "policy.stage=vla", *TINY_OJ]) == 2
+    assert "train.init_from" in capsys.readouterr().err
+    # a stage-1 checkpoint cannot act
+    assert main(["eval", f"output_dir={stage1}", "env.image_size=64", "eval.episodes=1", "eval.n_envs=1"]) == 2
+    assert "stage-1" in capsys.readouterr().err
+    assert main(["train", *data, f"output_dir={stage2}", "train.steps=3", "policy.stage=vla",
+                 f"train.init_from={stage1}", *TINY_OJ]) == 0
+    assert "initialised" in capsys.readouterr().out
+    assert main(["eval", f"output_dir={stage2}", "env.image_size=64", "eval.episodes=1", "eval.n_envs=1",
+                 "env.max_episode_steps=6", f"eval.output_dir={tmp_path / 'eval'}"]) == 0
+    videos = list((tmp_path / "eval" / "videos").glob("*.mp4"))
+    assert videos
+    import av
+
+    with av.open(str(videos[0])) as f:
+        frame = next(f.decode(video=0)).to_ndarray(format="rgb24")
+    assert frame.shape[0] > 64, "a caption band with the thought sits under the camera views"
