@@ -127,7 +127,8 @@ def tiny_llama(tmp_path_factory):
     tok = load_tokenizer(LMConfig())
     torch.manual_seed(0)
     LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256)
+                                 num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                                 tie_word_embeddings=True)
                      ).save_pretrained(path)
     tok.save_pretrained(path)
     return path
@@ -149,9 +150,28 @@ def test_transformers_lm_keeps_its_embeddings_trains_and_generates(tiny_llama):
     loss, _ = vla.loss(seq)
     loss.backward()
     assert torch.isfinite(loss) and vla.obs_proj[1].weight.grad.abs().sum() > 0
-    with torch.no_grad():  # KV-cached generation agrees with the uncached forward pass
+    with torch.no_grad():
         out = vla.generate(["lift the red cube"], [""], random_prefix(1))
     assert (out.tokens >= 0).sum() >= vla.n_behavior
+
+
+def test_a_tied_transformers_lm_saves_and_loads(tiny_llama, tmp_path):
+    from vla.checkpoint import load_policy, save_pretrained
+    from vla.data.normalize import Normalizer
+
+    cfg = OmniJarvisConfig(state_dim=11, action_dim=7, horizon=4, n_action_steps=2, chunk_length=4, stage="vla",
+                           width=32, heads=2, encoder_depth=1, decoder_depth=1)
+    cfg.lm.kind, cfg.lm.path = "transformers", str(tiny_llama)
+    cfg.backbone.image_size, cfg.backbone.vision_grid = 64, 2
+    policy = make_policy(cfg)
+    with torch.no_grad():
+        policy.vla.lm.model.get_input_embeddings().weight[5] += 1.0  # tied: the output row moves too
+    stats = {"action": {"min": torch.zeros(7), "max": torch.ones(7)}}
+    save_pretrained(tmp_path / "ckpt", policy, Normalizer(stats, {"action": "min_max"}))
+    loaded, _ = load_policy(str(tmp_path / "ckpt"))
+    emb = loaded.vla.lm.model.get_input_embeddings().weight
+    torch.testing.assert_close(emb, policy.vla.lm.model.get_input_embeddings().weight)
+    assert emb.data_ptr() == loaded.vla.lm.model.get_output_embeddings().weight.data_ptr()
 
 
 def test_kv_cached_generation_matches_a_full_forward(vla_policy):

@@ -44,8 +44,20 @@ def save_pretrained(directory: Path, policy: Policy, normalizer: Normalizer, sta
     meta = {"policy": policy.config.name, "config": asdict(policy.config)}
     (directory / "config.json").write_text(json.dumps(meta, indent=2))
     weights = state_dict if state_dict is not None else policy.trainable_state_dict()
-    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, directory / "model.safetensors")
+    save_file(unshared(weights), directory / "model.safetensors")
     (directory / "normalization.json").write_text(normalizer.to_json())
+
+
+def unshared(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU copies safetensors accepts: a tensor sharing memory with an earlier one (a language
+    model's tied input / output embeddings) is cloned; loading fills both names again."""
+    out, seen = {}, set()
+    for k, v in weights.items():
+        v = v.detach().contiguous().cpu()
+        ptr = v.untyped_storage().data_ptr()
+        out[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    return out
 
 
 def save_checkpoint(run_dir: Path, step: int, policy: Policy, normalizer: Normalizer,
