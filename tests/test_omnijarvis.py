@@ -42,6 +42,28 @@ def test_fsq_reaches_every_level_and_passes_gradients_straight_through():
     assert (z.grad[1000] > 0).all()  # not zero through the rounding
 
 
+def test_latent_norm_keeps_windows_apart_where_plain_fsq_collapses():
+    """Latents with a large shared offset (what a decoder that ignores the code drifts to)
+    saturate plain FSQ into one code; the batch normalization keeps them spread."""
+    from policies.omnijarvis.tokenizer import BehaviorTokenizer
+
+    cfg = OmniJarvisConfig(width=32, heads=2, chunk_length=4)
+    tok = BehaviorTokenizer(cfg).train()
+    z = torch.randn(256, 1, 5) * 0.05 + 6.0
+    assert tok.fsq.codes_to_indices(tok.fsq(z)).unique().numel() == 1
+    normed = tok.latent_norm(z.flatten(0, 1)).view_as(z)
+    assert tok.fsq.codes_to_indices(tok.fsq(normed)).unique().numel() > 50
+
+
+def test_stage_two_keeps_the_tokenizer_statistics_frozen(vla_policy):
+    vla_policy.train()
+    try:
+        assert not vla_policy.behavior_tokenizer.latent_norm.training and not vla_policy.decoder.training
+        assert vla_policy.vla.training
+    finally:
+        vla_policy.eval()
+
+
 @pytest.fixture(scope="module")
 def vla_policy():
     torch.manual_seed(0)

@@ -42,6 +42,7 @@ class OmniJarvisConfig(PolicyConfig):
     fsq_levels: list[int] = field(default_factory=lambda: [8, 8, 8, 6, 5])  # 15,360 codes
     n_codes: int = 1                # codes per behavior (the paper: one)
     encoder_depth: int = 2
+    latent_norm: str = "batch"      # batch: BatchNorm (no affine) before FSQ, against saturation collapse | none
     # --- policy decoder: causal, conditioned on the code, the observation history and the
     # step within the behavior; predicts an H-step action chunk
     decoder_depth: int = 4
@@ -63,6 +64,8 @@ class OmniJarvisConfig(PolicyConfig):
         super().validate()
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.latent_norm not in ("batch", "none"):
+            raise ValueError(f"latent_norm must be 'batch' or 'none', got {self.latent_norm!r}")
         if self.decoder_head not in ("flow", "categorical"):
             raise ValueError(f"decoder_head must be 'flow' or 'categorical', got {self.decoder_head!r}")
         if self.lm.kind not in ("embedded", "transformers"):

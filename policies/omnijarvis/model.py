@@ -49,6 +49,13 @@ class OmniJarvisPolicy(Policy):
             self.vla = BehaviorVLA(config, n_prefix)
         self._plans: dict | None = None  # per-env plan state while acting
 
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.vla is not None:  # stage 2: the stage-1 parts are frozen, batch statistics included
+            self.behavior_tokenizer.eval()
+            self.decoder.eval()
+        return self
+
     # --- windows --------------------------------------------------------------------------------
     def _window(self, batch: dict) -> tuple[dict, dict, Tensor, Tensor]:
         """Frame features (B, T_o-1+C, ...), text features, normalized state, valid (B, C).

@@ -4,7 +4,8 @@ Per frame, the shared backbone's prefix for that single observation (its visual,
 instruction tokens) is pooled to one vector by learned attention queries (GROOT pools its
 per-frame features by cross-attention too). ``n_codes`` learned summary tokens are prepended
 to the C frame vectors, a bidirectional transformer runs over them, and each summary token is
-projected to ``len(fsq_levels)`` dims and quantized. The encoder sees observations only, as
+projected to ``len(fsq_levels)`` dims, normalized over the batch (``latent_norm``, see
+below) and quantized. The encoder sees observations only, as
 in OmniJARVIS: what the arm does shows in how the views and the proprioception change.
 
     frames (B, C, ...), state (B, C, D_s), valid (B, C) -> codes (B, n_codes, d) in [-1, 1]
@@ -34,6 +35,12 @@ class BehaviorTokenizer(nn.Module):
         self.norm = RMSNorm(w)
         self.fsq = FSQ(config.fsq_levels)
         self.to_latent = nn.Linear(w, self.fsq.dim)
+        # Why a normalization before FSQ: when the decoder can act from the observation alone
+        # (a scripted expert's demos), nothing asks the code to vary, the latent drifts into
+        # tanh's flat tails and every window gets the same corner code, with zero gradient to
+        # ever leave it (measured: one code for all windows by step 300 on lift). Centring and
+        # scaling each latent dimension over the batch keeps codes spread and gradients alive.
+        self.latent_norm = nn.BatchNorm1d(self.fsq.dim, affine=False) if config.latent_norm == "batch" else None
 
     def forward(self, backbone: Backbone, frames: dict[str, Tensor], text: dict[str, Tensor], state: Tensor,
                 valid: Tensor) -> Tensor:
@@ -49,4 +56,7 @@ class BehaviorTokenizer(nn.Module):
         mask = keys[:, None, None, :]  # bidirectional; padded frames are never attended to
         for block in self.blocks:
             x = block(x, self.rotary, mask)
-        return self.fsq(self.to_latent(self.norm(x[:, : self.summary.shape[0]])))
+        z = self.to_latent(self.norm(x[:, : self.summary.shape[0]]))  # (B, n_codes, d)
+        if self.latent_norm is not None:
+            z = self.latent_norm(z.flatten(0, 1)).view_as(z)
+        return self.fsq(z)
