@@ -58,5 +58,8 @@ class BehaviorTokenizer(nn.Module):
             x = block(x, self.rotary, mask)
         z = self.to_latent(self.norm(x[:, : self.summary.shape[0]]))  # (B, n_codes, d)
         if self.latent_norm is not None:
+            if self.latent_norm.training and z.shape[0] * z.shape[1] < 2:
+                raise ValueError("latent_norm=batch needs at least 2 latents per batch: train.batch_size >= 2 "
+                                 "(or policy.latent_norm=none)")
             z = self.latent_norm(z.flatten(0, 1)).view_as(z)
         return self.fsq(z)
