@@ -287,3 +287,23 @@ def test_both_stages_train_through_the_cli_and_eval_shows_thoughts(lift_dataset,
     with av.open(str(videos[0])) as f:
         frame = next(f.decode(video=0)).to_ndarray(format="rgb24")
     assert frame.shape[0] > 64, "a caption band with the thought sits under the camera views"
+
+
+def test_categorical_decoder_bins_actions_and_learns_a_chunk():
+    from policies.omnijarvis.decoder import BehaviorDecoder
+
+    torch.manual_seed(0)
+    cfg = OmniJarvisConfig(state_dim=11, action_dim=3, horizon=4, chunk_length=4, width=32, heads=2,
+                           decoder_depth=1, decoder_head="categorical", action_bins=16)
+    dec = BehaviorDecoder(cfg, n_prefix=6)
+    actions = torch.rand(2, 4, 3) * 2 - 1
+    assert (dec.bin_center(dec.bin_of(actions)) - actions).abs().max() <= 1 / 16 + 1e-6  # within half a bin
+    prefix, codes, step = random_prefix(2), torch.zeros(2, 1, 5), torch.tensor([0, 3])
+    opt = torch.optim.Adam(dec.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = dec.loss(prefix, codes, step, actions, None)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    pred = dec.sample(prefix, codes, step)
+    assert pred.shape == (2, 4, 3) and (pred - actions).abs().max() <= 1 / 16 + 1e-6
