@@ -10,7 +10,8 @@ Per task:
 3. stage 2 (the VLA) with and without thoughts from the default codebook's stage-1 run;
 4. ``vla eval`` of both on the same 50 held-out seeds as every other row in RESULTS.md.
 
-Dita's row is the DUST ablation's (``outputs/evidence/<task>/dita``: same data, same seeds).
+Dita's row is the DUST ablation's (``outputs/evidence/<task>/dita``: same data, same seeds). The lift
+data is the demo's (``outputs/demo/data``, which ``make demo`` rebuilds), stack's the ablation's.
 Finished steps are skipped, so a killed run continues where it stopped.
 
     python -m benchmarks.omnijarvis_eval --tasks lift stack --jobs 2
