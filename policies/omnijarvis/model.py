@@ -78,8 +78,7 @@ class OmniJarvisPolicy(Policy):
 
     def _history_prefix(self, frames: dict, text: dict, state: Tensor, j: Tensor):
         """Backbone prefix of the T_o-frame history ending at window step j (B,)."""
-        idx = j[:, None] + torch.arange(self.config.n_obs_steps, device=j.device)[None]  # (B, T_o)
-        rows = torch.arange(len(j), device=j.device)[:, None]
+        rows, idx = steps_from(j, self.config.n_obs_steps)
         return self.backbone({k: v[rows, idx] for k, v in frames.items()}, text, state[rows, idx])
 
     # --- the contract ---------------------------------------------------------------------------
@@ -111,8 +110,7 @@ class OmniJarvisPolicy(Policy):
         for _ in range(cfg.decoder_samples):
             # a step of the window inside the episode (frame s is always inside)
             j = (torch.rand(b, device=codes.device) * valid.sum(1)).long()
-            idx = j[:, None] + torch.arange(cfg.horizon, device=j.device)[None]
-            rows = torch.arange(b, device=j.device)[:, None]
+            rows, idx = steps_from(j, cfg.horizon)
             prefix = self._history_prefix(frames, text, state, j)
             losses.append(self.decoder.loss(prefix, codes, j, actions[rows, idx], None if pad is None else pad[rows, idx]))
         loss = torch.stack(losses).mean()
@@ -129,8 +127,7 @@ class OmniJarvisPolicy(Policy):
         """Decoded chunk at window step j (B,) from the window's own code: (pred, target, is_pad)."""
         frames, text, state, valid = self._window(batch)
         codes = self._encode(frames, text, state, valid)
-        idx = j[:, None] + torch.arange(self.config.horizon, device=j.device)[None]
-        rows = torch.arange(len(j), device=j.device)[:, None]
+        rows, idx = steps_from(j, self.config.horizon)
         pred = self.decoder.sample(self._history_prefix(frames, text, state, j), codes, j, noise)
         pad = batch.get(f"{ACTION}_is_pad")
         return pred, batch[ACTION][rows, idx], (torch.zeros_like(idx, dtype=torch.bool) if pad is None else pad[rows, idx])
@@ -208,3 +205,8 @@ def memory_text(thoughts: list[str]) -> str:
 def without_text(text: dict[str, Tensor]) -> dict[str, Tensor]:
     """Text features with zero tokens: a backbone prefix of the observation alone."""
     return {k: v[:, :0] for k, v in text.items()}
+
+
+def steps_from(j: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """Index pair selecting, for every row b, the n steps j[b] .. j[b]+n-1 of a (B, T, ...) tensor."""
+    return torch.arange(len(j), device=j.device)[:, None], j[:, None] + torch.arange(n, device=j.device)[None]
