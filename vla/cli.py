@@ -1,9 +1,11 @@
-"""``vla`` command line: collect | train | eval, configured by Hydra overrides.
+"""``vla`` command line: collect | train | eval | twin | deploy, configured by Hydra overrides.
 
     vla collect collect.episodes=100 env=lift dataset.root=data/lift
     vla train policy=dita-small dataset.root=data/lift output_dir=outputs/lift
     vla train --resume output_dir=outputs/lift
     vla eval eval.checkpoint=outputs/lift eval.episodes=50
+    vla twin robot=twin                                    # the simulated Panda on ROS 2 topics
+    vla deploy robot=twin deploy.checkpoint=outputs/lift   # a checkpoint driving a robot
 
 Errors the user can fix (bad config, missing dataset, corrupt checkpoint, ...) print one
 line and exit with status 2.
@@ -102,13 +104,40 @@ def cmd_eval(run, policy_cfg, args) -> None:
           f"mean length {r['mean_length']:.1f}\nreport: {out}/report.md\nvideos: {out}/videos/")
 
 
+def cmd_twin(run, policy_cfg, args) -> None:
+    """Serve the tabletop Panda as a franka_ros2-like ROS 2 node (until Ctrl-C)."""
+    from envs.robot.twin import run_twin
+
+    run_twin(run.robot)
+
+
+def cmd_deploy(run, policy_cfg, args) -> None:
+    """Run a checkpoint on a robot backend through the safety layer; records and reports."""
+    from vla.deploy import deploy
+
+    out = run.deploy.output_dir or os.path.join(run.output_dir, "deploy")
+    summary = deploy(run)
+    s = summary
+    rate = "" if s["success_rate"] is None else f"success {s['success_rate']:.0%} ({s['successes']}/{s['episodes']}); "
+    print(f"{rate}{s['steps']} steps; period p50 {s['period_ms']['p50'] or 0:.1f} ms, p99 {s['period_ms']['p99'] or 0:.1f} ms; "
+          f"safety changed {s['safety']['commands_changed']}/{s['safety']['commands_sent']} commands\n"
+          f"report: {out}/report.md")
+    if "interrupted" in s["stopped"]:
+        print("stopped by Ctrl-C; the arm is holding", file=sys.stderr)
+        raise KeyboardInterrupt
+    if "fault" in s["stopped"]:
+        from envs.robot.base import RobotError
+
+        raise RobotError(s["messages"][-1])
+
+
 def _device(run):
     from vla.distributed import pick_device
 
     return pick_device(run.device)
 
 
-COMMANDS = {"collect": cmd_collect, "train": cmd_train, "eval": cmd_eval}
+COMMANDS = {"collect": cmd_collect, "train": cmd_train, "eval": cmd_eval, "twin": cmd_twin, "deploy": cmd_deploy}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "train":
             p.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
     args = parser.parse_args(argv)
+    from envs.robot.base import RobotError
     from vla.errors import USER_ERRORS
 
     try:
@@ -136,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"vla {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RobotError as e:  # a fault on the robot side: the safety layer has left the arm holding
+        print(f"vla {args.command}: robot stopped: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"vla {args.command}: interrupted", file=sys.stderr)
         return 130

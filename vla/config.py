@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from envs.robot.config import RobotConfig
 from vla.policy import PolicyConfig, policy_config_class
 
 
@@ -85,12 +86,31 @@ class EvalConfig:
 
 
 @dataclass
+class DeployConfig:
+    checkpoint: str | None = None         # checkpoint directory or hub id; None = output_dir
+    episodes: int = 1
+    max_steps: int = 300                  # control steps per episode
+    seed: int = 0                         # episode k of a simulated cell resets with seed + k
+    stop_on_success: bool = True          # end an episode when the cell reports success (sim / twin)
+    async_inference: bool = True
+    n_action_steps: int | None = None     # actions run from each chunk; None = the checkpoint's
+    temporal_ensemble: float | None = None  # ACT-style coefficient; None = off
+    test_time_scaling: int | None = None  # DUST: vision steps per action step q (N_o = q * N_A)
+    dry_run: bool = False                 # compute, check and log commands; send none
+    record: bool = True                   # record every episode as a LeRobot dataset
+    dataset_root: str | None = None       # None = <output_dir>/deploy/data
+    output_dir: str | None = None         # None = <output_dir>/deploy
+
+
+@dataclass
 class RunConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    robot: RobotConfig = field(default_factory=RobotConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
     policy: Any = None                # the policy's own config dataclass (selected by name)
     output_dir: str = "outputs/run"
     device: str = "auto"              # auto | cpu | cuda | cuda:N

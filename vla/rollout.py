@@ -147,14 +147,7 @@ def evaluate_policy(policy, normalizer, run: RunConfig, *, episodes: int | None 
     ev = run.eval
     episodes = episodes or ev.episodes
     out = Path(output_dir or ev.output_dir or Path(run.output_dir) / "eval")
-    if ev.test_time_scaling is not None:
-        from vla.config import ConfigError
-
-        try:
-            policy.set_test_time_scaling(ev.test_time_scaling)
-        except ValueError as e:
-            raise ConfigError(f"eval.test_time_scaling: {e}") from None
-    runtime = RuntimePolicy(policy, normalizer, n_action_steps=ev.n_action_steps, temporal_ensemble=ev.temporal_ensemble)
+    runtime = RuntimePolicy.from_settings(policy, normalizer, ev, "eval")
     records = rollout(runtime, run.env, episodes=episodes, n_envs=ev.n_envs, seed=ev.seed, video_dir=out / "videos",
                       max_videos=ev.max_videos, progress=progress)
     protocol = {

@@ -51,6 +51,20 @@ class RuntimePolicy:
         self._text_cache: dict[str, dict[str, Tensor]] = {}
         self.reset()
 
+    @classmethod
+    def from_settings(cls, policy: Policy, normalizer: Normalizer, settings, where: str) -> RuntimePolicy:
+        """A runtime from a config section with n_action_steps, temporal_ensemble and
+        test_time_scaling (``eval`` or ``deploy``); a bad value is a ConfigError naming it."""
+        if settings.test_time_scaling is not None:
+            from vla.config import ConfigError
+
+            try:
+                policy.set_test_time_scaling(settings.test_time_scaling)
+            except ValueError as e:
+                raise ConfigError(f"{where}.test_time_scaling: {e}") from None
+        return cls(policy, normalizer, n_action_steps=settings.n_action_steps,
+                   temporal_ensemble=settings.temporal_ensemble)
+
     def reset(self, env_ids: list[int] | None = None) -> None:
         """Forget history and queued actions (of some environments, or all)."""
         if env_ids is None:
@@ -111,13 +125,16 @@ class RuntimePolicy:
         self._fresh = set()
 
     def _observation(self, tasks: list[str]) -> dict:
-        hist = list(self._history)
+        return self._assemble(list(self._history), tasks, self._steps)
+
+    def _assemble(self, hist: list[dict[str, Tensor]], tasks: list[str], steps: list[int]) -> dict:
+        """Frames oldest first -> the policy observation (B, T_o, ...)."""
         frames = {k: torch.stack([h[k] for h in hist], dim=1) for k in hist[0] if k != OBS_STATE}
         state = torch.stack([h[OBS_STATE] for h in hist], dim=1)  # (B, T_o, D_s)
         # step: control steps since each env's episode began, for policies that plan over
         # time (a behavior-token policy re-plans every N steps and starts afresh at 0)
         return {"frames": frames, "text": self._text_features(tasks), OBS_STATE: state, TASK: tasks,
-                "step": torch.tensor(self._steps, device=self.device)}
+                "step": torch.tensor(steps, device=self.device)}
 
     # --- acting ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -137,6 +154,21 @@ class RuntimePolicy:
         actions = np.stack([self._next_action(i) for i in range(b)])
         self._steps = [s + 1 for s in self._steps]
         return actions
+
+    @torch.no_grad()
+    def predict_chunk(self, history: list[dict], step: int) -> np.ndarray:
+        """Stateless chunk for asynchronous control: unbatched raw observations, oldest first
+        (the last ``n_obs_steps`` are used; fewer repeat the oldest) -> (horizon, D_a) actions.
+
+        ``step`` is the control step of the newest observation since the episode began. The
+        caller decides which of the returned actions are still current when it arrives.
+        """
+        recent = list(history[-self.n_obs_steps:])
+        recent = [recent[0]] * (self.n_obs_steps - len(recent)) + recent
+        batched = [{k: [v] if isinstance(v, str) else np.asarray(v)[None] for k, v in o.items()} for o in recent]
+        obs = self._assemble([self._frame(o) for o in batched], [recent[-1][TASK]], [step])
+        chunk = self.policy.sample_actions(obs)
+        return self.normalizer.unnormalize(ACTION, chunk).float().cpu().numpy()[0]
 
     def _predict(self, tasks: list[str]) -> np.ndarray:
         chunk = self.policy.sample_actions(self._observation(tasks))

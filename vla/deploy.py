@@ -1,0 +1,385 @@
+"""`vla deploy`: a checkpoint driving a robot through the safety layer at a fixed rate.
+
+    observe ─ every period (20 Hz): read the robot, check freshness, record
+    infer   ─ on its own thread: the last n_obs_steps observations -> a chunk of H actions
+    act     ─ every period: the action the newest chunk planned for *this* step, via the safety layer
+
+Asynchronous inference. A chunk computed from the observation of step k plans steps k .. k+H-1.
+It arrives L steps later (L = inference latency / period); its first L actions are for steps
+already past, so they are skipped (counted as stale), and execution continues at step k+L. The
+next inference starts early enough that its chunk lands before the current one's
+n_action_steps run out (the lead is the measured latency). Until the first chunk arrives, and
+whenever the chunks run dry, the arm holds. Temporal ensembling instead re-plans back-to-back
+and averages every chunk that covers a step (ACT), older chunks weighing more.
+
+Synchronous inference (``deploy.async_inference=false``) blocks the loop while it infers: on the
+lockstep `sim` backend that is exactly `vla eval`'s rollout.
+
+Every step is recorded into a LeRobot dataset (what was observed, what was sent); a fault or
+Ctrl-C saves the episode so far, leaves the arm holding and writes the report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from envs.robot.base import Command, RobotError
+from envs.robot.safety import SafeRobot, SafetyStop
+from vla.config import DeployConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EpisodeResult:
+    steps: int = 0
+    seconds: float = 0.0
+    success: bool | None = None
+    stopped: str = "max_steps"            # max_steps | success | fault | interrupted
+    message: str = ""
+    chunks: int = 0
+    stale_skipped: int = 0                # planned actions dropped because inference made them late
+    held_steps: int = 0                   # steps with no planned action (waiting for a chunk)
+    overruns: int = 0                     # periods the loop could not keep
+    periods: list[float] = field(default_factory=list)      # s between consecutive commands
+    latencies: list[float] = field(default_factory=list)    # s per inference
+    obs_to_command: list[float] = field(default_factory=list)  # s from reading an observation to its command
+    dataset_episode: int | None = None
+
+
+class ActionSchedule:
+    """Which action runs at which control step, given chunks that arrive late. Pure numpy."""
+
+    def __init__(self, horizon: int, n_action_steps: int, ensemble: float | None = None):
+        self.horizon, self.n_action_steps, self.ensemble = horizon, n_action_steps, ensemble
+        self.chunks: deque[tuple[int, np.ndarray]] = deque()  # (step of its observation, (H, D))
+        self.stale_skipped = 0
+
+    def add(self, start: int, chunk: np.ndarray, now: int) -> None:
+        """A chunk planned from step `start`'s observation, arriving at step `now`."""
+        if self.ensemble is None:
+            self.chunks.clear()  # the newest plan replaces the old one
+        self.chunks.append((start, chunk))
+        self.stale_skipped += min(max(now - start, 0), len(chunk))
+        while self.chunks and self.chunks[0][0] + self.horizon <= now:
+            self.chunks.popleft()
+
+    def action(self, step: int) -> np.ndarray | None:
+        live = [(s, c) for s, c in self.chunks if s <= step < s + len(c)]
+        if not live:
+            return None
+        if self.ensemble is None:
+            s, c = live[-1]
+            return c[step - s]
+        preds = np.stack([c[step - s] for s, c in live])  # oldest first
+        weights = np.exp(-self.ensemble * np.arange(len(preds)))
+        return (weights[:, None] * preds).sum(0) / weights.sum()
+
+    def needs_chunk(self, step: int, lead: int) -> bool:
+        """Start inferring now so a chunk lands before this one's n_action_steps run out."""
+        if not self.chunks:
+            return True
+        if self.ensemble is not None:
+            return True  # re-plan back to back
+        start = self.chunks[-1][0]
+        return step - start >= self.n_action_steps - lead
+
+
+class InferenceWorker:
+    """Runs `runtime.predict_chunk` on a thread, one request at a time."""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+        self._request: tuple[list[dict], int] | None = None
+        self._result: tuple[int, np.ndarray, float] | None = None
+        self._error: BaseException | None = None
+        self._cv = threading.Condition()
+        self._closed = False
+        self.busy = False
+        self._thread = threading.Thread(target=self._run, name="vla-inference", daemon=True)
+        self._thread.start()
+
+    def submit(self, history: list[dict], step: int) -> None:
+        with self._cv:
+            self._request, self.busy = (history, step), True
+            self._cv.notify()
+
+    def poll(self) -> tuple[int, np.ndarray, float] | None:
+        """(step, chunk, latency s) when a chunk is ready; re-raises an inference error."""
+        with self._cv:
+            if self._error is not None:
+                raise self._error
+            result, self._result = self._result, None
+            return result
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join(timeout=10.0)
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while self._request is None and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    return
+                (history, step), self._request = self._request, None
+            start = time.perf_counter()
+            try:
+                chunk = self.runtime.predict_chunk(history, step)
+            except BaseException as e:  # surfaced on the control thread by poll()
+                with self._cv:
+                    self._error, self.busy = e, False
+                return
+            with self._cv:
+                self._result, self.busy = (step, chunk, time.perf_counter() - start), False
+
+
+class Deployer:
+    """One robot, one runtime policy, the control loop; `run_episode()` per episode."""
+
+    def __init__(self, robot: SafeRobot, runtime, config: DeployConfig, *, recorder=None, progress: bool = True):
+        self.robot, self.runtime, self.config, self.recorder = robot, runtime, config, recorder
+        self.period = 1.0 / robot.config.control_hz
+        self.progress = progress
+        self._hold_action = None
+
+    def run_episode(self) -> EpisodeResult:
+        cfg, robot, runtime = self.config, self.robot, self.runtime
+        runtime.reset()
+        result = EpisodeResult()
+        schedule = ActionSchedule(runtime.horizon, runtime.n_action_steps, cfg.temporal_ensemble)
+        history: deque[dict] = deque(maxlen=runtime.n_obs_steps)
+        worker = InferenceWorker(runtime) if cfg.async_inference else None
+        latency_ema = 0.0
+        start = next_tick = time.monotonic()
+        last_command = None
+        step = 0
+        try:
+            while step < cfg.max_steps:
+                tick = time.monotonic()
+                state = robot.read_state()
+                obs = robot.observation_from(state)
+                history.append(obs)
+                if worker is not None:
+                    ready = worker.poll()
+                    if ready is not None:
+                        s, chunk, latency = ready
+                        schedule.add(s, chunk, step)
+                        result.chunks += 1
+                        result.latencies.append(latency)
+                        latency_ema = latency if result.chunks == 1 else 0.8 * latency_ema + 0.2 * latency
+                    if not worker.busy and schedule.needs_chunk(step, math.ceil(latency_ema / self.period)):
+                        worker.submit(list(history), step)
+                elif schedule.needs_chunk(step, 0):
+                    t0 = time.perf_counter()
+                    schedule.add(step, runtime.predict_chunk(list(history), step), step)
+                    result.chunks += 1
+                    result.latencies.append(time.perf_counter() - t0)
+                action = schedule.action(step)
+                if action is None:
+                    robot.hold()
+                    result.held_steps += 1
+                    sent = self._hold_action_for(state)
+                else:
+                    sent = robot.send_action(action)
+                now = time.monotonic()
+                result.obs_to_command.append(now - tick)
+                if last_command is not None:
+                    result.periods.append(now - last_command)
+                last_command = now
+                if self.recorder is not None:
+                    self.recorder.add_frame(obs, sent)
+                step += 1
+                result.steps = step
+                success = robot.task_success()
+                if success:
+                    result.success = True
+                    if cfg.stop_on_success:
+                        result.stopped = "success"
+                        break
+                elif success is not None:
+                    result.success = False
+                next_tick += self.period
+                delay = next_tick - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                else:  # late: keep the rate from here rather than bursting to catch up
+                    result.overruns += 1
+                    next_tick = time.monotonic()
+        except SafetyStop as e:
+            result.stopped, result.message = "fault", str(e)
+        except RobotError as e:
+            robot.hold()
+            result.stopped, result.message = "fault", f"{e}; the arm is holding"
+        except KeyboardInterrupt:
+            robot.hold()
+            result.stopped, result.message = "interrupted", "stopped by Ctrl-C; the arm is holding"
+        finally:
+            if worker is not None:
+                worker.close()
+            result.stale_skipped = schedule.stale_skipped
+            result.seconds = time.monotonic() - start
+            if self.recorder is not None and self.recorder.frames_in_episode > 0:
+                result.dataset_episode = self.recorder.save_episode()
+        return result
+
+    def _hold_action_for(self, state) -> np.ndarray:
+        """The action a hold corresponds to (recorded in the dataset): no motion, gripper as commanded."""
+        r = self.robot.robot
+        width = r.last_gripper_width if r.last_gripper_width is not None else state.gripper_width
+        if r.config.action_space == "joint_position":
+            return r.action_from(Command(gripper_width=width, joint_pos=state.joint_pos), state)
+        return r.action_from(Command(gripper_width=width, eef_pos=state.eef_pos, eef_rot=state.eef_rot), state)
+
+
+def percentiles(values: list[float], qs=(50, 99)) -> dict[str, float | None]:
+    if not values:
+        return {f"p{q}": None for q in qs}
+    return {f"p{q}": float(np.percentile(values, q)) for q in qs}
+
+
+def summarize(results: list[EpisodeResult], robot: SafeRobot, protocol: dict) -> dict:
+    periods = [p for r in results for p in r.periods]
+    target = 1.0 / robot.config.control_hz
+    known = [r.success for r in results if r.success is not None]
+    return {
+        "protocol": protocol,
+        "episodes": len(results),
+        "successes": sum(bool(s) for s in known) if known else None,
+        "success_rate": (sum(bool(s) for s in known) / len(known)) if known else None,
+        "steps": sum(r.steps for r in results),
+        "stopped": [r.stopped for r in results],
+        "messages": [r.message for r in results if r.message],
+        "period_ms": {k: None if v is None else 1000 * v for k, v in percentiles(periods).items()},
+        "jitter_ms": {k: None if v is None else 1000 * v
+                      for k, v in percentiles([abs(p - target) for p in periods]).items()},
+        "inference_ms": {k: None if v is None else 1000 * v
+                         for k, v in percentiles([x for r in results for x in r.latencies]).items()},
+        "obs_to_command_ms": {k: None if v is None else 1000 * v
+                              for k, v in percentiles([x for r in results for x in r.obs_to_command]).items()},
+        "chunks": sum(r.chunks for r in results),
+        "stale_actions_skipped": sum(r.stale_skipped for r in results),
+        "held_steps": sum(r.held_steps for r in results),
+        "overruns": sum(r.overruns for r in results),
+        "safety": robot.summary(),
+        "dataset_episodes": [r.dataset_episode for r in results],
+    }
+
+
+def write_report(out: Path, summary: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    s, p = summary, summary["protocol"]
+    rate = "n/a (nothing measures success on this robot)" if s["success_rate"] is None else \
+        f"{s['success_rate']:.0%} ({s['successes']}/{s['episodes']})"
+    lines = [
+        f"# Deploy report: {p['checkpoint']} on {p['backend']}{' (dry run)' if p['dry_run'] else ''}", "",
+        f"- episodes: {s['episodes']}, steps: {s['steps']}, ended by: {', '.join(s['stopped'])}",
+        f"- success: {rate}",
+        f"- control period (target {1000 / p['control_hz']:.0f} ms): p50 {_ms(s['period_ms']['p50'])}, "
+        f"p99 {_ms(s['period_ms']['p99'])}; jitter p50 {_ms(s['jitter_ms']['p50'])}, p99 {_ms(s['jitter_ms']['p99'])}; "
+        f"overruns {s['overruns']}",
+        f"- inference ({'async' if p['async_inference'] else 'sync'}): {s['chunks']} chunks, "
+        f"p50 {_ms(s['inference_ms']['p50'])}, p99 {_ms(s['inference_ms']['p99'])}; "
+        f"stale actions skipped {s['stale_actions_skipped']}; held steps {s['held_steps']}",
+        f"- observation to command: p50 {_ms(s['obs_to_command_ms']['p50'])}, p99 {_ms(s['obs_to_command_ms']['p99'])}",
+        f"- safety: {s['safety']['commands_sent']} commands, {s['safety']['commands_changed']} changed; "
+        f"interventions {s['safety']['interventions'] or 'none'}",
+    ]
+    lines += [f"- stop: {m}" for m in s["messages"]]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def _ms(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.1f} ms"
+
+
+def check_compatible(robot, policy) -> None:
+    """The robot's features must be what the policy consumes; the error names the key."""
+    from vla.features import ACTION, OBS_STATE, image_key
+
+    feats = robot.observation_features
+    cfg = policy.config
+    for camera in cfg.backbone.cameras:
+        if image_key(camera) not in feats:
+            raise ValueError(f"the policy needs {image_key(camera)!r}, which the robot does not provide "
+                             f"(robot.cameras={list(robot.config.cameras)})")
+    if feats[OBS_STATE]["shape"][0] != cfg.state_dim:
+        raise ValueError(f"{OBS_STATE}: the policy expects {cfg.state_dim} values, the robot gives "
+                         f"{feats[OBS_STATE]['shape'][0]}")
+    if robot.action_features[ACTION]["shape"][0] != cfg.action_dim:
+        raise ValueError(f"{ACTION}: the policy outputs {cfg.action_dim} values, robot.action_space="
+                         f"{robot.config.action_space} takes {robot.action_features[ACTION]['shape'][0]}")
+
+
+def deploy(run, *, progress: bool = True) -> dict:
+    """Load the checkpoint, connect the robot, run `deploy.episodes` episodes; returns the summary."""
+    from vla.checkpoint import load_policy
+    from vla.config import ConfigError
+    from vla.distributed import pick_device
+    from vla.runtime import RuntimePolicy
+
+    cfg, rcfg = run.deploy, run.robot
+    if cfg.episodes < 1 or cfg.max_steps < 1:
+        raise ConfigError("deploy.episodes and deploy.max_steps must be >= 1")
+    try:
+        rcfg.check()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    ckpt = cfg.checkpoint or run.output_dir
+    policy, normalizer = load_policy(ckpt, pick_device(run.device))
+    runtime = RuntimePolicy.from_settings(policy, normalizer, cfg, "deploy")
+    out = Path(cfg.output_dir or Path(run.output_dir) / "deploy")
+    out.mkdir(parents=True, exist_ok=True)
+    from envs.robot import make_robot
+
+    try:
+        robot = make_robot(rcfg, log_path=out / "interventions.jsonl", dry_run=cfg.dry_run)
+        check_compatible(robot, policy)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    recorder = None
+    if cfg.record:
+        from vla.data.recorder import EpisodeRecorder
+
+        features = {**robot.observation_features, **robot.action_features}
+        recorder = EpisodeRecorder(cfg.dataset_root or out / "data", features, fps=round(rcfg.control_hz),
+                                   robot_type=f"franka_{rcfg.backend}", task=rcfg.task)
+    protocol = {"checkpoint": ckpt, "backend": rcfg.backend, "action_space": rcfg.action_space,
+                "control_hz": rcfg.control_hz, "dry_run": cfg.dry_run, "async_inference": cfg.async_inference,
+                "n_action_steps": runtime.n_action_steps, "temporal_ensemble": cfg.temporal_ensemble,
+                "max_steps": cfg.max_steps, "seeds": f"{cfg.seed} .. {cfg.seed + cfg.episodes - 1}",
+                "policy": policy.config.name, **policy.sampling_protocol(), "safety": asdict(rcfg.safety)}
+    results = []
+    try:
+        with robot:
+            deployer = Deployer(robot, runtime, cfg, recorder=recorder, progress=progress)
+            for k in range(cfg.episodes):
+                if not robot.reset_episode(cfg.seed + k) and k > 0:
+                    input(f"episode {k + 1}/{cfg.episodes}: reset the scene, then press Enter ")
+                result = deployer.run_episode()
+                results.append(result)
+                if progress:
+                    print(f"episode {k + 1}/{cfg.episodes}: {result.stopped} after {result.steps} steps"
+                          f"{'' if result.success is None else f', success={result.success}'}"
+                          f"{f' - {result.message}' if result.message else ''}")
+                if result.stopped in ("fault", "interrupted"):
+                    break
+    finally:
+        if recorder is not None:
+            recorder.close()
+    summary = summarize(results, robot, protocol)
+    write_report(out, summary)
+    return summary
