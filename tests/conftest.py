@@ -41,3 +41,29 @@ def trained_run(tmp_path_factory, lift_dataset):
     args = ["train", f"dataset.root={lift_dataset}", f"output_dir={out}", "train.steps=4", "train.save_every=2", *TINY]
     assert main(args) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def ros_domain():
+    """A DDS domain of its own for this test session, so ROS tests never hear another run's nodes."""
+    domain = str(1 + os.getpid() % 100)
+    os.environ["ROS_DOMAIN_ID"] = domain
+    return domain
+
+
+def twin_topics(cfg):
+    """Point a robot config at the digital twin's episode / success topics."""
+    from envs.robot.twin import EPISODE_TOPIC, RESET_TOPIC, SUCCESS_TOPIC
+
+    cfg.topics.success, cfg.topics.reset, cfg.topics.episode = SUCCESS_TOPIC, RESET_TOPIC, EPISODE_TOPIC
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def twin(ros_domain):
+    """The digital twin (lift, seed 0) serving franka_ros2-style topics in this process."""
+    from envs.robot.config import RobotConfig
+    from envs.robot.twin import DigitalTwin
+
+    with DigitalTwin(RobotConfig()) as twin:
+        yield twin

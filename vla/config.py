@@ -96,6 +96,7 @@ class DeployConfig:
     n_action_steps: int | None = None     # actions run from each chunk; None = the checkpoint's
     temporal_ensemble: float | None = None  # ACT-style coefficient; None = off
     test_time_scaling: int | None = None  # DUST: vision steps per action step q (N_o = q * N_A)
+    max_inference_seconds: float = 2.0    # the arm holds while it waits for a chunk; longer than this ends the run
     dry_run: bool = False                 # compute, check and log commands; send none
     record: bool = True                   # record every episode as a LeRobot dataset
     dataset_root: str | None = None       # None = <output_dir>/deploy/data

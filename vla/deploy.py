@@ -56,6 +56,10 @@ class EpisodeResult:
     dataset_episode: int | None = None
 
 
+class InferenceTimeout(RuntimeError):
+    """The policy produced no chunk for deploy.max_inference_seconds while the arm held."""
+
+
 class ActionSchedule:
     """Which action runs at which control step, given chunks that arrive late. Pure numpy."""
 
@@ -164,7 +168,7 @@ class Deployer:
         worker = InferenceWorker(runtime) if cfg.async_inference else None
         latency_ema = 0.0
         start = next_tick = time.monotonic()
-        last_command = None
+        last_command = waiting_since = None
         step = 0
         try:
             while step < cfg.max_steps:
@@ -191,8 +195,15 @@ class Deployer:
                 if action is None:
                     robot.hold()
                     result.held_steps += 1
+                    if waiting_since is None:
+                        waiting_since = tick
+                    elif tick - waiting_since > cfg.max_inference_seconds:
+                        raise InferenceTimeout(f"no action chunk for {tick - waiting_since:.1f} s "
+                                               f"(deploy.max_inference_seconds={cfg.max_inference_seconds}); "
+                                               "the arm is holding")
                     sent = self._hold_action_for(state)
                 else:
+                    waiting_since = None
                     sent = robot.send_action(action)
                 now = time.monotonic()
                 result.obs_to_command.append(now - tick)
@@ -219,6 +230,8 @@ class Deployer:
                     result.overruns += 1
                     next_tick = time.monotonic()
         except SafetyStop as e:
+            result.stopped, result.message = "fault", str(e)
+        except InferenceTimeout as e:
             result.stopped, result.message = "fault", str(e)
         except RobotError as e:
             robot.hold()

@@ -50,6 +50,9 @@ class SafetyConfig:
     # Velocity limits: a command may not ask to move faster than this over one control period.
     max_eef_speed: float = 1.0            # m/s (Franka's Cartesian limit is 1.7 m/s)
     max_joint_velocity: list[float] = field(default_factory=lambda: [0.5 * v for v in PANDA_JOINT_VELOCITY])
+    # A policy that keeps pushing against the limits (this many commands in a row changed by a
+    # step, speed, workspace or joint limit) is stopped: something is wrong, not just one bad chunk.
+    max_consecutive_limited: int = 40
     # Watchdog: an observation older than this (s) holds the arm and stops the run.
     observation_deadline: float = 0.25
     # Watchdog: no command for this long (s) while connected holds the arm (the policy hung).
@@ -78,8 +81,8 @@ class RosTopics:
     finger_joints: list[str] = field(default_factory=lambda: list(PANDA_FINGER_JOINTS))
     frame_id: str = "panda_link0"         # the frame commands are stamped in
     # Optional, for simulated cells (the digital twin's /twin/success, /twin/reset, /twin/episode):
-    # std_msgs/Bool task success; std_msgs/Int64 seed of a new episode to start, and the seed of
-    # the episode now running. None on a real robot.
+    # std_msgs/Bool task success; std_msgs/Int64 seed of a new episode to start, and the number of
+    # episodes started so far (how a reset is confirmed). None on a real robot.
     success: str | None = None
     reset: str | None = None
     episode: str | None = None
@@ -133,7 +136,7 @@ class RobotConfig:
         for name in ("joint_low", "joint_high", "max_joint_velocity"):
             if len(getattr(s, name)) != 7:
                 raise ValueError(f"robot.safety.{name} needs 7 values (one per Panda joint)")
-        for name in ("max_translation_step", "max_rotation_step", "max_joint_step", "max_eef_speed",
+        for name in ("max_translation_step", "max_rotation_step", "max_joint_step", "max_eef_speed", "max_consecutive_limited",
                      "observation_deadline", "command_deadline"):
             if getattr(s, name) <= 0:
                 raise ValueError(f"robot.safety.{name} must be > 0")

@@ -1,10 +1,12 @@
-"""What the ros2 and rosbridge backends share: the latest-message store and image decoding.
+"""What the ros2 and rosbridge backends share: `TopicRobot`, the latest-message store, decoding.
 
-Both backends receive the same four kinds of message (JointState, PoseStamped, Image, from
-franka_ros2-style topics) and turn them into one `RobotState`. Middleware callbacks feed
-`StreamStore` with numpy values; the control loop reads a consistent snapshot. Each stream
-remembers when it last arrived (time.monotonic()), and a snapshot's stamp is that of its oldest
-stream, so a camera that stops publishing makes the whole observation stale.
+Both backends speak the same franka_ros2-style topics (`RobotConfig.topics`) and differ only in
+how a message travels (rclpy over DDS, or JSON over a rosbridge websocket). `TopicRobot` holds
+everything above the transport: middleware callbacks feed `StreamStore` with numpy values and
+the control loop reads a consistent snapshot; commands become pose / trajectory / gripper
+messages through four small publish methods a backend implements. Each stream remembers when
+it last arrived (time.monotonic()), and a snapshot's stamp is that of its oldest stream, so a
+camera that stops publishing makes the whole observation stale.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from envs.robot.base import NotYet, RobotState
+from envs.robot.base import Command, LinkLost, NotYet, Robot, RobotError, RobotState
 from envs.robot.config import RobotConfig
 
 # sensor_msgs/Image encodings we decode (what ROS camera drivers publish for colour).
@@ -111,3 +113,106 @@ def camera_topics(config: RobotConfig) -> dict[str, str]:
         raise ValueError(f"robot.topics.cameras has no topic for camera(s) {missing}; "
                          f"add e.g. robot.topics.cameras.{missing[0]}=/camera/{missing[0]}/image_raw")
     return {c: config.topics.cameras[c] for c in config.cameras}
+
+
+class TopicRobot(Robot):
+    """A robot behind franka_ros2-style topics; subclasses provide the transport.
+
+    Subclasses implement `_connect` / `_disconnect`, call ``self.store.put_*`` and
+    `_on_success` / `_on_episode` from their callbacks, and publish with:
+
+        _publish_pose(pos (3,), quat_xyzw (4,))     base frame, on topics.pose_command
+        _publish_trajectory(q (7,), seconds)        one point, on topics.joint_trajectory_command
+        _publish_gripper(width)                     on topics.gripper_command
+        _publish_reset(seed)                        on topics.reset
+        _link_alive() -> bool
+    """
+
+    def __init__(self, config: RobotConfig):
+        super().__init__(config)
+        self.cameras = camera_topics(config)
+        self.store = StreamStore(config)
+        self._last_gripper_sent: tuple[float, float] | None = None  # width, when
+        self._success: bool | None = None
+        self._episode: int | None = None
+
+    # --- callbacks ---------------------------------------------------------------------------
+    def _on_success(self, value: bool) -> None:
+        self._success = bool(value)
+
+    def _on_episode(self, seed: int) -> None:
+        self._episode = int(seed)
+
+    # --- primitives ---------------------------------------------------------------------------
+    def _read(self) -> RobotState:
+        if not self._link_alive():
+            raise LinkLost(f"{type(self).__name__}: the link is down")
+        return self.store.snapshot(self.to_policy_frame)
+
+    def _send(self, command: Command) -> None:
+        if command.joint_pos is not None:
+            self._publish_trajectory(command.joint_pos, 1.0 / self.config.control_hz)
+        else:
+            pos, rot = self.to_base_frame(command.eef_pos, command.eef_rot)
+            self._publish_pose(pos, matrix_to_quat(rot))
+        # The gripper on change, and again every second: a relay that turns widths into gripper
+        # actions acts on changes, and a repeat covers a message lost before the subscriber matched.
+        now, width = time.monotonic(), command.gripper_width
+        last = self._last_gripper_sent
+        if last is None or abs(width - last[0]) >= 1e-3 or now - last[1] >= 1.0:
+            self._publish_gripper(width)
+            self._last_gripper_sent = (width, now)
+
+    def _hold(self) -> None:
+        state = self.store.snapshot(self.to_policy_frame)
+        if self.config.action_space == "joint_position":
+            self._publish_trajectory(state.joint_pos, 1.0 / self.config.control_hz)
+        else:
+            pos, rot = self.to_base_frame(state.eef_pos, state.eef_rot)
+            self._publish_pose(pos, matrix_to_quat(rot))
+
+    # --- simulated cells ------------------------------------------------------------------------
+    def task_success(self) -> bool | None:
+        return self._success
+
+    def reset_episode(self, seed: int) -> bool:
+        """Ask the cell for a new episode on topics.reset; wait until topics.episode counts it."""
+        t = self.config.topics
+        if not (t.reset and t.episode):
+            return False
+        deadline = time.monotonic() + self.config.connect_timeout
+        while self._episode is None:  # the cell's episode count, before asking
+            if time.monotonic() > deadline:
+                raise RobotError(f"nothing on {t.episode} within {self.config.connect_timeout} s")
+            time.sleep(0.01)
+        before, next_publish = self._episode, 0.0
+        while self._episode <= before:  # re-published until the cell reports a new episode
+            if time.monotonic() > next_publish:
+                self._publish_reset(seed)
+                next_publish = time.monotonic() + 0.5
+            if time.monotonic() > deadline:
+                raise RobotError(f"no new episode within {self.config.connect_timeout} s of asking {t.reset} for one")
+            time.sleep(0.01)
+        self._success = False
+        count = self.store.messages
+        while self.store.messages < count + 3:  # a state from after the reset
+            if time.monotonic() > deadline:
+                raise RobotError(f"no state after the reset within {self.config.connect_timeout} s")
+            time.sleep(0.005)
+        return True
+
+    # --- transport ------------------------------------------------------------------------------
+    def _link_alive(self) -> bool:
+        raise NotImplementedError
+
+    def _publish_pose(self, pos: np.ndarray, quat_xyzw: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _publish_trajectory(self, q: np.ndarray, seconds: float) -> None:
+        raise NotImplementedError
+
+    def _publish_gripper(self, width: float) -> None:
+        raise NotImplementedError
+
+    def _publish_reset(self, seed: int) -> None:
+        raise NotImplementedError

@@ -9,6 +9,7 @@ Every command passes through `limit`, which changes it to the nearest command in
     step or speed too large      -> scaled down to the limit       (relative to the measured state)
     target outside the workspace -> projected into the box          (eef_delta)
     joint target past a limit    -> clipped to limit - margin       (joint_position)
+    limited max_consecutive_limited commands in a row -> hold, stop the run
     observation older than the deadline, or link lost -> hold, stop the run
 
 A watchdog thread runs at the control rate while connected: a stale observation, a lost link
@@ -48,7 +49,7 @@ class Intervention:
     command: int         # index of the command it concerns (commands sent so far)
     kind: str            # non_finite | action_range | translation_step | rotation_step | workspace |
                          # joint_limit | joint_step | gripper_range | stale_observation | link_lost |
-                         # command_timeout
+                         # command_timeout | persistent_limit
     detail: str
 
 
@@ -68,6 +69,7 @@ class SafeRobot:
         self.log: list[Intervention] = []
         self.commands_sent = 0
         self.commands_changed = 0
+        self._limited_in_a_row = 0
         self.fault: SafetyStop | None = None
         self._log_path = Path(log_path) if log_path else None
         self._lock = threading.RLock()
@@ -141,10 +143,15 @@ class SafeRobot:
                 self._stop("link_lost", f"link to the robot lost while sending: {e}")
             for kind, detail in changes:
                 self._record(kind, detail)
+            limited = any(kind in _PHYSICAL_LIMITS for kind, _ in changes)
+            self._limited_in_a_row = self._limited_in_a_row + 1 if limited else 0
             self.commands_sent += 1
             self.commands_changed += bool(changes)
             self._last_command_time = time.monotonic()
             self._holding = False
+            if self._limited_in_a_row >= self.limits.max_consecutive_limited:
+                self._stop("persistent_limit", f"the last {self._limited_in_a_row} commands all pushed against a "
+                           "step, speed, workspace or joint limit")
             return self.robot.action_from(command, state)
 
     def hold(self) -> None:
@@ -254,6 +261,9 @@ class SafeRobot:
             kinds[entry.kind] = kinds.get(entry.kind, 0) + 1
         return {"commands_sent": self.commands_sent, "commands_changed": self.commands_changed,
                 "interventions": kinds, "fault": None if self.fault is None else str(self.fault)}
+
+
+_PHYSICAL_LIMITS = {"translation_step", "rotation_step", "workspace", "joint_limit", "joint_step"}
 
 
 def _fmt(x: np.ndarray) -> str:

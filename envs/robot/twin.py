@@ -21,8 +21,10 @@ and obeys the same command topics a deploy run publishes on:
 Like a real controller that loses its command stream, it holds the current pose when no
 command arrives for `command_timeout` seconds. Three topics exist only on the twin, for test
 harnesses and benchmarks: ``/twin/reset`` (std_msgs/Int64: a new episode with that seed),
-``/twin/episode`` (std_msgs/Int64: the seed of the episode running) and ``/twin/success``
-(std_msgs/Bool: the task's success predicate so far this episode), every period.
+``/twin/episode`` (std_msgs/Int64: how many episodes have started) and ``/twin/success``
+(std_msgs/Bool: the task's success predicate so far this episode), every period. For fault
+injection, `muted` names streams to stop publishing (a camera or encoder dropping out), and
+`commands` logs every command received with the measured pose at that moment.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ class DigitalTwin:
         self._gripper_action = -1.0  # open
         self._last_command = 0.0
         self._pending_reset: int | None = None
+        self.muted: set[str] = set()  # streams not published: "joint_states", "ee_pose", or a camera
+        self.commands: list[dict] = []  # every arm command received (world frame), with the measured state
         self._thread: threading.Thread | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -128,6 +132,7 @@ class DigitalTwin:
         self._success_pub = self.node.create_publisher(Bool, SUCCESS_TOPIC, 1)
         self._episode_pub = self.node.create_publisher(Int64, EPISODE_TOPIC, 1)
         self.episode_seed = cfg.sim_seed
+        self.episodes = 1  # episodes started; /twin/episode publishes it so a reset can be confirmed
         self.node.create_subscription(PoseStamped, t.pose_command, self._on_pose_command, 1)
         self.node.create_subscription(JointTrajectory, t.joint_trajectory_command, self._on_joint_command, 1)
         self.node.create_subscription(Float64, t.gripper_command, self._on_gripper_command, 1)
@@ -164,9 +169,7 @@ class DigitalTwin:
     def _on_pose_command(self, msg) -> None:
         p, o = msg.pose.position, msg.pose.orientation
         pos, rot = pose_to_matrix((p.x, p.y, p.z), (o.x, o.y, o.z, o.w))
-        with self._lock:
-            self._target = (self._base_rot @ pos + self._base_pos, self._base_rot @ rot)
-            self._last_command = time.monotonic()
+        self._set_target((self._base_rot @ pos + self._base_pos, self._base_rot @ rot), "pose", None)
 
     def _on_joint_command(self, msg) -> None:
         if not msg.points:
@@ -177,9 +180,17 @@ class DigitalTwin:
             self.node.get_logger().warning(f"joint trajectory without joints {missing}: ignored")
             return
         q = np.array([msg.points[-1].positions[index[n]] for n in self.config.topics.arm_joints])
+        self._set_target(self._forward_kinematics(q), "joints", q)
+
+    def _set_target(self, target: tuple[np.ndarray, np.ndarray], kind: str, joints: np.ndarray | None) -> None:
+        scene = self.env.unwrapped.scene
+        pos, rot = scene.eef_pose()
         with self._lock:
-            self._target = self._forward_kinematics(q)
+            self._target = target
             self._last_command = time.monotonic()
+            self.commands.append({"time": self._last_command, "kind": kind, "target_pos": target[0],
+                                  "target_rot": target[1], "target_joints": joints, "eef_pos": pos, "eef_rot": rot,
+                                  "joints": scene.sim.data.qpos[self._arm_qpos].copy()})
 
     def _on_gripper_command(self, msg) -> None:
         with self._lock:
@@ -195,6 +206,7 @@ class DigitalTwin:
             if self._pending_reset is not None:
                 self.env.reset(seed=self._pending_reset)
                 self.episode_seed = self._pending_reset
+                self.episodes += 1
                 self._pending_reset, self._target, self._gripper_action = None, None, -1.0
                 self.steps, self.success = 0, False
             if self._target is not None and time.monotonic() - self._last_command > self.command_timeout:
@@ -241,7 +253,8 @@ class DigitalTwin:
         # franka_ros2 reports both fingers as positive openings; robosuite's second finger is negative.
         js.position = [float(v) for v in qpos[self._arm_qpos]] + [float(abs(v)) for v in qpos[self._fingers]]
         js.velocity = [float(v) for v in qvel[self._arm_qvel]] + [0.0, 0.0]
-        self._joint_pub.publish(js)
+        if "joint_states" not in self.muted:
+            self._joint_pub.publish(js)
 
         pos, rot = scene.eef_pose()
         pose = PoseStamped()
@@ -250,10 +263,13 @@ class DigitalTwin:
         pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = (float(v) for v in p)
         o = pose.pose.orientation
         o.x, o.y, o.z, o.w = (float(v) for v in matrix_to_quat(self._base_rot.T @ rot))
-        self._pose_pub.publish(pose)
+        if "ee_pose" not in self.muted:
+            self._pose_pub.publish(pose)
 
         obs = self.env.unwrapped._last_obs
         for camera, pub in self._image_pubs.items():
+            if camera in self.muted:
+                continue
             frame = obs[f"observation.images.{camera}"]
             img = Image()
             img.header.stamp, img.header.frame_id = stamp, f"{camera}_optical_frame"
@@ -262,7 +278,7 @@ class DigitalTwin:
             img.data = frame.tobytes()
             pub.publish(img)
         self._success_pub.publish(Bool(data=bool(self.success)))
-        self._episode_pub.publish(Int64(data=int(self.episode_seed)))
+        self._episode_pub.publish(Int64(data=int(self.episodes)))
 
 
 def run_twin(config: RobotConfig) -> None:
