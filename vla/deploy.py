@@ -50,6 +50,7 @@ class EpisodeResult:
     stale_skipped: int = 0                # planned actions dropped because inference made them late
     held_steps: int = 0                   # steps with no planned action (waiting for a chunk)
     overruns: int = 0                     # periods the loop could not keep
+    fault_time: float | None = None       # time.monotonic() when the fault that ended the run was detected
     periods: list[float] = field(default_factory=list)      # s between consecutive commands
     latencies: list[float] = field(default_factory=list)    # s per inference
     obs_to_command: list[float] = field(default_factory=list)  # s from reading an observation to its command
@@ -231,11 +232,14 @@ class Deployer:
                     next_tick = time.monotonic()
         except SafetyStop as e:
             result.stopped, result.message = "fault", str(e)
+            result.fault_time = robot.log[-1].time if robot.log else time.monotonic()
         except InferenceTimeout as e:
             result.stopped, result.message = "fault", str(e)
+            result.fault_time = waiting_since  # the arm has held since the chunks ran dry
         except RobotError as e:
             robot.hold()
             result.stopped, result.message = "fault", f"{e}; the arm is holding"
+            result.fault_time = time.monotonic()
         except KeyboardInterrupt:
             robot.hold()
             result.stopped, result.message = "interrupted", "stopped by Ctrl-C; the arm is holding"

@@ -51,7 +51,7 @@ EPISODE_TOPIC = "/twin/episode"
 class DigitalTwin:
     """A free-running simulated Panda behind franka_ros2-style topics; `start()` / `stop()`."""
 
-    def __init__(self, config: RobotConfig, *, command_timeout: float = 0.5):
+    def __init__(self, config: RobotConfig, *, command_timeout: float = 0.2):
         import_rclpy()
         self.config = config
         self.cameras = camera_topics(config)
@@ -73,6 +73,7 @@ class DigitalTwin:
     def start(self, timeout: float = 60.0) -> DigitalTwin:
         """Build the simulator and the node on the twin's own thread (it owns the GL context)."""
         self._ready = threading.Event()
+        self._stopping = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="vla-twin", daemon=True)
         self._thread.start()
@@ -93,12 +94,29 @@ class DigitalTwin:
             self._ready.set()
             return
         self._ready.set()
+        # Commands arrive on the executor's thread, as a real controller takes them, not
+        # between simulation steps; this thread owns the simulator (and its GL context).
+        spinner = threading.Thread(target=self._spin, name="vla-twin-ros", daemon=True)
+        spinner.start()
+        period, next_tick = 1.0 / self.config.control_hz, time.monotonic()
+        try:
+            while not self._stopping.is_set():
+                self._tick()
+                next_tick += period
+                delay = next_tick - time.monotonic()
+                if delay < 0:  # behind (a slow CPU): keep the rate from now on, do not burst
+                    next_tick, delay = time.monotonic(), 0.0
+                self._stopping.wait(delay)
+        finally:
+            self._executor.shutdown(timeout_sec=2.0)
+            spinner.join(timeout=5.0)
+            self.env.close()
+
+    def _spin(self) -> None:
         try:
             self._executor.spin()
         except Exception:  # shut down by stop()
             pass
-        finally:
-            self.env.close()  # on this thread: its GL context lives here
 
     def _build(self) -> None:
         import rclpy
@@ -138,7 +156,6 @@ class DigitalTwin:
         self.node.create_subscription(Float64, t.gripper_command, self._on_gripper_command, 1)
         self.node.create_subscription(Int64, RESET_TOPIC, self._on_reset, 1)
         self._msgs = (JointState, PoseStamped, Image, Bool, Int64)
-        self.node.create_timer(1.0 / cfg.control_hz, self._tick)
         self._executor = SingleThreadedExecutor(context=self._context)
         self._executor.add_node(self.node)
         self._publish()
@@ -148,8 +165,8 @@ class DigitalTwin:
 
         if self._thread is None:
             return
-        self._executor.shutdown(timeout_sec=2.0)
-        self._thread.join(timeout=5.0)
+        self._stopping.set()
+        self._thread.join(timeout=10.0)
         self.node.destroy_node()
         rclpy.try_shutdown(context=self._context)
         self._thread = None
@@ -165,7 +182,7 @@ class DigitalTwin:
         with self._lock:
             self._pending_reset = seed
 
-    # --- commands (executor thread) --------------------------------------------------------------
+    # --- commands (the ROS thread) --------------------------------------------------------------
     def _on_pose_command(self, msg) -> None:
         p, o = msg.pose.position, msg.pose.orientation
         pos, rot = pose_to_matrix((p.x, p.y, p.z), (o.x, o.y, o.z, o.w))
