@@ -102,7 +102,7 @@ def test_ctrl_c_leaves_the_arm_holding_and_the_episode_saved(trained_run, tmp_pa
     timer.start()
     try:
         code = main(["deploy", f"deploy.checkpoint={trained_run}", f"deploy.output_dir={out}", "deploy.max_steps=100000",
-                     "deploy.stop_on_success=false"])
+                     "deploy.stop_on_success=false", "robot.safety.max_consecutive_limited=100000"])
     finally:
         timer.cancel()
     assert code == 130

@@ -122,17 +122,20 @@ class Robot(ABC):
         self._connect()
         self._connected = True
         deadline = time.monotonic() + self.config.connect_timeout
-        while True:
-            try:
-                self._last_state = self._read()
-                self.last_gripper_width = self._last_state.gripper_width
-                return
-            except NotYet as e:
-                if time.monotonic() > deadline:
-                    self.disconnect()
-                    raise RobotError(f"{type(self).__name__}: no complete observation within "
-                                     f"{self.config.connect_timeout} s of connecting ({e})") from None
-                time.sleep(0.01)
+        try:
+            while True:
+                try:
+                    self._last_state = self._read()
+                    self.last_gripper_width = self._last_state.gripper_width
+                    return
+                except NotYet as e:
+                    if time.monotonic() > deadline:
+                        raise RobotError(f"{type(self).__name__}: no complete observation within "
+                                         f"{self.config.connect_timeout} s of connecting ({e})") from None
+                    time.sleep(0.01)
+        except BaseException:
+            self.disconnect()  # no half-open link: threads and sockets go with the failure
+            raise
 
     def disconnect(self) -> None:
         if self._connected:

@@ -49,7 +49,7 @@ class Intervention:
     command: int         # index of the command it concerns (commands sent so far)
     kind: str            # non_finite | action_range | translation_step | rotation_step | workspace |
                          # joint_limit | joint_step | gripper_range | stale_observation | link_lost |
-                         # command_timeout | persistent_limit
+                         # command_timeout | persistent_limit | read_error
     detail: str
 
 
@@ -155,7 +155,9 @@ class SafeRobot:
             return self.robot.action_from(command, state)
 
     def hold(self) -> None:
+        """Hold now (an explicit request is always sent; the watchdog's holds are sent once per stall)."""
         with self._lock:
+            self._holding = False
             self._safe_hold()
 
     def task_success(self) -> bool | None:
@@ -173,6 +175,12 @@ class SafeRobot:
             if not np.array_equal(clipped, action):
                 changes.append(("action_range", f"action {_fmt(action)} clipped to [-1, 1]"))
             command = self.robot.command_from(clipped, state)
+            # The box first, then the step: a target clipped into the box is still at most one
+            # limited step from the measured pose (an arm outside the box walks back, slowly).
+            boxed = np.clip(command.eef_pos, lim.workspace_low, lim.workspace_high)
+            if not np.array_equal(boxed, command.eef_pos):
+                changes.append(("workspace", f"target {_fmt(command.eef_pos)} m moved into the workspace box"))
+                command.eef_pos = boxed
             # translation: per-step and speed limits, relative to the measured position
             max_step = min(lim.max_translation_step, lim.max_eef_speed * self.period)
             step = command.eef_pos - state.eef_pos
@@ -186,10 +194,6 @@ class SafeRobot:
                 rotvec *= lim.max_rotation_step / angle
                 command.eef_rot = Rotation.from_rotvec(rotvec).as_matrix() @ state.eef_rot
                 changes.append(("rotation_step", f"rotation of {angle:.3f} rad limited to {lim.max_rotation_step} rad"))
-            boxed = np.clip(command.eef_pos, lim.workspace_low, lim.workspace_high)
-            if not np.array_equal(boxed, command.eef_pos):
-                changes.append(("workspace", f"target {_fmt(command.eef_pos)} m moved into the workspace box"))
-                command.eef_pos = boxed
         else:
             command = self.robot.command_from(action, state)
             low = np.asarray(lim.joint_low) + lim.joint_margin
@@ -250,6 +254,11 @@ class SafeRobot:
                     self.read_state()
                 except SafetyStop:
                     continue  # held and recorded; the control loop raises it on its next call
+                except Exception as e:  # anything else from the backend: never let the watchdog die
+                    try:
+                        self._stop("read_error", f"reading the robot failed: {type(e).__name__}: {e}")
+                    except SafetyStop:
+                        continue
                 idle = time.monotonic() - self._last_command_time
                 if idle > self.limits.command_deadline and not self._holding:
                     self._record("command_timeout", f"no command for {idle * 1000:.0f} ms; holding")
