@@ -24,7 +24,7 @@ DEMO_TRAIN    ?= policy.width=128 policy.depth=4 policy.heads=4 policy.noise_sam
 DEMO_COLLECT  ?= collect.action_noise=0.3 "collect.noise_dims=[0,1,2]"
 EVAL_EPISODES ?= 50
 
-.PHONY: setup demo test test-slow benchmarks clean
+.PHONY: setup demo test test-slow benchmarks bench-deploy clean
 
 setup: $(STAMP)
 
@@ -56,6 +56,12 @@ benchmarks: setup
 	$(PY) -m benchmarks.latency
 	$(PY) -m benchmarks.train_throughput
 	$(PY) -m benchmarks.data_loading
+
+# Deploy benchmarks on the demo's checkpoint (run `make demo` first): the fault-injection suite,
+# and success / loop timing through each bridge to the digital twin against a sim rollout.
+bench-deploy: setup
+	PYTHONPATH=. $(PY) -m benchmarks.fault_injection --checkpoint $(DEMO_DIR)/run
+	PYTHONPATH=. $(PY) -m benchmarks.deploy_twin --checkpoint $(DEMO_DIR)/run --episodes 30
 
 clean:
 	rm -rf outputs .pytest_cache

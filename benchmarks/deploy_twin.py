@@ -117,7 +117,7 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=30)
     ap.add_argument("--seed", type=int, default=100_000)  # vla eval's held-out seeds
     ap.add_argument("--out", default="outputs/deploy_twin")
-    ap.add_argument("--only", nargs="*", default=["sim", "ros2", "rosbridge", "franky"])
+    ap.add_argument("--only", nargs="*", default=["sim", "ros2", "ros2-sync", "rosbridge", "franky"])
     args = ap.parse_args()
     os.environ.setdefault("ROS_DOMAIN_ID", "78")
     out = Path(args.out)
@@ -127,6 +127,9 @@ def main() -> None:
         results["sim (lockstep, sync inference)"] = deploy("sim", out / "sim", args, ["deploy.async_inference=false"])
     if "ros2" in args.only:
         results["twin over ros2 (DDS)"] = with_twin(lambda: deploy("twin", out / "ros2", args))
+    if "ros2-sync" in args.only:  # the loop blocks while it infers: tells latency from twin dynamics
+        results["twin over ros2, sync inference"] = with_twin(
+            lambda: deploy("twin", out / "ros2-sync", args, ["deploy.async_inference=false"]))
     if "rosbridge" in args.only:
         from envs.robot.rosbridge_server import RosbridgeServer
 

@@ -60,20 +60,23 @@ def test_predict_chunk_matches_the_runtime_chunk(trained_run):
     np.testing.assert_allclose(planned[0], first, atol=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", "async", "ensemble"])
 def test_deploy_on_sim_records_and_reports(trained_run, tmp_path, capsys, mode):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     out = tmp_path / "deploy"
     args = ["deploy", f"deploy.checkpoint={trained_run}", f"deploy.output_dir={out}", "deploy.max_steps=12",
-            "deploy.episodes=2", f"deploy.async_inference={mode == 'async'}", "deploy.stop_on_success=false"]
+            "deploy.episodes=2", f"deploy.async_inference={mode != 'sync'}", "deploy.stop_on_success=false",
+            *(["deploy.temporal_ensemble=0.1"] if mode == "ensemble" else [])]
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["episodes"] == 2 and summary["steps"] == 24
     assert summary["stopped"] == ["max_steps", "max_steps"] and summary["success_rate"] == 0.0
     assert summary["safety"]["commands_sent"] + summary["held_steps"] == 24
     assert summary["period_ms"]["p50"] is not None and summary["inference_ms"]["p50"] is not None
-    if mode == "async":
+    if mode == "ensemble":  # re-plans back to back: about one chunk per inference time, not per 4 steps
+        assert summary["protocol"]["temporal_ensemble"] == 0.1 and summary["chunks"] >= 2
+    if mode != "sync":
         assert summary["held_steps"] >= 1  # waited for the first chunk
     else:
         assert summary["held_steps"] == 0 and summary["stale_actions_skipped"] == 0

@@ -312,3 +312,21 @@ def test_init_from_a_different_architecture_is_one_line(dust_run, lift_dataset, 
     code, _, err = run_cli(capsys, "train", f"dataset.root={lift_dataset}", f"output_dir={tmp_path / 'x'}",
                            "train.steps=1", f"train.init_from={dust_run}", *TINY_DUST, "policy.width=64")
     assert code == 2 and "does not match" in err
+
+
+def test_deploy_takes_test_time_scaling(dust_run, tmp_path, capsys):
+    """Issue 3's knob in deployment: `deploy.test_time_scaling` reaches the sampler on a robot."""
+    import json
+
+    out = tmp_path / "deploy"
+    code, _, err = run_cli(capsys, "deploy", f"deploy.checkpoint={dust_run}", f"deploy.output_dir={out}",
+                           "deploy.max_steps=3", "deploy.record=false", "deploy.test_time_scaling=4")
+    assert code == 0, err
+    protocol = json.loads((out / "summary.json").read_text())["protocol"]
+    assert protocol["vision_denoising_steps (N_o)"] == 16 and protocol["action_denoising_steps (N_A)"] == 4
+
+
+def test_deploy_refuses_test_time_scaling_for_dita_in_one_line(trained_run, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "deploy", f"deploy.checkpoint={trained_run}", f"deploy.output_dir={tmp_path}",
+                           "deploy.test_time_scaling=4")
+    assert code == 2 and "deploy.test_time_scaling" in err and "Traceback" not in err

@@ -135,3 +135,35 @@ def test_the_ros_side_imports_no_torch():
     code = ("import sys; import envs.robot.ros2, envs.robot.rosbridge, envs.robot.twin, envs.robot.safety, "
             "envs.robot.rosbridge_server; sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_vla_twin_and_vla_deploy_from_the_command_line(trained_run, ros_domain, tmp_path):
+    """What a user types: `vla twin robot=twin` in one shell, `vla deploy robot=twin` in another."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from vla.cli import main
+
+    twin = subprocess.Popen([sys.executable, "-m", "vla.cli", "twin", "robot=twin", "robot.sim_seed=5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "ROS_DOMAIN_ID": ros_domain})
+    try:
+        lines = []  # robosuite's start-up warnings come first
+        while not any("digital twin: lift (seed 5)" in line for line in lines):
+            line = twin.stdout.readline()
+            assert line, "vla twin exited before it was up:\n" + "".join(lines)
+            lines.append(line)
+        out = tmp_path / "deploy"
+        code = main(["deploy", "robot=twin", f"deploy.checkpoint={trained_run}", f"deploy.output_dir={out}",
+                     "deploy.episodes=2", "deploy.max_steps=10", "deploy.stop_on_success=false",
+                     "robot.safety.observation_deadline=1.0"])
+        assert code == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["protocol"]["backend"] == "ros2" and summary["steps"] == 20
+        assert summary["success_rate"] == 0.0  # the twin reports success; 10 steps cannot lift a cube
+    finally:
+        twin.send_signal(signal.SIGINT)
+        assert twin.wait(timeout=30) == 0  # Ctrl-C stops the twin cleanly

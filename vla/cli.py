@@ -125,7 +125,7 @@ def cmd_deploy(run, policy_cfg, args) -> None:
     if "interrupted" in s["stopped"]:
         print("stopped by Ctrl-C; the arm is holding", file=sys.stderr)
         raise KeyboardInterrupt
-    if "fault" in s["stopped"]:
+    if s["stopped"] and s["stopped"][-1] == "fault":  # the run ended on a fault
         from envs.robot.base import RobotError
 
         raise RobotError(s["messages"][-1])
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vla {args.command}: error: {e}", file=sys.stderr)
         return 2
     except RobotError as e:  # a fault on the robot side: the safety layer has left the arm holding
-        print(f"vla {args.command}: robot stopped: {e}", file=sys.stderr)
+        print(f"vla {args.command}: robot: {e}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         print(f"vla {args.command}: interrupted", file=sys.stderr)

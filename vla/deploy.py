@@ -171,6 +171,11 @@ class Deployer:
         start = next_tick = time.monotonic()
         last_command = waiting_since = None
         step = 0
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.max_steps, desc="deploy", unit="step", leave=False)
         try:
             while step < cfg.max_steps:
                 tick = time.monotonic()
@@ -215,6 +220,8 @@ class Deployer:
                     self.recorder.add_frame(obs, sent)
                 step += 1
                 result.steps = step
+                if bar is not None:
+                    bar.update(1)
                 success = robot.task_success()
                 if success:
                     result.success = True
@@ -244,6 +251,8 @@ class Deployer:
             robot.hold()
             result.stopped, result.message = "interrupted", "stopped by Ctrl-C; the arm is holding"
         finally:
+            if bar is not None:
+                bar.close()
             if worker is not None:
                 worker.close()
             result.stale_skipped = schedule.stale_skipped
@@ -278,6 +287,7 @@ def summarize(results: list[EpisodeResult], robot: SafeRobot, protocol: dict) ->
         "success_rate": (sum(bool(s) for s in known) / len(known)) if known else None,
         "steps": sum(r.steps for r in results),
         "stopped": [r.stopped for r in results],
+        "ended_early": len(results) < protocol.get("episodes", len(results)),
         "messages": [r.message for r in results if r.message],
         "period_ms": {k: None if v is None else 1000 * v for k, v in percentiles(periods).items()},
         "jitter_ms": {k: None if v is None else 1000 * v
@@ -377,22 +387,27 @@ def deploy(run, *, progress: bool = True) -> dict:
     protocol = {"checkpoint": ckpt, "backend": rcfg.backend, "action_space": rcfg.action_space,
                 "control_hz": rcfg.control_hz, "dry_run": cfg.dry_run, "async_inference": cfg.async_inference,
                 "n_action_steps": runtime.n_action_steps, "temporal_ensemble": cfg.temporal_ensemble,
-                "max_steps": cfg.max_steps, "seeds": f"{cfg.seed} .. {cfg.seed + cfg.episodes - 1}",
+                "episodes": cfg.episodes, "max_steps": cfg.max_steps, "seeds": f"{cfg.seed} .. {cfg.seed + cfg.episodes - 1}",
                 "policy": policy.config.name, **policy.sampling_protocol(), "safety": asdict(rcfg.safety)}
     results = []
     try:
         with robot:
             deployer = Deployer(robot, runtime, cfg, recorder=recorder, progress=progress)
             for k in range(cfg.episodes):
-                if not robot.reset_episode(cfg.seed + k) and k > 0:
+                resettable = robot.reset_episode(cfg.seed + k)
+                if not resettable and k > 0:
                     input(f"episode {k + 1}/{cfg.episodes}: reset the scene, then press Enter ")
+                robot.rearm()  # a fault in a simulated cell ended only its episode (see below)
                 result = deployer.run_episode()
                 results.append(result)
                 if progress:
                     print(f"episode {k + 1}/{cfg.episodes}: {result.stopped} after {result.steps} steps"
                           f"{'' if result.success is None else f', success={result.success}'}"
                           f"{f' - {result.message}' if result.message else ''}")
-                if result.stopped in ("fault", "interrupted"):
+                # A fault ends the run on a real arm. A simulated cell (sim, the twin) starts the
+                # next episode from a fresh scene, unless the link itself is gone.
+                link_gone = robot.fault is not None and robot.fault.reason in ("link_lost", "read_error")
+                if result.stopped == "interrupted" or (result.stopped == "fault" and (not resettable or link_gone)):
                     break
     finally:
         if recorder is not None:

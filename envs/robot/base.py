@@ -73,6 +73,15 @@ class Command:
     joint_pos: np.ndarray | None = None   # (7,)
 
 
+def square_image(image: np.ndarray, size: int) -> np.ndarray:
+    """A camera frame resized to the policy's (size, size); unchanged if it already is."""
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    import cv2
+
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+
+
 def rot6d(rotation: np.ndarray) -> np.ndarray:
     """First two columns of a rotation matrix, column 0 then column 1 (the tabletop convention)."""
     return rotation[:, :2].T.reshape(6)

@@ -51,7 +51,7 @@ from typing import Any, Protocol
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from envs.robot.base import Command, LinkLost, NotYet, Robot, RobotError, RobotState
+from envs.robot.base import Command, LinkLost, NotYet, Robot, RobotError, RobotState, square_image
 from envs.robot.config import RobotConfig
 
 logger = logging.getLogger(__name__)
@@ -73,14 +73,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
     except (OSError, ValueError):
         return False
-
-
-def _square(image: np.ndarray, size: int) -> np.ndarray:
-    if image.shape[0] == size and image.shape[1] == size:
-        return image
-    import cv2
-
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
 
 class FrankyRobot(Robot):
@@ -290,7 +282,7 @@ class FrankyRobot(Robot):
             if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
                 raise RobotError(f"franky: camera source image {camera!r} must be HxWx3 uint8 RGB, "
                                  f"got {image.dtype} {image.shape}")
-            images[camera] = _square(image, self.config.image_size)
+            images[camera] = square_image(image, self.config.image_size)
         return images
 
     def _command_gripper(self, width: float) -> None:

@@ -17,7 +17,7 @@ import time
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from envs.robot.base import Command, LinkLost, NotYet, Robot, RobotError, RobotState
+from envs.robot.base import Command, LinkLost, NotYet, Robot, RobotError, RobotState, square_image
 from envs.robot.config import RobotConfig
 
 # sensor_msgs/Image encodings we decode (what ROS camera drivers publish for colour).
@@ -32,14 +32,6 @@ def decode_image(encoding: str, height: int, width: int, step: int, data: bytes 
     rows = np.frombuffer(data, dtype=np.uint8).reshape(height, step)
     image = rows[:, : width * channels].reshape(height, width, channels)
     return np.ascontiguousarray(image[..., list(_CHANNEL_ORDER[encoding])])
-
-
-def resize(image: np.ndarray, size: int) -> np.ndarray:
-    if image.shape[0] == size and image.shape[1] == size:
-        return image
-    import cv2
-
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
 
 def pose_to_matrix(position: tuple[float, float, float], quat_xyzw: tuple[float, float, float, float]):
@@ -84,7 +76,7 @@ class StreamStore:
             self.messages += 1
 
     def put_image(self, camera: str, image: np.ndarray) -> None:
-        image = resize(image, self.config.image_size)
+        image = square_image(image, self.config.image_size)
         with self._lock:
             self._images[camera] = (time.monotonic(), image)
             self.messages += 1

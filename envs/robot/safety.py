@@ -160,6 +160,13 @@ class SafeRobot:
             self._holding = False
             self._safe_hold()
 
+    def rearm(self) -> None:
+        """Clear a fault once the cause is dealt with (a simulated cell reset to a new episode)."""
+        with self._lock:
+            self.fault = None
+            self._limited_in_a_row = 0
+            self._last_command_time = time.monotonic()
+
     def task_success(self) -> bool | None:
         return self.robot.task_success()
 

@@ -302,13 +302,13 @@ def run_twin(config: RobotConfig) -> None:
     """Serve the twin until Ctrl-C, printing its step rate every few seconds."""
     with DigitalTwin(config) as twin:
         print(f"digital twin: {config.sim_task} (seed {config.sim_seed}) at {config.control_hz:g} Hz; "
-              f"state on {config.topics.joint_states} and {config.topics.ee_pose}; Ctrl-C stops")
+              f"state on {config.topics.joint_states} and {config.topics.ee_pose}; Ctrl-C stops", flush=True)
         try:
             while True:
                 time.sleep(5.0)
                 recent = twin.step_seconds[-100:]
                 if recent:
-                    print(f"  {twin.steps} steps, compute {1000 * np.mean(recent):.1f} ms/period, success={twin.success}")
+                    print(f"  {twin.steps} steps, compute {1000 * np.mean(recent):.1f} ms/period, success={twin.success}", flush=True)
         except KeyboardInterrupt:
             pass
 
