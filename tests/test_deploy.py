@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -101,13 +102,19 @@ def test_ctrl_c_leaves_the_arm_holding_and_the_episode_saved(trained_run, tmp_pa
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     out = tmp_path / "interrupted"
-    timer = threading.Timer(12.0, os.kill, (os.getpid(), signal.SIGINT))  # well after start-up
-    timer.start()
-    try:
-        code = main(["deploy", f"deploy.checkpoint={trained_run}", f"deploy.output_dir={out}", "deploy.max_steps=100000",
-                     "deploy.stop_on_success=false", "robot.safety.max_consecutive_limited=100000"])
-    finally:
-        timer.cancel()
+
+    def interrupt_once_stepping():  # Ctrl-C in the middle of the control loop, not during start-up
+        deadline = time.monotonic() + 300
+        while not any(t.name == "vla-inference" for t in threading.enumerate()):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+        time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_stepping, daemon=True).start()
+    code = main(["deploy", f"deploy.checkpoint={trained_run}", f"deploy.output_dir={out}", "deploy.max_steps=2000",
+                 "deploy.stop_on_success=false", "robot.safety.max_consecutive_limited=100000"])
     assert code == 130
     assert "the arm is holding" in capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
