@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny real dataset recorded by the real expert, an isolated feature cache."""
 
 import os
+import signal
 import tempfile
 
 import pytest
@@ -67,3 +68,15 @@ def twin(ros_domain):
 
     with DigitalTwin(RobotConfig()) as twin:
         yield twin
+
+
+def hear_ctrl_c() -> None:
+    """SIGINT raises KeyboardInterrupt in this process. A shell starts background jobs with SIGINT
+    ignored, children inherit that, and Python then installs no Ctrl-C handler: a test of what
+    Ctrl-C does must not depend on how the test run was started."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def child_hears_ctrl_c() -> None:
+    """preexec_fn for a child process: SIGINT back to its default, so Python installs its handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

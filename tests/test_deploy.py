@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from vla.cli import main
+from tests.conftest import hear_ctrl_c
 from vla.deploy import ActionSchedule
 
 pytestmark = pytest.mark.timeout(600)
@@ -112,9 +113,14 @@ def test_ctrl_c_leaves_the_arm_holding_and_the_episode_saved(trained_run, tmp_pa
         time.sleep(1.0)
         os.kill(os.getpid(), signal.SIGINT)
 
+    previous = signal.getsignal(signal.SIGINT)
+    hear_ctrl_c()
     threading.Thread(target=interrupt_once_stepping, daemon=True).start()
-    code = main(["deploy", f"deploy.checkpoint={trained_run}", f"deploy.output_dir={out}", "deploy.max_steps=2000",
-                 "deploy.stop_on_success=false", "robot.safety.max_consecutive_limited=100000"])
+    try:
+        code = main(["deploy", f"deploy.checkpoint={trained_run}", f"deploy.output_dir={out}", "deploy.max_steps=2000",
+                    "deploy.stop_on_success=false", "robot.safety.max_consecutive_limited=100000"])
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert code == 130
     assert "the arm is holding" in capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())

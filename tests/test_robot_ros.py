@@ -7,7 +7,7 @@ import pytest
 
 from envs.robot import RobotConfig, SafetyConfig, make_robot
 from envs.robot.safety import SafetyStop
-from tests.conftest import twin_topics
+from tests.conftest import child_hears_ctrl_c, twin_topics
 from vla.features import OBS_STATE, TASK, image_key
 
 pytestmark = pytest.mark.timeout(300)
@@ -149,7 +149,7 @@ def test_vla_twin_and_vla_deploy_from_the_command_line(trained_run, ros_domain, 
 
     twin = subprocess.Popen([sys.executable, "-m", "vla.cli", "twin", "robot=twin", "robot.sim_seed=5"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "ROS_DOMAIN_ID": ros_domain})
+                            env={**os.environ, "ROS_DOMAIN_ID": ros_domain}, preexec_fn=child_hears_ctrl_c)
     try:
         lines = []  # robosuite's start-up warnings come first
         while not any("digital twin: lift (seed 5)" in line for line in lines):

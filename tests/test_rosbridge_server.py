@@ -21,6 +21,8 @@ import uuid
 import numpy as np
 import pytest
 
+from tests.conftest import child_hears_ctrl_c
+
 from envs.robot.rosbridge_server import (RosbridgeServer, RosbridgeServerError, free_port, libpython,
                                          rosbridge_server_env)
 
@@ -307,7 +309,8 @@ def test_cli_foreground_until_interrupt(domain_id, tmp_path):
     env = {**os.environ, "VLA_CACHE": str(tmp_path), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "envs.robot.rosbridge_server", "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            preexec_fn=child_hears_ctrl_c)
     try:
         line = proc.stdout.readline()
         match = re.search(r"ws://127\.0\.0\.1:(\d+) \(pid (\d+), ROS_DOMAIN_ID=(\d+)\)", line)
