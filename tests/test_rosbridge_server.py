@@ -311,6 +311,7 @@ def test_cli_foreground_until_interrupt(domain_id, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             preexec_fn=child_hears_ctrl_c)
+    pid = None
     try:
         line = proc.stdout.readline()
         match = re.search(r"ws://127\.0\.0\.1:(\d+) \(pid (\d+), ROS_DOMAIN_ID=(\d+)\)", line)
@@ -328,6 +329,11 @@ def test_cli_foreground_until_interrupt(domain_id, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if pid is not None:  # the server runs in its own session: a killed CLI leaves it behind
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         proc.stdout.close()
 
 
