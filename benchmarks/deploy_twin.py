@@ -68,7 +68,7 @@ def franky_loop(seconds: float = 10.0) -> dict | None:
 
     from envs.robot import RobotConfig, make_robot
     from envs.robot.franky_sim import FrankySimServer
-    from vla.deploy import percentiles
+    from vla.deploy import percentiles_ms
 
     cfg = RobotConfig(backend="franky", cameras=[], base_position=[0.0, 0.0, 0.0])
     cfg.safety.workspace_low, cfg.safety.workspace_high = [-1.0, -1.0, 0.0], [1.0, 1.0, 1.5]
@@ -92,9 +92,8 @@ def franky_loop(seconds: float = 10.0) -> dict | None:
             next_tick += period
             time.sleep(max(0.0, next_tick - time.monotonic()))
         robot.disconnect()
-    return {"period_ms": {k: 1000 * v for k, v in percentiles(periods).items()},
-            "jitter_ms": {k: 1000 * v for k, v in percentiles([abs(p - period) for p in periods]).items()},
-            "obs_to_command_ms": {k: 1000 * v for k, v in percentiles(latencies).items()}, "steps": len(periods) + 1}
+    return {"period_ms": percentiles_ms(periods), "jitter_ms": percentiles_ms([abs(p - period) for p in periods]),
+            "obs_to_command_ms": percentiles_ms(latencies), "steps": len(periods) + 1}
 
 
 def row(name: str, s: dict) -> list[str]:

@@ -32,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.robot.base import Command, RobotError
+from envs.robot.base import RobotError
 from envs.robot.safety import SafeRobot, SafetyStop
 from vla.config import DeployConfig
+from vla.runtime import ensemble_average
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +86,7 @@ class ActionSchedule:
         if self.ensemble is None:
             s, c = live[-1]
             return c[step - s]
-        preds = np.stack([c[step - s] for s, c in live])  # oldest first
-        weights = np.exp(-self.ensemble * np.arange(len(preds)))
-        return (weights[:, None] * preds).sum(0) / weights.sum()
+        return ensemble_average(np.stack([c[step - s] for s, c in live]), self.ensemble)
 
     def needs_chunk(self, step: int, lead: int) -> bool:
         """Start inferring now so a chunk lands before this one's n_action_steps run out."""
@@ -158,7 +157,6 @@ class Deployer:
         self.robot, self.runtime, self.config, self.recorder = robot, runtime, config, recorder
         self.period = 1.0 / robot.config.control_hz
         self.progress = progress
-        self._hold_action = None
 
     def run_episode(self) -> EpisodeResult:
         cfg, robot, runtime = self.config, self.robot, self.runtime
@@ -207,7 +205,7 @@ class Deployer:
                         raise InferenceTimeout(f"no action chunk for {tick - waiting_since:.1f} s "
                                                f"(deploy.max_inference_seconds={cfg.max_inference_seconds}); "
                                                "the arm is holding")
-                    sent = self._hold_action_for(state)
+                    sent = robot.robot.action_from(robot.robot.hold_command(state), state)  # what the dataset records
                 else:
                     waiting_since = None
                     sent = robot.send_action(action)
@@ -261,19 +259,11 @@ class Deployer:
                 result.dataset_episode = self.recorder.save_episode()
         return result
 
-    def _hold_action_for(self, state) -> np.ndarray:
-        """The action a hold corresponds to (recorded in the dataset): no motion, gripper as commanded."""
-        r = self.robot.robot
-        width = r.last_gripper_width if r.last_gripper_width is not None else state.gripper_width
-        if r.config.action_space == "joint_position":
-            return r.action_from(Command(gripper_width=width, joint_pos=state.joint_pos), state)
-        return r.action_from(Command(gripper_width=width, eef_pos=state.eef_pos, eef_rot=state.eef_rot), state)
-
-
-def percentiles(values: list[float], qs=(50, 99)) -> dict[str, float | None]:
-    if not values:
+def percentiles_ms(seconds: list[float], qs=(50, 99)) -> dict[str, float | None]:
+    """{"p50": ms, "p99": ms} of durations given in seconds; None where there are none."""
+    if not seconds:
         return {f"p{q}": None for q in qs}
-    return {f"p{q}": float(np.percentile(values, q)) for q in qs}
+    return {f"p{q}": 1000 * float(np.percentile(seconds, q)) for q in qs}
 
 
 def summarize(results: list[EpisodeResult], robot: SafeRobot, protocol: dict) -> dict:
@@ -287,15 +277,11 @@ def summarize(results: list[EpisodeResult], robot: SafeRobot, protocol: dict) ->
         "success_rate": (sum(bool(s) for s in known) / len(known)) if known else None,
         "steps": sum(r.steps for r in results),
         "stopped": [r.stopped for r in results],
-        "ended_early": len(results) < protocol.get("episodes", len(results)),
         "messages": [r.message for r in results if r.message],
-        "period_ms": {k: None if v is None else 1000 * v for k, v in percentiles(periods).items()},
-        "jitter_ms": {k: None if v is None else 1000 * v
-                      for k, v in percentiles([abs(p - target) for p in periods]).items()},
-        "inference_ms": {k: None if v is None else 1000 * v
-                         for k, v in percentiles([x for r in results for x in r.latencies]).items()},
-        "obs_to_command_ms": {k: None if v is None else 1000 * v
-                              for k, v in percentiles([x for r in results for x in r.obs_to_command]).items()},
+        "period_ms": percentiles_ms(periods),
+        "jitter_ms": percentiles_ms([abs(p - target) for p in periods]),
+        "inference_ms": percentiles_ms([x for r in results for x in r.latencies]),
+        "obs_to_command_ms": percentiles_ms([x for r in results for x in r.obs_to_command]),
         "chunks": sum(r.chunks for r in results),
         "stale_actions_skipped": sum(r.stale_skipped for r in results),
         "held_steps": sum(r.held_steps for r in results),

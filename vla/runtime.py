@@ -30,6 +30,18 @@ from vla.features import ACTION, OBS_STATE, TASK, image_key
 from vla.policy import Policy
 
 
+def ensemble_average(preds: np.ndarray, coefficient: float) -> np.ndarray:
+    """ACT's temporal ensembling: predictions for one step, oldest first (N, D_a) -> (D_a,);
+    prediction i weighs exp(-coefficient * i), so older ones weigh more."""
+    weights = np.exp(-coefficient * np.arange(len(preds)))
+    return (weights[:, None] * preds).sum(0) / weights.sum()
+
+
+def batch_of_one(obs: dict) -> dict:
+    """An unbatched observation -> a batch of one (strings in a list, arrays with a leading 1)."""
+    return {k: [v] if isinstance(v, str) else np.asarray(v)[None] for k, v in obs.items()}
+
+
 class RuntimePolicy:
     """Batched, stateful wrapper: ``act(obs) -> actions`` for B environments in lockstep."""
 
@@ -165,14 +177,15 @@ class RuntimePolicy:
         """
         recent = list(history[-self.n_obs_steps:])
         recent = [recent[0]] * (self.n_obs_steps - len(recent)) + recent
-        batched = [{k: [v] if isinstance(v, str) else np.asarray(v)[None] for k, v in o.items()} for o in recent]
-        obs = self._assemble([self._frame(o) for o in batched], [recent[-1][TASK]], [step])
-        chunk = self.policy.sample_actions(obs)
-        return self.normalizer.unnormalize(ACTION, chunk).float().cpu().numpy()[0]
+        obs = self._assemble([self._frame(batch_of_one(o)) for o in recent], [recent[-1][TASK]], [step])
+        return self._sample(obs)[0]
 
     def _predict(self, tasks: list[str]) -> np.ndarray:
-        chunk = self.policy.sample_actions(self._observation(tasks))
-        return self.normalizer.unnormalize(ACTION, chunk).float().cpu().numpy()
+        return self._sample(self._observation(tasks))
+
+    def _sample(self, obs: dict) -> np.ndarray:
+        """Policy observation -> unnormalized chunks (B, H, D_a)."""
+        return self.normalizer.unnormalize(ACTION, self.policy.sample_actions(obs)).float().cpu().numpy()
 
     def annotations(self) -> list[str] | None:
         """What the policy says it is doing, per env (e.g. a generated thought), or None."""
@@ -184,9 +197,7 @@ class RuntimePolicy:
         # ACT's temporal ensembling: every chunk that covers this step votes, older ones weigh more.
         step = self._steps[i]
         self._ensemble_buf[i] = [(s, c) for s, c in self._ensemble_buf[i] if step - s < len(c)]
-        preds = np.stack([c[step - s] for s, c in self._ensemble_buf[i]])  # oldest first
-        weights = np.exp(-self.ensemble * np.arange(len(preds)))
-        return (weights[:, None] * preds).sum(0) / weights.sum()
+        return ensemble_average(np.stack([c[step - s] for s, c in self._ensemble_buf[i]]), self.ensemble)
 
 
 class PolicyAgent:
@@ -205,5 +216,4 @@ class PolicyAgent:
         self.runtime.reset()
 
     def act(self, obs: dict) -> np.ndarray:
-        batched = {k: [v] if isinstance(v, str) else np.asarray(v)[None] for k, v in obs.items()}
-        return self.runtime.act(batched)[0]
+        return self.runtime.act(batch_of_one(obs))[0]

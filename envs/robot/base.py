@@ -82,6 +82,18 @@ def square_image(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
 
+def pose_delta(target_pos, target_rot, pos, rot, translation_scale: float, rotation_scale: float) -> np.ndarray:
+    """The OSC_POSE delta action (6,) from pose (pos, rot) to the target: position difference and
+    left-multiplied axis-angle (robosuite's convention, base frame), in action units."""
+    drot = Rotation.from_matrix(np.asarray(target_rot) @ np.asarray(rot).T).as_rotvec()
+    return np.concatenate([(np.asarray(target_pos) - pos) / translation_scale, drot / rotation_scale])
+
+
+def robosuite_gripper(width: float, open_width: float) -> float:
+    """A gripper width (m) as robosuite's gripper action: -1 fully open .. +1 closed."""
+    return float(np.clip(1.0 - 2.0 * width / open_width, -1.0, 1.0))
+
+
 def rot6d(rotation: np.ndarray) -> np.ndarray:
     """First two columns of a rotation matrix, column 0 then column 1 (the tabletop convention)."""
     return rotation[:, :2].T.reshape(6)
@@ -233,9 +245,16 @@ class Robot(ABC):
         grip = 1.0 if command.gripper_width < 0.5 * cfg.gripper_open_width else -1.0
         if command.joint_pos is not None:
             return np.concatenate([command.joint_pos, [grip]]).astype(np.float32)
-        dpos = (command.eef_pos - state.eef_pos) / cfg.translation_scale
-        drot = Rotation.from_matrix(command.eef_rot @ state.eef_rot.T).as_rotvec() / cfg.rotation_scale
-        return np.concatenate([dpos, drot, [grip]]).astype(np.float32)
+        delta = pose_delta(command.eef_pos, command.eef_rot, state.eef_pos, state.eef_rot,
+                           cfg.translation_scale, cfg.rotation_scale)
+        return np.concatenate([delta, [grip]]).astype(np.float32)
+
+    def hold_command(self, state: RobotState) -> Command:
+        """Stay at the measured state, the gripper at its last commanded width."""
+        width = self.last_gripper_width if self.last_gripper_width is not None else state.gripper_width
+        if self.config.action_space == "joint_position":
+            return Command(gripper_width=width, joint_pos=state.joint_pos.copy())
+        return Command(gripper_width=width, eef_pos=state.eef_pos.copy(), eef_rot=state.eef_rot.copy())
 
     def gripper_width_for(self, value: float, current: float) -> float:
         """Binary gripper with a dead band: above +threshold close, below -threshold open, else keep."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from abc import abstractmethod
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -142,11 +143,7 @@ class TopicRobot(Robot):
         return self.store.snapshot(self.to_policy_frame)
 
     def _send(self, command: Command) -> None:
-        if command.joint_pos is not None:
-            self._publish_trajectory(command.joint_pos, 1.0 / self.config.control_hz)
-        else:
-            pos, rot = self.to_base_frame(command.eef_pos, command.eef_rot)
-            self._publish_pose(pos, matrix_to_quat(rot))
+        self._publish_arm(command)
         # The gripper on change, and again every second: a relay that turns widths into gripper
         # actions acts on changes, and a repeat covers a message lost before the subscriber matched.
         now, width = time.monotonic(), command.gripper_width
@@ -156,11 +153,13 @@ class TopicRobot(Robot):
             self._last_gripper_sent = (width, now)
 
     def _hold(self) -> None:
-        state = self.store.snapshot(self.to_policy_frame)
-        if self.config.action_space == "joint_position":
-            self._publish_trajectory(state.joint_pos, 1.0 / self.config.control_hz)
+        self._publish_arm(self.hold_command(self.store.snapshot(self.to_policy_frame)))
+
+    def _publish_arm(self, command: Command) -> None:
+        if command.joint_pos is not None:
+            self._publish_trajectory(command.joint_pos, 1.0 / self.config.control_hz)
         else:
-            pos, rot = self.to_base_frame(state.eef_pos, state.eef_rot)
+            pos, rot = self.to_base_frame(command.eef_pos, command.eef_rot)
             self._publish_pose(pos, matrix_to_quat(rot))
 
     # --- simulated cells ------------------------------------------------------------------------
@@ -194,17 +193,17 @@ class TopicRobot(Robot):
         return True
 
     # --- transport ------------------------------------------------------------------------------
-    def _link_alive(self) -> bool:
-        raise NotImplementedError
+    @abstractmethod
+    def _link_alive(self) -> bool: ...
 
-    def _publish_pose(self, pos: np.ndarray, quat_xyzw: np.ndarray) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def _publish_pose(self, pos: np.ndarray, quat_xyzw: np.ndarray) -> None: ...
 
-    def _publish_trajectory(self, q: np.ndarray, seconds: float) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def _publish_trajectory(self, q: np.ndarray, seconds: float) -> None: ...
 
-    def _publish_gripper(self, width: float) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def _publish_gripper(self, width: float) -> None: ...
 
-    def _publish_reset(self, seed: int) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def _publish_reset(self, seed: int) -> None: ...

@@ -24,6 +24,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -133,7 +134,7 @@ class SafeRobot:
             if action.shape != (self.action_dim,):
                 raise ValueError(f"action: expected shape ({self.action_dim},), got {action.shape}")
             if not np.isfinite(action).all():
-                self._stop("non_finite", f"non-finite action {np.array2string(action, precision=3)}")
+                self._stop("non_finite", f"non-finite action {_fmt(action)}")
             state = self.read_state()
             command, changes = self.limit(action, state)
             try:
@@ -272,11 +273,8 @@ class SafeRobot:
                     self._safe_hold()
 
     def summary(self) -> dict:
-        kinds: dict[str, int] = {}
-        for entry in self.log:
-            kinds[entry.kind] = kinds.get(entry.kind, 0) + 1
         return {"commands_sent": self.commands_sent, "commands_changed": self.commands_changed,
-                "interventions": kinds, "fault": None if self.fault is None else str(self.fault)}
+                "interventions": dict(Counter(entry.kind for entry in self.log)), "fault": None if self.fault is None else str(self.fault)}
 
 
 _PHYSICAL_LIMITS = {"translation_step", "rotation_step", "workspace", "joint_limit", "joint_step"}

@@ -12,7 +12,8 @@ import time
 
 import numpy as np
 
-from envs.robot.base import Command, Robot, RobotState
+from envs.robot.base import Command, Robot, RobotState, robosuite_gripper
+from vla.features import image_key
 from envs.robot.config import RobotConfig
 
 
@@ -50,7 +51,7 @@ class SimRobot(Robot):
         obs = self.env.unwrapped._last_obs
         joints = scene.sim.data.qpos[scene.robots[0]._ref_joint_pos_indexes].copy()
         fingers = scene.gripper_qpos()
-        images = {c: obs[f"observation.images.{c}"] for c in self.config.cameras}
+        images = {c: obs[image_key(c)] for c in self.config.cameras}
         # The simulation only advances on a command, so its state is always current.
         return RobotState(time.monotonic(), joints, eef_pos, eef_rot, float(fingers[0] - fingers[1]), images,
                           fingers=np.array([fingers[0], -fingers[1]]))
@@ -58,11 +59,9 @@ class SimRobot(Robot):
     def _send(self, command: Command) -> None:
         state = self._read()
         action = self.action_from(command, state)
-        # robosuite's gripper takes -1 (open) .. +1 (close); the command's width maps onto that.
-        action[-1] = 1.0 - 2.0 * command.gripper_width / self.config.gripper_open_width
+        action[-1] = robosuite_gripper(command.gripper_width, self.config.gripper_open_width)
         _, _, _, _, info = self.env.step(action)
         self.success = self.success or bool(info["is_success"])
 
     def _hold(self) -> None:
-        state = self._read()
-        self._send(Command(gripper_width=self.last_gripper_width, eef_pos=state.eef_pos, eef_rot=state.eef_rot))
+        self._send(self.hold_command(self._read()))

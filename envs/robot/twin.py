@@ -35,8 +35,8 @@ import threading
 import time
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
+from envs.robot.base import pose_delta, robosuite_gripper
 from envs.robot.config import RobotConfig
 from envs.robot.ros2 import import_rclpy
 from envs.robot.ros_common import camera_topics, matrix_to_quat, pose_to_matrix
@@ -211,7 +211,7 @@ class DigitalTwin:
 
     def _on_gripper_command(self, msg) -> None:
         with self._lock:
-            self._gripper_action = float(np.clip(1.0 - 2.0 * msg.data / self.config.gripper_open_width, -1.0, 1.0))
+            self._gripper_action = robosuite_gripper(msg.data, self.config.gripper_open_width)
 
     def _on_reset(self, msg) -> None:
         self.reset(int(msg.data))
@@ -241,8 +241,7 @@ class DigitalTwin:
         action[6] = gripper
         if target is not None:
             pos, rot = self.env.unwrapped.scene.eef_pose()
-            action[:3] = (target[0] - pos) / self.config.translation_scale
-            action[3:6] = Rotation.from_matrix(target[1] @ rot.T).as_rotvec() / self.config.rotation_scale
+            action[:6] = pose_delta(*target, pos, rot, self.config.translation_scale, self.config.rotation_scale)
         return np.clip(action, -1.0, 1.0)
 
     def _forward_kinematics(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
