@@ -49,9 +49,9 @@ def compose(overrides: list[str]):
 def cmd_collect(run, policy_cfg, args) -> None:
     """Run the scripted expert (or a checkpoint) in an env and record a LeRobot dataset."""
     from vla.config import ConfigError
-    from vla.data.collect import check_action_noise, collect
+    from vla.data.collect import RandomAgent, check_action_noise, collect
     from vla.data.recorder import EpisodeRecorder
-    from vla.rollout import make_env
+    from vla.rollout import make_env, make_expert
 
     c = run.collect
     env = make_env(run.env)
@@ -61,9 +61,9 @@ def cmd_collect(run, policy_cfg, args) -> None:
         env.close()
         raise ConfigError(f"collect.{e}") from None
     if c.agent == "expert":
-        from envs.tabletop.experts import make_expert
-
-        agent = make_expert(run.env.task, env)
+        agent = make_expert(run.env, env)
+    elif c.agent == "random":
+        agent = RandomAgent(env.action_space, seed=c.seed)
     else:
         from vla.checkpoint import load_policy
         from vla.runtime import PolicyAgent, RuntimePolicy

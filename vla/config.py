@@ -23,13 +23,37 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class GymMapping:
+    """How a gymnasium env's observations become the policy's features (``env.family=gym``).
+
+    A *path* names a part of the env's observation: ``agent_pos`` (a key of a Dict
+    observation; ``a/b`` for nested Dicts), ``[0:2]`` (a slice of a Box observation), or
+    ``agent_pos[0:2]`` (both); ``render`` (for an image) calls ``env.render()``.
+    """
+
+    state: list[str] = field(default_factory=list)   # paths concatenated into observation.state
+    images: dict[str, str] = field(default_factory=dict)  # camera name (env.cameras) -> image path
+    env_state: list[str] = field(default_factory=list)    # paths concatenated into observation.environment_state
+    success: str = "is_success"       # the info key that says an episode succeeded
+    success_reward: float | None = None  # or: success when a step's reward reaches this (envs without that key)
+
+
+@dataclass
 class EnvConfig:
-    family: str = "tabletop"          # which env suite (tabletop)
-    task: str = "lift"                # lift | stack | place
+    family: str = "tabletop"          # tabletop | robosuite | robocasa | gym
+    task: str = "lift"                # tabletop: lift | stack | place; robosuite / robocasa: the env name (Lift, ...)
+    id: str | None = None             # gym: the registered id, e.g. gym_pusht/PushT-v0
     image_size: int = 96
     cameras: list[str] = field(default_factory=lambda: ["agentview", "wrist"])
     shadows: bool = False             # shadows dominate CPU rendering cost
     max_episode_steps: int | None = None  # None = the task's default
+    robot: str = "Panda"              # robosuite / robocasa: any robosuite robot
+    controller: str | None = None     # robosuite: an arm controller (OSC_POSE, JOINT_POSITION, ...) or a
+                                      # composite-controller JSON file; None = the robot's default
+    control_freq: int = 20            # robosuite / robocasa (Hz)
+    instruction: str | None = None    # replaces the task's own instruction (gym envs have none)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # more keyword arguments for robosuite.make / gymnasium.make
+    gym: GymMapping = field(default_factory=GymMapping)
 
 
 @dataclass

@@ -17,8 +17,11 @@ import gymnasium as gym
 import numpy as np
 from tqdm import tqdm
 
-from vla.config import EnvConfig, RunConfig
+from vla.config import ConfigError, EnvConfig, RunConfig
 from vla.features import image_key
+
+
+ENV_FAMILIES = ("tabletop", "robosuite", "robocasa", "gym")
 
 
 def make_env(cfg: EnvConfig) -> gym.Env:
@@ -27,8 +30,34 @@ def make_env(cfg: EnvConfig) -> gym.Env:
         from envs.tabletop import make_env as make_tabletop
 
         return make_tabletop(cfg.task, image_size=cfg.image_size, cameras=tuple(cfg.cameras), shadows=cfg.shadows,
-                             max_episode_steps=cfg.max_episode_steps)
-    raise ValueError(f"unknown env family {cfg.family!r}; available: ['tabletop']")
+                             max_episode_steps=cfg.max_episode_steps, instruction=cfg.instruction)
+    if cfg.family in ("robosuite", "robocasa"):
+        from envs import robocasa_tasks, robosuite_tasks
+
+        module = robosuite_tasks if cfg.family == "robosuite" else robocasa_tasks
+        return module.make_env(cfg.task, robot=cfg.robot, controller=cfg.controller, cameras=tuple(cfg.cameras),
+                               image_size=cfg.image_size, shadows=cfg.shadows, control_freq=cfg.control_freq,
+                               max_episode_steps=cfg.max_episode_steps, instruction=cfg.instruction, **cfg.kwargs)
+    if cfg.family == "gym":
+        from envs.gym_adapter import make_env as make_gym
+
+        return make_gym(cfg.id, cfg.gym, cameras=tuple(cfg.cameras), instruction=cfg.instruction,
+                        max_episode_steps=cfg.max_episode_steps, **cfg.kwargs)
+    raise ConfigError(f"unknown env.family {cfg.family!r}; available: {list(ENV_FAMILIES)}")
+
+
+def make_expert(cfg: EnvConfig, env: gym.Env):
+    """The scripted expert of the configured task, acting in ``env`` (made by `make_env`)."""
+    if cfg.family == "tabletop":
+        from envs.tabletop.experts import make_expert as tabletop_expert
+
+        return tabletop_expert(cfg.task, env)
+    if cfg.family == "robosuite":
+        from envs.robosuite_tasks.experts import make_expert as robosuite_expert
+
+        return robosuite_expert(cfg.task, env)
+    raise ConfigError(f"no scripted expert for env.family={cfg.family!r}; collect with collect.agent=<checkpoint> "
+                     f"or collect.agent=random")
 
 
 def make_vector_env(cfg: EnvConfig, n_envs: int) -> gym.vector.VectorEnv:

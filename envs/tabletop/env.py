@@ -52,6 +52,8 @@ class TabletopEnv(gym.Env):
         render_mode: "rgb_array" or None.
         render_size: side of the frame `render()` returns; None returns the agentview
             observation image itself (no extra render).
+        instruction: replaces the task's instruction (e.g. a paraphrase); the success
+            predicate stays the task's.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": CONTROL_FREQ}
@@ -67,6 +69,7 @@ class TabletopEnv(gym.Env):
         terminate_on_success: bool = True,
         render_mode: str | None = "rgb_array",
         render_size: int | None = None,
+        instruction: str | None = None,
     ):
         unknown = [c for c in cameras if c not in CAMERAS]
         if unknown:
@@ -74,6 +77,7 @@ class TabletopEnv(gym.Env):
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.task_spec = task_spec(task)
+        self.instruction = instruction or self.task_spec.instruction
         self.image_size = image_size
         self.cameras = tuple(cameras)
         default_steps = self.task_spec.max_episode_steps
@@ -175,7 +179,7 @@ class TabletopEnv(gym.Env):
         state = np.concatenate([eef_pos, rot6d(eef_rot), self._scene.gripper_qpos()])
         obs[OBS_STATE] = state.astype(np.float32)
         obs[OBS_ENV_STATE] = self._environment_state()
-        obs[TASK] = self.task_spec.instruction
+        obs[TASK] = self.instruction
         return obs
 
     def _environment_state(self) -> np.ndarray:

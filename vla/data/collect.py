@@ -39,6 +39,23 @@ class Agent(Protocol):
     def act(self, obs: dict) -> np.ndarray: ...
 
 
+class RandomAgent:
+    """Uniform samples of the action space (``collect.agent=random``): a baseline, and data for
+    envs that have no scripted expert. Seeded, so a collection is reproducible."""
+
+    phase = None
+
+    def __init__(self, action_space: gym.Space, seed: int = 0):
+        self.action_space = action_space
+        self.action_space.seed(seed)
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, obs: dict) -> np.ndarray:
+        return np.asarray(self.action_space.sample())
+
+
 @dataclass
 class CollectStats:
     episodes_saved: int
