@@ -20,6 +20,8 @@ Tabletop convention (robosuite Panda, OSC_POSE at 20 Hz):
                         each in [-1, 1]; gripper -1 = open, +1 = close (robosuite's sign)
 """
 
+import numpy as np
+
 OBS_PREFIX = "observation."
 OBS_IMAGES = "observation.images."
 OBS_STATE = "observation.state"
@@ -61,3 +63,10 @@ def camera_name(key: str) -> str:
 
 def is_image_key(key: str) -> bool:
     return key.startswith(OBS_IMAGES)
+
+
+def rot6d(rotation: np.ndarray) -> np.ndarray:
+    """The state's rotation part: (..., 3, 3) rotation matrices -> (..., 6), column 0 then
+    column 1 (continuous, unlike quaternions or Euler angles)."""
+    rotation = np.asarray(rotation)
+    return np.concatenate([rotation[..., :, 0], rotation[..., :, 1]], axis=-1)

@@ -32,9 +32,9 @@ def make_env(cfg: EnvConfig) -> gym.Env:
         return make_tabletop(cfg.task, image_size=cfg.image_size, cameras=tuple(cfg.cameras), shadows=cfg.shadows,
                              max_episode_steps=cfg.max_episode_steps, instruction=cfg.instruction)
     if cfg.family in ("robosuite", "robocasa"):
-        from envs import robocasa_tasks, robosuite_tasks
+        import importlib
 
-        module = robosuite_tasks if cfg.family == "robosuite" else robocasa_tasks
+        module = importlib.import_module(f"envs.{cfg.family}_tasks")
         return module.make_env(cfg.task, robot=cfg.robot, controller=cfg.controller, cameras=tuple(cfg.cameras),
                                image_size=cfg.image_size, shadows=cfg.shadows, control_freq=cfg.control_freq,
                                max_episode_steps=cfg.max_episode_steps, instruction=cfg.instruction, **cfg.kwargs)
@@ -44,6 +44,11 @@ def make_env(cfg: EnvConfig) -> gym.Env:
         return make_gym(cfg.id, cfg.gym, cameras=tuple(cfg.cameras), instruction=cfg.instruction,
                         max_episode_steps=cfg.max_episode_steps, **cfg.kwargs)
     raise ConfigError(f"unknown env.family {cfg.family!r}; available: {list(ENV_FAMILIES)}")
+
+
+def task_label(cfg: EnvConfig) -> str:
+    """What reports call the configured task: its name, or a gym env's id (env.task is unused there)."""
+    return cfg.id if cfg.family == "gym" and cfg.id else cfg.task
 
 
 def make_expert(cfg: EnvConfig, env: gym.Env):
@@ -130,7 +135,7 @@ def rollout(runtime, env_cfg: EnvConfig, *, episodes: int, n_envs: int, seed: in
                 if terminated[i] or truncated[i]:
                     success = bool(info["is_success"][i])
                     records.append({"episode": ep, "seed": seed + ep, "success": success, "length": steps[i],
-                                    "task": env_cfg.task})
+                                    "task": task_label(env_cfg)})
                     if ep in frames and video_dir is not None:
                         frames[ep].append(video_frame(obs, i, env_cfg.cameras, captions[i] if captions else None))
                         tag = "success" if success else "failure"

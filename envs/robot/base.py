@@ -30,7 +30,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from envs.robot.config import RobotConfig
-from vla.features import ACTION, ACTION_NAMES, OBS_STATE, STATE_NAMES, TASK, image_key
+from vla.features import ACTION, ACTION_NAMES, OBS_STATE, STATE_NAMES, TASK, image_key, rot6d
 
 
 class RobotError(RuntimeError):
@@ -92,11 +92,6 @@ def pose_delta(target_pos, target_rot, pos, rot, translation_scale: float, rotat
 def robosuite_gripper(width: float, open_width: float) -> float:
     """A gripper width (m) as robosuite's gripper action: -1 fully open .. +1 closed."""
     return float(np.clip(1.0 - 2.0 * width / open_width, -1.0, 1.0))
-
-
-def rot6d(rotation: np.ndarray) -> np.ndarray:
-    """First two columns of a rotation matrix, column 0 then column 1 (the tabletop convention)."""
-    return rotation[:, :2].T.reshape(6)
 
 
 class Robot(ABC):

@@ -23,20 +23,18 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.tabletop.experts import yaw_of
+from envs.errors import EnvError
+from envs.mujoco_render import claim_gl_context, render_camera
+from envs.scripted import yaw_of
 from envs.tabletop.scene import CONTROL_FREQ, TABLE_TOP, TabletopScene
-from envs.tabletop.tasks import task_spec
-from vla.features import ENV_STATE_NAMES, OBS_ENV_STATE, OBS_STATE, STATE_NAMES, TABLETOP_OBJECTS, TASK, image_key
+from envs.tabletop.tasks import BIN_SIZE, CUBE_HALF_SIZE, cube_name, task_spec
+from vla.features import ENV_STATE_NAMES, OBS_ENV_STATE, OBS_STATE, STATE_NAMES, TABLETOP_OBJECTS, TASK, image_key, rot6d
 
 # Our camera names (the feature keys) -> robosuite's camera names.
 CAMERAS = {"agentview": "agentview", "wrist": "robot0_eye_in_hand"}
 ACTION_DIM = 7
+HALF_SIZES = {**{cube_name(c): np.full(3, h) for c, h in CUBE_HALF_SIZE.items()}, "bin": np.array(BIN_SIZE) / 2}
 MAX_INSTRUCTION_LENGTH = 128
-
-
-def rot6d(rotation: np.ndarray) -> np.ndarray:
-    """First two columns of a (3, 3) rotation matrix, column 0 then column 1: (6,)."""
-    return rotation[:, :2].T.reshape(6)
 
 
 class TabletopEnv(gym.Env):
@@ -73,7 +71,7 @@ class TabletopEnv(gym.Env):
     ):
         unknown = [c for c in cameras if c not in CAMERAS]
         if unknown:
-            raise ValueError(f"unknown cameras {unknown}; valid cameras: {sorted(CAMERAS)}")
+            raise EnvError(f"unknown cameras {unknown}; valid cameras: {sorted(CAMERAS)}")
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.task_spec = task_spec(task)
@@ -132,9 +130,7 @@ class TabletopEnv(gym.Env):
         return self._render_camera("agentview", self.render_size or self.image_size)
 
     def close(self) -> None:
-        # robosuite frees the render buffers in the current GL context: make it ours, or the
-        # buffers of another env in this process (same GL object ids) are the ones freed.
-        self._claim_gl_context()
+        claim_gl_context(self._scene.sim)  # free this env's buffers, not another env's
         self._scene.close()
 
     def __del__(self):
@@ -149,13 +145,14 @@ class TabletopEnv(gym.Env):
 
         Returns ``eef_pos`` (3,), ``eef_rot`` (3, 3), ``gripper_qpos`` (2,), ``table_height``
         (float) and ``objects``: name (``red_cube``, ``green_cube``, ``blue_cube``, ``bin``) ->
-        {``pos`` (3,), ``rot`` (3, 3)}. Positions in m, world frame.
+        {``pos`` (3,), ``rot`` (3, 3), ``half_size`` (3,)}. Positions in m, world frame; the
+        layout `envs.scripted` expects.
         """
         eef_pos, eef_rot = self._scene.eef_pose()
         objects = {}
         for name in self._scene.body_ids:
             pos, rot = self._scene.object_pose(name)
-            objects[name] = {"pos": pos, "rot": rot}
+            objects[name] = {"pos": pos, "rot": rot, "half_size": HALF_SIZES[name]}
         return {
             "eef_pos": eef_pos,
             "eef_rot": eef_rot,
@@ -190,16 +187,5 @@ class TabletopEnv(gym.Env):
             parts.append(np.concatenate([pos, [np.cos(yaw), np.sin(yaw)]]))
         return np.concatenate(parts).astype(np.float32)
 
-    def _claim_gl_context(self) -> None:
-        """Make this env's GL context current. robosuite renders into whichever context is
-        current, i.e. the last one any env in this process created: without this, frames come
-        from another env's buffers."""
-        sim = self._scene.sim  # None once closed
-        if sim is not None and sim._render_context_offscreen is not None:
-            sim._render_context_offscreen.gl_ctx.make_current()
-
     def _render_camera(self, camera: str, size: int) -> np.ndarray:
-        """(size, size, 3) uint8, upright: OpenGL reads rows bottom-up, so flip them."""
-        self._claim_gl_context()
-        frame = self._scene.sim.render(width=size, height=size, camera_name=CAMERAS[camera])
-        return np.ascontiguousarray(frame[::-1])
+        return render_camera(self._scene.sim, CAMERAS[camera], size)

@@ -6,31 +6,24 @@ policy observation: `envs.tabletop.env.TabletopEnv` renders cameras and reads pr
 itself, so robosuite's per-substep observable bookkeeping is switched off.
 """
 
-import os
 from collections import OrderedDict
 
-# robosuite picks its GL backend at import time; EGL runs headless on Mesa's CPU renderer.
-os.environ.setdefault("MUJOCO_GL", "egl")
-# Mesa's llvmpipe renders on worker threads by default. A process forked after they started
-# hangs on its first frame, and gymnasium's AsyncVectorEnv forks right after building one env in
-# the parent. Rendering on the calling thread is as fast at 96x96 (35 steps/s with two cameras on
-# 2 idle cores either way; 33 vs 22 on busy ones). Mesa reads this when the first GL context starts.
-os.environ.setdefault("LP_NUM_THREADS", "0")
+from envs.mujoco_render import cpu_render_settings  # isort: skip  (first: sets up headless GL for robosuite)
 
-import numpy as np  # noqa: E402
-import robosuite  # noqa: E402
-from robosuite.environments.manipulation.manipulation_env import ManipulationEnv  # noqa: E402
-from robosuite.models.arenas import TableArena  # noqa: E402
-from robosuite.models.objects import BoxObject  # noqa: E402
-from robosuite.models.objects.composite import Bin  # noqa: E402
-from robosuite.models.tasks import ManipulationTask  # noqa: E402
-from robosuite.utils import RandomizationError  # noqa: E402
-from robosuite.utils.placement_samplers import (  # noqa: E402
+import numpy as np
+import robosuite
+from robosuite.environments.manipulation.manipulation_env import ManipulationEnv
+from robosuite.models.arenas import TableArena
+from robosuite.models.objects import BoxObject
+from robosuite.models.objects.composite import Bin
+from robosuite.models.tasks import ManipulationTask
+from robosuite.utils import RandomizationError
+from robosuite.utils.placement_samplers import (
     SequentialCompositeSampler,
     UniformRandomSampler,
 )
 
-from envs.tabletop.tasks import (  # noqa: E402
+from envs.tabletop.tasks import (
     BIN_SIZE,
     BIN_WALL,
     CUBE_HALF_SIZE,
@@ -151,17 +144,8 @@ class TabletopScene(ManipulationEnv):
         return sampler
 
     def _initialize_sim(self, xml_string=None):
-        """Compile the model, then set render options the model (not the XML) controls.
-
-        Two more costs go for speed on Mesa's CPU renderer, each about halving the frame time:
-        reflections (the floor's barely visible reflectance of 0.01 makes MuJoCo draw the scene
-        a second time) and 4x multisampling (edges alias a little at 96x96 pixels).
-        """
         super()._initialize_sim(xml_string)
-        model = self.sim.model._model
-        model.light_castshadow[:] = self.shadows
-        model.mat_reflectance[:] = 0.0
-        model.vis.quality.offsamples = 0
+        cpu_render_settings(self.sim, self.shadows)
 
     def _setup_references(self):
         super()._setup_references()

@@ -7,6 +7,8 @@ heavy: listing the tasks must not start a simulator.
 
 from dataclasses import dataclass
 
+from envs.errors import EnvError
+
 # RGBA of each cube colour; saturated so the colours stay distinct at 96x96 pixels.
 CUBE_RGBA = {
     "red": (0.85, 0.1, 0.1, 1.0),
@@ -85,7 +87,7 @@ TASKS: dict[str, TaskSpec] = {
 def task_spec(task: str) -> TaskSpec:
     """The spec of `task`; a ValueError names the valid tasks."""
     if task not in TASKS:
-        raise ValueError(f"unknown tabletop task {task!r}; valid tasks: {sorted(TASKS)}")
+        raise EnvError(f"unknown tabletop task {task!r}; valid tasks: {sorted(TASKS)}")
     return TASKS[task]
 
 

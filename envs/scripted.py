@@ -1,0 +1,255 @@
+"""Scripted experts from privileged state: waypoints, P-control to them, pick-and-carry phases.
+
+Shared by every simulated task family (`envs.tabletop`, `envs.robosuite_tasks`). An env that
+an expert drives provides ``privileged_state()`` -> {``eef_pos`` (3,), ``eef_rot`` (3, 3),
+``gripper_qpos``, ``table_height`` (float), ``objects``: name -> {``pos`` (3,), ``rot`` (3, 3),
+``half_size`` (3,): half extents of the object's bounding box in its own frame}}, world frame, m.
+
+An expert is a list of phases. Each phase names a sub-task in plain language ("grasp the red
+cube"), a target end-effector position and yaw computed from the simulator state, a gripper
+command, and a test that ends it (target reached, or a number of steps waited). `act` turns
+the error to the target into an OSC_POSE delta action, so motions are straight lines that
+slow down smoothly near each waypoint; the gripper always points straight down.
+"""
+
+from dataclasses import dataclass
+from typing import Callable
+
+import gymnasium as gym
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+
+OPEN, CLOSE = -1.0, 1.0
+# OSC_POSE scales an action of 1 to 5 cm / 0.5 rad of set-point offset per step.
+POS_SCALE, ROT_SCALE = 0.05, 0.5
+MAX_POS_ACTION = 0.8  # caps the speed at ~2 cm per step (0.4 m/s)
+MAX_ROT_ACTION = 1.0  # ~0.1 rad per step: a quarter turn of the wrist takes ~15 steps
+# Largest change of the arm's action from one step to the next: speeds ramp up over ~4 steps
+# instead of jumping when a phase starts, so demonstrations have no velocity steps.
+MAX_ACTION_CHANGE = 0.2
+YAW_TOLERANCE = 0.05  # rad; a phase that sets the yaw also waits for it
+GRASP_XY_TOLERANCE = 0.015  # m; see pick_phases
+HOVER = 0.08  # approach the cube from this far above its centre (m)
+CARRY_CLEARANCE = 0.15  # carried cube's bottom face above the table (m); lift succeeds at 0.10
+# Distances (m) from the grasp centre along the finger axis that must stay clear: the open
+# fingertips' outer faces and the ends of the hand.
+HAND_REACH = (0.065, 0.085, 0.104)
+# robosuite ramps the finger set-point across its range in 10 steps (0.5 s): closing reaches
+# full grip force, and opening frees a held 4 cm cube, only after all 10.
+GRASP_STEPS = 10
+RELEASE_STEPS = 10
+# Rotation of the end effector that points the gripper down at yaw 0 (fingers close along y).
+DOWN = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One sub-task.
+
+    target(state, start) -> (3,) end-effector goal and yaw(state, start) -> rad, where `start`
+    is the state when the phase began (for goals that must stay put: hold here, rise from
+    here); yaw None keeps the yaw of the previous phase. The phase ends when the goal is within
+    `tolerance` m, or after `wait` steps when `wait` is set.
+    """
+
+    label: str
+    target: Callable[[dict, dict], np.ndarray]
+    gripper: float
+    yaw: Callable[[dict, dict], float] | None = None
+    tolerance: float = 0.01
+    wait: int | None = None
+    xy_tolerance: float | None = None
+
+
+def yaw_of(rotation: np.ndarray) -> float:
+    """Heading of an object's x axis about world z (rad)."""
+    return float(np.arctan2(rotation[1, 0], rotation[0, 0]))
+
+
+def gripper_yaw(eef_rot: np.ndarray) -> float:
+    """Yaw psi such that eef_rot ~= Rz(psi) @ DOWN."""
+    return float(np.arctan2(-eef_rot[0, 0], eef_rot[1, 0]))
+
+
+def finger_axis(yaw: float) -> np.ndarray:
+    """Horizontal direction (2,) along which the fingers close at gripper yaw `yaw`."""
+    return np.array([-np.sin(yaw), np.cos(yaw)])
+
+
+def footprint_distance(point: np.ndarray, pos: np.ndarray, rot: np.ndarray, half_extents) -> float:
+    """Distance (m) in the table plane from `point` (2,) to an object's box footprint."""
+    local = rot[:2, :2].T @ (point - pos[:2])
+    return float(np.linalg.norm(np.maximum(np.abs(local) - half_extents, 0.0)))
+
+
+def grasp_yaw(state: dict, cube: str) -> float:
+    """Gripper yaw for a top grasp of object `cube` that keeps the hand farthest from others.
+
+    A box can be grasped across either pair of faces. The Panda hand is 21 cm long along the
+    finger axis, so of the two grasps take the one whose fingertips and hand ends land farther
+    from the bin and the other cubes (touching the bin's rim or a cube stalls the arm). Both
+    candidates stay within 90 degrees of the neutral yaw.
+    """
+    quarter = np.pi / 2
+    aligned = (yaw_of(state["objects"][cube]["rot"]) + quarter / 2) % quarter - quarter / 2
+    candidates = (aligned, aligned - quarter if aligned >= 0 else aligned + quarter)
+    centre = state["objects"][cube]["pos"][:2]
+    # Non-colliding objects (visual target markers) cannot stall the arm.
+    others = {name: obj for name, obj in state["objects"].items() if name != cube and obj.get("collides", True)}
+
+    def clearance(yaw):
+        points = [centre + sign * reach * finger_axis(yaw) for reach in HAND_REACH for sign in (1, -1)]
+        return min(
+            footprint_distance(point, obj["pos"], obj["rot"], obj["half_size"][:2])
+            for point in points
+            for name, obj in others.items()
+        ) if others else np.inf
+
+    # Prefer the smaller wrist turn unless the other grasp is clearly roomier.
+    return candidates[1] if clearance(candidates[1]) > clearance(candidates[0]) + 0.01 else candidates[0]
+
+
+class ScriptedExpert:
+    """Runs `phases` in order against `env` (a tabletop env, wrapped or not).
+
+    act(obs) -> (7,) float32 action in [-1, 1]; `phase` is the label of the phase that chose
+    the latest action. After the last phase ends the expert keeps holding its goal.
+    """
+
+    def __init__(self, env: gym.Env, phases: list[Phase]):
+        self.env = env.unwrapped
+        self.phases = phases
+        self.reset()
+
+    def reset(self) -> None:
+        self._index = 0
+        self._steps_in_phase = 0
+        self._start: dict | None = None
+        self._yaw: float | None = None
+        self._arm_action = np.zeros(6)
+
+    @property
+    def phase(self) -> str:
+        return self.phases[self._index].label
+
+    def act(self, obs: dict | None = None) -> np.ndarray:
+        """(7,) action toward the current phase's goal. `obs` is unused: the expert reads the
+        simulator's privileged state, so it also runs with cameras off."""
+        state = self.env.privileged_state()
+        if self._start is None:
+            self._begin_phase(state)
+        current = self.phases[self._index]
+        goal = current.target(state, self._start)
+        if self._phase_done(current, state, goal) and self._index + 1 < len(self.phases):
+            self._index += 1
+            self._begin_phase(state)
+            current = self.phases[self._index]
+            goal = current.target(state, self._start)
+        self._steps_in_phase += 1
+        return self._action(current, state, goal)
+
+    def _begin_phase(self, state: dict) -> None:
+        self._start = state
+        self._steps_in_phase = 0
+        self._yaw = gripper_yaw(state["eef_rot"]) if self._yaw is None else self._yaw
+
+    def _phase_done(self, phase: Phase, state: dict, goal: np.ndarray) -> bool:
+        if phase.wait is not None:
+            return self._steps_in_phase >= phase.wait
+        if phase.yaw is not None:
+            yaw_error = phase.yaw(state, self._start) - gripper_yaw(state["eef_rot"])
+            if abs((yaw_error + np.pi) % (2 * np.pi) - np.pi) > YAW_TOLERANCE:
+                return False
+        error = goal - state["eef_pos"]
+        if phase.xy_tolerance is not None:
+            return bool(abs(error[2]) < phase.tolerance and np.linalg.norm(error[:2]) < phase.xy_tolerance)
+        return bool(np.linalg.norm(error) < phase.tolerance)
+
+    def _action(self, phase: Phase, state: dict, goal: np.ndarray) -> np.ndarray:
+        """Proportional control, rate-limited: position error -> capped translation, yaw error
+        -> rotation (the gripper kept pointing down)."""
+        translation = (goal - state["eef_pos"]) / POS_SCALE
+        norm = np.linalg.norm(translation)
+        if norm > MAX_POS_ACTION:
+            translation *= MAX_POS_ACTION / norm
+        if phase.yaw is not None:
+            self._yaw = phase.yaw(state, self._start)
+        goal_rot = Rotation.from_euler("z", self._yaw).as_matrix() @ DOWN
+        rotation_error = Rotation.from_matrix(goal_rot @ state["eef_rot"].T).as_rotvec()
+        rotation = np.clip(rotation_error / ROT_SCALE, -MAX_ROT_ACTION, MAX_ROT_ACTION)
+        change = np.concatenate([translation, rotation]) - self._arm_action
+        self._arm_action = self._arm_action + np.clip(change, -MAX_ACTION_CHANGE, MAX_ACTION_CHANGE)
+        return np.concatenate([self._arm_action, [phase.gripper]]).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- targets
+def object_pos(state: dict, name: str) -> np.ndarray:
+    return state["objects"][name]["pos"]
+
+
+def above(name: str, height: float) -> Callable:
+    """Goal `height` m above object `name`'s centre (follows the object)."""
+    return lambda state, start: object_pos(state, name) + [0.0, 0.0, height]
+
+
+def hold() -> Callable:
+    """Goal where the end effector was when the phase began."""
+    return lambda state, start: start["eef_pos"]
+
+
+def rise_from_start(height: float) -> Callable:
+    """Goal `height` m straight above where the end effector was when the phase began."""
+    return lambda state, start: start["eef_pos"] + [0.0, 0.0, height]
+
+
+def carry_object_to(name: str, destination: Callable[[dict, dict], np.ndarray]) -> Callable:
+    """Goal that brings the held object's centre to destination(state, start): the end effector
+    moves by the object's error, so an object that slipped in the fingers still lands right."""
+    return lambda state, start: state["eef_pos"] + destination(state, start) - object_pos(state, name)
+
+
+def carry_height(state: dict, name: str) -> float:
+    """Height (m) of a carried object's centre: its bottom CARRY_CLEARANCE above the table."""
+    return state["table_height"] + CARRY_CLEARANCE + state["objects"][name]["half_size"][2]
+
+
+def grasp_yaw_of(name: str) -> Callable:
+    """The grasp yaw chosen from the state at the phase's start (so it cannot flip mid-way)."""
+    return lambda state, start: grasp_yaw(start, name)
+
+
+# --------------------------------------------------------------------------- phases
+def pick_phases(name: str, noun: str, grasp_above_centre: float = 0.0) -> list[Phase]:
+    """Hover over object `name`, descend, close the fingers `grasp_above_centre` m above its
+    centre, lift it straight up to carry height. `noun` names it in the labels ("the red
+    cube" -> "grasp the red cube")."""
+
+    def lifted(state, start):
+        return np.array([*object_pos(start, name)[:2], carry_height(state, name)])
+
+    return [
+        Phase(f"reach {noun}", above(name, HOVER), OPEN, yaw=grasp_yaw_of(name), tolerance=0.015),
+        # Close once the fingers are at the object's height and within GRASP_XY_TOLERANCE of its
+        # centre: closing fingers centre the object, and a policy learns "close at this height"
+        # from proprioception far more precisely than "close within 6 mm of a seen point".
+        Phase(f"reach {noun}", above(name, grasp_above_centre), OPEN, yaw=grasp_yaw_of(name), tolerance=0.006,
+              xy_tolerance=GRASP_XY_TOLERANCE),
+        Phase(f"grasp {noun}", hold(), CLOSE, wait=GRASP_STEPS),
+        Phase(f"lift {noun}", carry_object_to(name, lifted), CLOSE),
+    ]
+
+
+def carry_phases(name: str, noun: str, place: str, preposition: str, over: Callable, down: Callable) -> list[Phase]:
+    """Move held object `name` at carry height over(state) -> (2,) xy, lower it to down(state) ->
+    (3,), open the fingers and back off upwards. Labels read "lower <noun> <preposition> <place>"."""
+
+    def above_place(state, start):
+        return np.array([*over(state), carry_height(state, name)])
+
+    return [
+        Phase(f"move {noun} above {place}", carry_object_to(name, above_place), CLOSE),
+        Phase(f"lower {noun} {preposition} {place}", carry_object_to(name, lambda s, _: down(s)), CLOSE),
+        Phase(f"release {noun}", hold(), OPEN, wait=RELEASE_STEPS),
+        Phase("move the gripper up", rise_from_start(0.08), OPEN),
+    ]
