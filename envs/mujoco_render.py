@@ -30,6 +30,12 @@ def cpu_render_settings(sim, shadows: bool = False) -> None:
     model.light_castshadow[:] = shadows
     model.mat_reflectance[:] = 0.0
     model.vis.quality.offsamples = 0
+    context = sim._render_context_offscreen
+    if context is not None and context.con.offSamples != 0:
+        # The multisample count is fixed when the render buffers are made: remake them.
+        context.gl_ctx.make_current()
+        context.con.free()
+        context._set_mujoco_context_and_buffers()
 
 
 def claim_gl_context(sim) -> None:

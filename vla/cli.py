@@ -131,13 +131,28 @@ def cmd_deploy(run, policy_cfg, args) -> None:
         raise RobotError(s["messages"][-1])
 
 
+def cmd_convert(run, policy_cfg, args) -> None:
+    """Convert robomimic / robosuite HDF5 demos into a LeRobot dataset at dataset.root."""
+    from vla.config import ConfigError
+    from vla.data.convert import convert_hdf5
+
+    if not run.dataset.root:
+        raise ConfigError("dataset.root is required: the directory to write the converted dataset to")
+    s = convert_hdf5(run.convert, root=run.dataset.root, repo_id=run.dataset.repo_id)
+    images = "re-rendered from the states" if s.rendered else "from the file"
+    cameras = f"cameras {', '.join(s.cameras)} at {run.convert.image_size} px {images}" if s.cameras else "no cameras"
+    print(f"converted {s.episodes} episodes ({s.frames} frames) from {run.convert.input} into {s.root}; "
+          f"{cameras}; {s.seconds:.0f} s")
+
+
 def _device(run):
     from vla.distributed import pick_device
 
     return pick_device(run.device)
 
 
-COMMANDS = {"collect": cmd_collect, "train": cmd_train, "eval": cmd_eval, "twin": cmd_twin, "deploy": cmd_deploy}
+COMMANDS = {"collect": cmd_collect, "train": cmd_train, "eval": cmd_eval, "twin": cmd_twin, "deploy": cmd_deploy,
+            "convert": cmd_convert}
 
 
 def main(argv: list[str] | None = None) -> int:

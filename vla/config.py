@@ -128,6 +128,21 @@ class DeployConfig:
 
 
 @dataclass
+class ConvertConfig:
+    """``vla convert``: robomimic / robosuite HDF5 demos -> a LeRobot dataset at dataset.root."""
+
+    input: str | None = None          # the HDF5 file (robomimic dataset or robosuite demo.hdf5)
+    cameras: list[str] | None = None  # vla camera names (wrist = robot0_eye_in_hand); None = every camera
+                                      # image in the file ([agentview, wrist] if it has none); [] = no images
+    image_size: int = 96              # side of the stored square images (resized, or rendered at this size)
+    instruction: str | None = None    # the task text when the demos carry none (ep_meta "lang" wins)
+    filter_key: str | None = None     # a robomimic mask, e.g. train / valid; None = every demo
+    render: bool = False              # re-render every frame from the MuJoCo states even if the file has images
+    fps: int | None = None            # None = the env's control_freq from the file, else 20
+    max_episodes: int | None = None   # convert only the first N demos (in demo order)
+
+
+@dataclass
 class RunConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -136,6 +151,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     robot: RobotConfig = field(default_factory=RobotConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    convert: ConvertConfig = field(default_factory=ConvertConfig)
     policy: Any = None                # the policy's own config dataclass (selected by name)
     output_dir: str = "outputs/run"
     device: str = "auto"              # auto | cpu | cuda | cuda:N

@@ -39,10 +39,21 @@ ARM_CONTROLLERS = ("OSC_POSE", "OSC_POSITION", "IK_POSE", "JOINT_POSITION", "JOI
 
 
 def quat_xyzw_to_matrix(quat: np.ndarray) -> np.ndarray:
-    """robosuite's (x, y, z, w) quaternion -> (3, 3) rotation matrix."""
+    """robosuite's (x, y, z, w) quaternions (..., 4) -> rotation matrices (..., 3, 3)."""
     from scipy.spatial.transform import Rotation
 
     return Rotation.from_quat(np.asarray(quat, dtype=np.float64)).as_matrix()
+
+
+def robosuite_state(raw: dict) -> np.ndarray:
+    """``observation.state`` from robosuite's observables (robomimic's names), for one step or
+    stacked steps: robot0_eef_pos (..., 3) | rot6d of robot0_eef_quat (..., 6) |
+    robot0_gripper_qpos (..., G) when the robot has a gripper. Shared with `vla convert`, so
+    converted datasets and these envs agree number for number."""
+    parts = [raw["robot0_eef_pos"], rot6d(quat_xyzw_to_matrix(raw["robot0_eef_quat"]))]
+    if "robot0_gripper_qpos" in raw:
+        parts.append(raw["robot0_gripper_qpos"])
+    return np.concatenate(parts, axis=-1).astype(np.float32)
 
 
 def controller_config(robot: str, controller: str | None) -> dict:
@@ -238,15 +249,9 @@ class RobosuiteEnv(gym.Env):
             raise EnvError(f"unknown cameras {missing} for {self.task_name}; this scene has "
                              f"{sorted(known)} (and 'wrist' for robot0_eye_in_hand)")
 
-    def _state(self, raw: dict) -> np.ndarray:
-        parts = [raw["robot0_eef_pos"], rot6d(quat_xyzw_to_matrix(raw["robot0_eef_quat"]))]
-        if "robot0_gripper_qpos" in raw:
-            parts.append(raw["robot0_gripper_qpos"])
-        return np.concatenate(parts).astype(np.float32)
-
     def _observation(self, raw: dict) -> dict:
         obs = {image_key(c): render_camera(self._env.sim, robosuite_camera(c), self.image_size) for c in self.cameras}
-        obs[OBS_STATE] = self._state(raw)
+        obs[OBS_STATE] = robosuite_state(raw)
         if "object-state" in raw:
             obs[OBS_ENV_STATE] = np.asarray(raw["object-state"], dtype=np.float32)
         obs[TASK] = self.instruction

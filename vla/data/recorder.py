@@ -146,7 +146,7 @@ class EpisodeRecorder:
         writer_args = dict(video_backend=resolve_video_backend(), streaming_encoding=True,
                            encoder_queue_maxsize=ENCODER_QUEUE_FRAMES)
         if (self.root / INFO_FILE).exists() or (self.root / SIDECAR).exists():
-            self._lock = _acquire_lock(self.root)
+            self._lock = acquire_lock(self.root)
             self.dataset = self._open_existing(fps, writer_args)
         else:
             self._remove_empty_root()
@@ -155,7 +155,7 @@ class EpisodeRecorder:
                 data_files_size_in_mb=ROLL_EVERY_EPISODE_MB, video_files_size_in_mb=ROLL_EVERY_EPISODE_MB,
                 **writer_args,
             )
-            self._lock = _acquire_lock(self.root)
+            self._lock = acquire_lock(self.root)
         _snapshot_info(self.root)
 
     @classmethod
@@ -300,7 +300,7 @@ def repair_dataset(root: str | Path) -> list[str]:
     root = Path(root)
     if not (root / INFO_FILE).exists() and not (root / SIDECAR).exists():
         raise DatasetError(f"no dataset to repair at {root}")
-    lock = _acquire_lock(root)
+    lock = acquire_lock(root)
     try:
         return _repair(root)
     finally:
@@ -361,7 +361,7 @@ def _check_same_features(root: Path, existing: dict, wanted: dict) -> None:
                                f"{describe(have)}, the recorder writes {describe(want)}")
 
 
-def _acquire_lock(root: Path) -> int:
+def acquire_lock(root: Path) -> int:
     """An exclusive advisory lock on the dataset; the OS releases it when the process dies."""
     path = root / SIDECAR / "recorder.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
