@@ -24,7 +24,7 @@ DEMO_TRAIN    ?= policy.width=128 policy.depth=4 policy.heads=4 policy.noise_sam
 DEMO_COLLECT  ?= collect.action_noise=0.3 "collect.noise_dims=[0,1,2]"
 EVAL_EPISODES ?= 50
 
-.PHONY: setup demo test test-slow benchmarks bench-deploy clean
+.PHONY: setup demo test test-slow benchmarks bench-deploy bench-envs robosuite-lift clean
 
 setup: $(STAMP)
 
@@ -63,5 +63,17 @@ bench-deploy: setup
 	PYTHONPATH=. $(PY) -m benchmarks.fault_injection --checkpoint $(DEMO_DIR)/run
 	PYTHONPATH=. $(PY) -m benchmarks.deploy_twin --checkpoint $(DEMO_DIR)/run --episodes 30
 
+# Env steps/s for 1 vs N vectorized envs, with and without cameras, and gym-pusht vs LeRobot's make_env.
+bench-envs: setup
+	PYTHONPATH=. $(PY) -m benchmarks.env_throughput
+# The same recipe as the demo on robosuite's own Lift task (issue 6's evidence run).
+RS_DIR ?= outputs/robosuite-lift
+robosuite-lift: setup
+	rm -rf $(RS_DIR)
+	$(VLA) collect env=robosuite-lift collect.episodes=150 dataset.root=$(RS_DIR)/data \
+	    dataset.repo_id=local/robosuite_lift $(DEMO_COLLECT)
+	$(VLA) train policy=dita-small env=robosuite-lift dataset.root=$(RS_DIR)/data dataset.repo_id=local/robosuite_lift \
+	    output_dir=$(RS_DIR)/run train.steps=$(DEMO_STEPS) $(DEMO_TRAIN)
+	$(VLA) eval env=robosuite-lift output_dir=$(RS_DIR)/run eval.episodes=$(EVAL_EPISODES)
 clean:
 	rm -rf outputs .pytest_cache

@@ -1,7 +1,8 @@
 """Measure a scripted expert: success rate, episode length and simulation speed over seeds.
 
-    python -m envs.tabletop.check_experts --task stack --episodes 100
-    python -m envs.tabletop.check_experts --task lift --episodes 20 --cameras agentview wrist
+    python -m envs.check_experts --task stack --episodes 100
+    python -m envs.check_experts --task lift --episodes 20 --cameras agentview wrist
+    python -m envs.check_experts --family robosuite --task PickPlaceCan --episodes 100
 
 Cameras are off by default: the experts read privileged state, so images only cost time.
 """
@@ -11,8 +12,9 @@ import time
 
 import numpy as np
 
-from envs.tabletop import TASKS, make_env
-from envs.tabletop.experts import make_expert
+import importlib
+
+FAMILIES = {"tabletop": "envs.tabletop", "robosuite": "envs.robosuite_tasks"}
 
 
 def run_episode(env, expert, seed: int) -> tuple[bool, int]:
@@ -30,15 +32,19 @@ def run_episode(env, expert, seed: int) -> tuple[bool, int]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=sorted(TASKS), required=True)
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="tabletop")
+    parser.add_argument("--task", required=True, help="tabletop: lift | stack | place; robosuite: Lift | Stack | "
+                        "PickPlaceCan")
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--cameras", nargs="*", default=[], help="e.g. agentview wrist (default: none)")
     parser.add_argument("--image-size", type=int, default=96)
     args = parser.parse_args(argv)
 
-    env = make_env(args.task, cameras=tuple(args.cameras), image_size=args.image_size, render_mode=None)
-    expert = make_expert(args.task, env)
+    family = importlib.import_module(FAMILIES[args.family])
+    experts = importlib.import_module(FAMILIES[args.family] + ".experts")
+    env = family.make_env(args.task, cameras=tuple(args.cameras), image_size=args.image_size, render_mode=None)
+    expert = experts.make_expert(args.task, env)
     results, failed_seeds = [], []
     start = time.perf_counter()
     for seed in range(args.first_seed, args.first_seed + args.episodes):
@@ -51,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
 
     successes = np.array([s for s, _ in results])
     lengths = np.array([n for _, n in results])
-    print(f"task={args.task} episodes={args.episodes} cameras={list(args.cameras)}")
+    print(f"family={args.family} task={args.task} episodes={args.episodes} cameras={list(args.cameras)}")
     print(f"success rate: {successes.mean():.3f}")
     if successes.any():
         ok = lengths[successes]

@@ -212,6 +212,31 @@ def test_non_finite_action_discards_the_episode(tmp_path):
         assert rec.num_episodes == 0
 
 
+def test_ctrl_c_inside_add_frame_lands_after_the_whole_frame(tmp_path):
+    from tests.conftest import hear_ctrl_c
+
+    hear_ctrl_c()
+    env = CountingEnv()
+    with make_recorder(tmp_path / "ds") as rec:
+        obs, _ = env.reset(seed=0)
+        rec.add_frame(obs, np.zeros(7, np.float32), "reach")
+        lerobot_add_frame = rec.dataset.add_frame
+
+        def interrupted_add_frame(frame):  # Ctrl-C arrives while lerobot is buffering the frame
+            os.kill(os.getpid(), signal.SIGINT)
+            lerobot_add_frame(frame)
+
+        rec.dataset.add_frame = interrupted_add_frame
+        with pytest.raises(KeyboardInterrupt):
+            rec.add_frame(obs, np.ones(7, np.float32), "reach")
+        rec.dataset.add_frame = lerobot_add_frame
+        assert rec.frames_in_episode == 2  # the interrupted frame was buffered whole, then Ctrl-C landed
+        rec.add_frame(obs, np.ones(7, np.float32), "reach")
+        rec.save_episode()  # every feature agrees on the episode's length
+    ds = open_dataset("local/ds", root=tmp_path / "ds")
+    assert ds.meta.total_frames == 3
+
+
 def test_second_recorder_on_the_same_dataset_is_refused(tmp_path):
     with make_recorder(tmp_path / "ds"):
         with pytest.raises(DatasetError, match="another recorder"):

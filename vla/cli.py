@@ -1,4 +1,4 @@
-"""``vla`` command line: collect | train | eval | twin | deploy, configured by Hydra overrides.
+"""``vla`` command line: collect | train | eval | twin | deploy | convert, configured by Hydra overrides.
 
     vla collect collect.episodes=100 env=lift dataset.root=data/lift
     vla train policy=dita-small dataset.root=data/lift output_dir=outputs/lift
@@ -6,6 +6,7 @@
     vla eval eval.checkpoint=outputs/lift eval.episodes=50
     vla twin robot=twin                                    # the simulated Panda on ROS 2 topics
     vla deploy robot=twin deploy.checkpoint=outputs/lift   # a checkpoint driving a robot
+    vla convert convert.input=demo.hdf5 dataset.root=data/rm   # robomimic / robosuite HDF5 -> LeRobot
 
 Errors the user can fix (bad config, missing dataset, corrupt checkpoint, ...) print one
 line and exit with status 2.

@@ -38,6 +38,9 @@ import json
 import logging
 import os
 import shutil
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import gymnasium as gym
@@ -208,12 +211,15 @@ class EpisodeRecorder:
         try:
             frame = self._frame(obs, action, phase)
             task = frame["task"]  # lerobot pops it from the frame
-            self.dataset.add_frame(frame)
+            # lerobot appends a frame key by key (and feeds the video encoders): a Ctrl-C in the
+            # middle would leave an episode whose features disagree on its length.
+            with sigint_deferred():
+                self.dataset.add_frame(frame)
+                self._episode_tasks.add(task)
+                self._frames += 1
         except ValueError as e:
             self.discard_episode()
             raise ValueError(f"{e} (the episode being recorded was discarded)") from None
-        self._episode_tasks.add(task)
-        self._frames += 1
 
     def _frame(self, obs: dict, action: np.ndarray, phase: str | None) -> dict:
         frame = {}
@@ -359,6 +365,26 @@ def _check_same_features(root: Path, existing: dict, wanted: dict) -> None:
         if describe(have) != describe(want):
             raise DatasetError(f"cannot append to {root}: feature {key!r} differs: the dataset has "
                                f"{describe(have)}, the recorder writes {describe(want)}")
+
+
+@contextmanager
+def sigint_deferred():
+    """Hold a Ctrl-C that arrives inside the block until the block is done (main thread only;
+    other threads never receive SIGINT), then raise it as Python would have."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            if callable(previous):
+                previous(signal.SIGINT, None)
+            elif previous != signal.SIG_IGN:
+                raise KeyboardInterrupt
 
 
 def acquire_lock(root: Path) -> int:
