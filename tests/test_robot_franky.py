@@ -251,7 +251,8 @@ def test_the_gripper_closes_and_opens_without_blocking(host):
         durations += drive(+1.0, lambda w: w < 0.06)
         durations += drive(-1.0, lambda w: w > 0.075)
         assert robot.read_state().gripper_width > 0.075
-        assert max(durations) < 0.1, max(durations)  # gripper commands (~0.5 s each) never block send_action
+        # a blocking send_action would last the gripper move itself (~0.5 s); the margin tolerates a busy machine
+        assert max(durations) < 0.4, max(durations)
 
 
 def test_the_safety_layer_limits_a_huge_jump(host):

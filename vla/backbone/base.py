@@ -35,6 +35,13 @@ class BackboneConfig:
     use_state: bool = True             # one proprioception token per observed frame
     freeze_vision: bool = True         # frozen encoders are cached during training
     freeze_text: bool = True
+    # name=vlm (vla/backbone/vlm.py): a transformers VLM
+    model: str | None = None           # a local model directory or a hub id (SmolVLM / Idefics3, PaliGemma)
+    hidden_layer: int | None = None    # the LM layer whose output feeds the policy (1-based); None = the middle
+    finetune: str = "frozen"           # the LM layers: frozen | lora | full
+    lora_rank: int = 16
+    dtype: str = "float32"             # the VLM's weights: float32 | bfloat16
+    gradient_checkpointing: bool = False  # recompute LM activations in backward (lora / full)
 
 
 @dataclass
@@ -109,6 +116,7 @@ class Backbone(nn.Module, ABC):
 
 _BACKBONES = {
     "embedded": "vla.backbone.embedded:EmbeddedBackbone",
+    "vlm": "vla.backbone.vlm:VLMBackbone",
 }
 
 
@@ -126,6 +134,21 @@ def flatten_frames(frames: dict[str, Tensor]) -> tuple[dict[str, Tensor], int, i
     """``(B, T, ...)`` -> ``(B*T, ...)``; returns the flat dict, B and T."""
     b, t = next(iter(frames.values())).shape[:2]
     return {k: v.flatten(0, 1) for k, v in frames.items()}, b, t
+
+
+def camera_batch(images: dict[str, Tensor], cameras: list[str], size: int) -> tuple[Tensor, int, int]:
+    """``images[camera]`` (N, 3, H, W) in [0, 1] -> (N * n_cam, 3, size, size) float32, camera
+    minor, resized with antialiasing when needed; returns it, N and n_cam."""
+    missing = [c for c in cameras if c not in images]
+    if missing:
+        raise KeyError(f"backbone needs camera(s) {missing}; got {sorted(images)}")
+    x = torch.stack([images[c] for c in cameras], dim=1)  # (N, n_cam, 3, H, W)
+    n, n_cam = x.shape[:2]
+    x = x.flatten(0, 1).float()
+    if x.shape[-2:] != (size, size):
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                                            antialias=True)
+    return x, n, n_cam
 
 
 def assert_finite(name: str, x: Tensor) -> None:

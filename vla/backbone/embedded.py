@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vla.backbone.base import Backbone, BackboneConfig, Prefix
+from vla.backbone.base import Backbone, BackboneConfig, Prefix, camera_batch
 
 # Visual token features: EfficientNet-Lite0 block 14 (stride 32, 192 channels) at each grid
 # cell, concatenated with block 7 (stride 16, 80 channels) at twice the grid resolution folded
@@ -172,15 +172,7 @@ class EmbeddedBackbone(Backbone):
     def encode_frames(self, images: dict[str, Tensor]) -> dict[str, Tensor]:
         """``images[cam]`` (N, 3, H, W) in [0, 1] -> ``{"vision": (N, n_cam, P, VISION_DIM)}``
         and, with keypoints, ``{"vision_map": (N, n_cam, KEYPOINT_DIM, S / 8, S / 8)}``."""
-        missing = [c for c in self.config.cameras if c not in images]
-        if missing:
-            raise KeyError(f"backbone needs camera(s) {missing}; got {sorted(images)}")
-        x = torch.stack([images[c] for c in self.config.cameras], dim=1)  # (N, n_cam, 3, H, W)
-        n, n_cam = x.shape[:2]
-        x = x.flatten(0, 1).float()
-        size = self.config.image_size
-        if x.shape[-2:] != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        x, n, n_cam = camera_batch(images, self.config.cameras, self.config.image_size)
         x = ((x - _IMAGE_MEAN) / _IMAGE_STD).contiguous(memory_format=torch.channels_last)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vision):
             tokens, fmap = multiscale_features(self.vision, x, self.config.vision_grid)  # (N*n_cam, P, VISION_DIM)

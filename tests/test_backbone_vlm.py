@@ -1,0 +1,122 @@
+"""The transformers VLM backbone (backbone.name=vlm) on tiny random configs of real model classes:
+the layer it reads, the fine-tuning modes, dtype, caching and bad settings. Policies on top of it
+are covered by the contract tests (tests/test_policy_contract.py), parametrized over backbones."""
+
+import pytest
+import torch
+
+from vla.backbone.base import BackboneConfig, make_backbone
+from vla.config import ConfigError
+
+FAMILIES = ["idefics3", "paligemma"]
+T, B = 2, 3
+
+
+def build(tiny_vlms, family, **settings):
+    cfg = BackboneConfig(name="vlm", model=tiny_vlms[family], max_text_tokens=8, **settings)
+    return make_backbone(cfg, width=48, n_obs_steps=T, state_dim=11)
+
+
+def inputs(backbone):
+    torch.manual_seed(0)
+    images = {c: torch.rand(B * T, 3, 64, 64) for c in backbone.config.cameras}
+    frames = {k: v.unflatten(0, (B, T)) for k, v in backbone.encode_frames(images).items()}
+    return frames, backbone.encode_text(["lift the red cube"] * B), torch.randn(B, T, 11)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prefix_reads_the_chosen_lm_layer(tiny_vlms, family):
+    from transformers import AutoModelForImageTextToText
+
+    backbone = build(tiny_vlms, family, hidden_layer=2).eval()
+    assert len(backbone.lm.layers) == 2  # the layers above the one read are dropped
+    frames, text, state = inputs(backbone)
+    with torch.no_grad():
+        prefix = backbone(frames, text, state)
+    assert prefix.tokens.shape == (B, backbone.num_tokens(T), 48) and prefix.mask.all(dim=0)[-T:].all()
+    # the same sequence through the whole pretrained LM: its hidden state after layer 2, normed
+    full = AutoModelForImageTextToText.from_pretrained(tiny_vlms[family]).eval()
+    lm = full.model.language_model if family == "paligemma" else full.model.text_model
+    images = (frames["vision"] + backbone.camera_embed + backbone.frame_embed[:T]).flatten(1, 3)
+    sequence = torch.cat([images, text["text"]], dim=1)
+    mask = torch.cat([torch.ones(B, images.shape[1], dtype=torch.long), text["text_mask"].long()], dim=1)
+    with torch.no_grad():
+        hidden = lm(inputs_embeds=sequence, attention_mask=mask, output_hidden_states=True).hidden_states[2]
+        expected = backbone.proj(lm.norm(hidden))
+    torch.testing.assert_close(prefix.tokens[:, : expected.shape[1]], expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_finetune_modes_train_what_they_say(tiny_vlms, family):
+    counts = {}
+    for mode in ("frozen", "lora", "full"):
+        backbone = build(tiny_vlms, family, finetune=mode)
+        lm_trainable = [n for n, p in backbone.lm.named_parameters() if p.requires_grad]
+        counts[mode] = len(lm_trainable)
+        if mode == "lora":
+            assert lm_trainable and all("lora_" in n for n in lm_trainable)
+        frames, text, state = inputs(backbone)
+        backbone(frames, text, state).tokens.square().mean().backward()
+        grads = [p.grad for p in backbone.lm.parameters() if p.requires_grad]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        assert all(p.grad is None for p in backbone.vision.parameters())  # the vision tower stays frozen
+        assert ("lm" in backbone.frozen_modules()) == (mode == "frozen")
+    assert counts["frozen"] == 0 < counts["lora"] < counts["full"]
+
+
+def test_bfloat16_weights_give_a_float32_prefix(tiny_vlms):
+    backbone = build(tiny_vlms, "idefics3", dtype="bfloat16")
+    assert backbone.embed.weight.dtype == torch.bfloat16 and backbone.lm.norm.weight.dtype == torch.bfloat16
+    prefix = backbone(*inputs(backbone))
+    assert prefix.tokens.dtype == torch.float32 and torch.isfinite(prefix.tokens).all()
+
+
+def test_frozen_features_are_cacheable_and_independent_of_the_batch(tiny_vlms):
+    backbone = build(tiny_vlms, "paligemma")
+    assert backbone.frozen  # frozen vision tower and embeddings: the feature cache applies
+    images = {c: torch.rand(4, 3, 64, 64) for c in backbone.config.cameras}
+    images["wrist"][1] = 0.0  # an all-black frame is a frame, not padding
+    with torch.no_grad():
+        full = backbone.encode_frames(images)["vision"]
+        one = backbone.encode_frames({c: x[1:2] for c, x in images.items()})["vision"]
+    assert full.shape == (4, 2, backbone.tokens_per_image, backbone.lm_dim)
+    torch.testing.assert_close(full[1:2], one, rtol=1e-4, atol=1e-5)
+    assert backbone.future_grid(2) == (2, 2, 2)  # 16 tokens per image: a 4 x 4 grid pooled 2 x 2
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(finetune="adapter"), "backbone.finetune"),
+    (dict(hidden_layer=9), "backbone.hidden_layer must be in 1..4"),
+    (dict(dtype="float8"), "backbone.dtype"),
+])
+def test_bad_settings_are_config_errors(tiny_vlms, settings, message):
+    with pytest.raises(ConfigError, match=message):
+        build(tiny_vlms, "idefics3", **settings)
+
+
+def test_missing_model_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="needs backbone.model"):
+        make_backbone(BackboneConfig(name="vlm"), width=48, n_obs_steps=1, state_dim=11)
+    with pytest.raises(ConfigError, match="cannot load the VLM"):
+        make_backbone(BackboneConfig(name="vlm", model=str(tmp_path / "nowhere")), width=48, n_obs_steps=1,
+                      state_dim=11)
+
+
+def test_cli_trains_and_evaluates_dita_on_a_vlm(tiny_vlms, lift_dataset, tmp_path, capsys):
+    """`vla train` / `vla eval` with policy.backbone.name=vlm: cached frozen features, a checkpoint
+    that rebuilds the VLM from its directory, a rollout."""
+    import json
+
+    from tests.conftest import TINY
+    from vla.cli import main
+
+    out = tmp_path / "run"
+    vlm = ["policy.backbone.name=vlm", f"policy.backbone.model={tiny_vlms['idefics3']}", "policy.backbone.hidden_layer=2",
+           "policy.backbone.finetune=lora", "policy.backbone.lora_rank=4"]
+    assert main(["train", f"dataset.root={lift_dataset}", f"output_dir={out}", "train.steps=2", *TINY, *vlm]) == 0
+    assert main(["eval", f"output_dir={out}", "eval.episodes=1", "eval.n_envs=1", "eval.max_videos=0",
+                 "env.max_episode_steps=3", f"eval.output_dir={tmp_path / 'eval'}"]) == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["episodes"] == 1
+    config = json.loads((out / "checkpoints" / "last" / "pretrained_model" / "config.json").read_text())
+    assert config["config"]["backbone"]["finetune"] == "lora"

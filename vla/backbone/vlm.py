@@ -1,0 +1,215 @@
+"""A transformers vision-language model behind the shared backbone interface (``backbone.name=vlm``).
+
+    policy.backbone.name=vlm policy.backbone.model=HuggingFaceTB/SmolVLM-256M-Instruct   (or a local dir)
+
+Families read here: SmolVLM / Idefics3 and PaliGemma (``config.model_type`` decides). The VLM
+is split into the two halves of the `Backbone` contract:
+
+    encode_frames  the vision tower + connector, per camera image   -> {"vision": (N, n_cam, P, D_lm)}
+    encode_text    the LM's token embeddings of the instruction     -> {"text": (N, L, D_lm), "text_mask"}
+    forward        [image tokens of T frames | text tokens] through the LM's first ``hidden_layer``
+                   layers (the rest are dropped at load time: GR00T and DUST read a middle layer),
+                   projected to the policy width, + one state token per frame -> Prefix
+
+so with a frozen vision tower and embeddings (the default) the per-frame features are cached for
+training like the embedded backbone's, and only the truncated LM runs per step. The LM layers are
+``frozen`` (only the projections train), ``lora`` (peft adapters on the attention projections) or
+``full``. Images are resized to the vision tower's size and normalized with the model's image
+processor statistics when the model directory has them (0.5 / 0.5, SigLIP's, otherwise); the
+model's chat template and image-splitting are not used: every camera image is one tile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from vla.backbone.base import Backbone, BackboneConfig, Prefix, camera_batch
+from vla.config import ConfigError
+
+FAMILIES = ("idefics3", "smolvlm", "paligemma")
+FINETUNE_MODES = ("frozen", "lora", "full")
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def load_vlm(source: str, dtype: torch.dtype):
+    """(model, tokenizer, image mean, image std) from a local directory or hub id (hub only
+    when online: HF_HUB_OFFLINE=1 keeps it to the local cache)."""
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot load the VLM {source!r} (a local directory, or a hub id when online): "
+                         f"{' '.join(str(e).split())[:200]}") from None
+    mean, std = [0.5] * 3, [0.5] * 3
+    processor = Path(source) / "preprocessor_config.json"
+    if processor.is_file():
+        stats = json.loads(processor.read_text())
+        mean, std = stats.get("image_mean", mean), stats.get("image_std", std)
+    return model, tokenizer, mean, std
+
+
+class VisionTower(nn.Module):
+    """A family's vision encoder + connector: (N, 3, S, S) normalized -> (N, P, D_lm)."""
+
+    def __init__(self, family: str, inner: nn.Module):
+        super().__init__()
+        self.family = family
+        if family == "paligemma":
+            self.encoder, self.connector = inner.vision_tower, inner.multi_modal_projector
+        else:  # idefics3 / smolvlm
+            self.encoder, self.connector = inner.vision_model, inner.connector
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.family == "paligemma":
+            return self.connector(self.encoder(x).last_hidden_state)
+        # Idefics3's own get_image_features drops all-black images as padding: call the parts.
+        n, _, h, w = x.shape
+        full = torch.ones(n, h // self.patch_size, w // self.patch_size, dtype=torch.bool, device=x.device)
+        return self.connector(self.encoder(pixel_values=x, patch_attention_mask=full).last_hidden_state)
+
+    @property
+    def patch_size(self) -> int:
+        return self.encoder.config.patch_size
+
+
+class VLMBackbone(Backbone):
+    """Prefix layout (N_tok = T * n_cam * P + L + T_state):
+        [frame 0: cam 0 image tokens, cam 1 ... | frame 1: ... | instruction tokens (L) | state tokens (T)]
+    All but the state tokens are the LM's hidden states at ``hidden_layer``, projected to ``width``.
+    """
+
+    def __init__(self, cfg: BackboneConfig, *, width: int, n_obs_steps: int, state_dim: int, model=None,
+                 tokenizer=None, image_stats: tuple[list[float], list[float]] | None = None):
+        super().__init__()
+        self.config, self.width, self.n_obs_steps, self.state_dim = cfg, width, n_obs_steps, state_dim
+        if cfg.finetune not in FINETUNE_MODES:
+            raise ConfigError(f"backbone.finetune must be one of {list(FINETUNE_MODES)}, got {cfg.finetune!r}")
+        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+        if cfg.dtype not in dtypes:
+            raise ConfigError(f"backbone.dtype must be one of {list(dtypes)}, got {cfg.dtype!r}")
+        dtype = dtypes[cfg.dtype]
+        if model is None:
+            if not cfg.model:
+                raise ConfigError("backbone.name=vlm needs backbone.model: a local model directory or a hub id")
+            model, tokenizer, mean, std = load_vlm(cfg.model, dtype)
+        else:
+            model = model.to(dtype)
+            mean, std = image_stats or ([0.5] * 3, [0.5] * 3)
+        self.family = model.config.model_type
+        if self.family not in FAMILIES:
+            raise ConfigError(f"VLM family {self.family!r} is not supported by backbone.name=vlm; "
+                             f"supported: {list(FAMILIES)}")
+        self.tokenizer = tokenizer
+        inner = model.model
+        self.vision = VisionTower(self.family, inner)
+        lm = inner.language_model if self.family == "paligemma" else inner.text_model
+        self.embed = lm.embed_tokens
+        lm.embed_tokens = None  # the LM runs on inputs_embeds; the table lives in self.embed
+        n_layers = len(lm.layers)
+        self.hidden_layer = cfg.hidden_layer if cfg.hidden_layer is not None else n_layers // 2
+        if not 1 <= self.hidden_layer <= n_layers:
+            raise ConfigError(f"backbone.hidden_layer must be in 1..{n_layers} for this model, got {cfg.hidden_layer}")
+        lm.layers = lm.layers[: self.hidden_layer]  # the layers above the one read are never run
+        self.lm = lm
+        vision_cfg = self.vision.encoder.config
+        self.image_size = vision_cfg.image_size
+        self.register_buffer("image_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        with torch.no_grad():
+            probe = self.vision(torch.zeros(1, 3, self.image_size, self.image_size, dtype=dtype))
+        self.tokens_per_image, self.lm_dim = probe.shape[1], probe.shape[2]
+
+        self.vision.requires_grad_(not cfg.freeze_vision)
+        self.embed.requires_grad_(not cfg.freeze_text)
+        self.lm.requires_grad_(cfg.finetune == "full")
+        if cfg.finetune == "lora":
+            from peft import LoraConfig, inject_adapter_in_model
+
+            inject_adapter_in_model(LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank,
+                                               target_modules=LORA_TARGETS), self.lm)
+        if cfg.gradient_checkpointing and cfg.finetune != "frozen":
+            self.lm.gradient_checkpointing_enable()
+        n_cam = len(cfg.cameras)
+        self.proj = nn.Sequential(nn.LayerNorm(self.lm_dim), nn.Linear(self.lm_dim, width))
+        # Where an image token came from: which camera, which history frame (the LM sees one flat sequence).
+        self.camera_embed = nn.Parameter(torch.zeros(n_cam, 1, self.lm_dim, dtype=dtype))
+        self.frame_embed = nn.Parameter(torch.zeros(n_obs_steps, 1, 1, self.lm_dim, dtype=dtype))
+        nn.init.normal_(self.camera_embed, std=0.02)
+        nn.init.normal_(self.frame_embed, std=0.02)
+        self.state_proj = nn.Linear(state_dim, width) if cfg.use_state else None
+        self.train()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        # Pretrained parts keep dropout off, trainable or not (their features must not depend
+        # on the mode: cached features are computed in eval mode).
+        self.vision.eval()
+        self.lm.eval()
+        return self
+
+    # ----------------------------------------------------------------------- contract
+    def frozen_modules(self) -> list[str]:
+        c = self.config
+        return [name for name, frozen in (("vision", c.freeze_vision), ("embed", c.freeze_text),
+                                          ("lm", c.finetune == "frozen")) if frozen]
+
+    def cache_key(self) -> str:
+        c = self.config
+        desc = f"vlm|{c.model}|{c.dtype}|{self.image_size}|{c.max_text_tokens}|{','.join(c.cameras)}"
+        return hashlib.sha1(desc.encode()).hexdigest()[:12]
+
+    @property
+    def vision_feature_dim(self) -> int:
+        return self.lm_dim
+
+    def future_grid(self, pool: int) -> tuple[int, int, int]:
+        g = int(round(self.tokens_per_image**0.5))
+        g = -(-g // pool)
+        return len(self.config.cameras), g, g
+
+    def num_tokens(self, n_obs_steps: int) -> int:
+        c = self.config
+        return n_obs_steps * len(c.cameras) * self.tokens_per_image + c.max_text_tokens + \
+            (n_obs_steps if c.use_state else 0)
+
+    def encode_frames(self, images: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``images[cam]`` (N, 3, H, W) in [0, 1] -> ``{"vision": (N, n_cam, P, D_lm)}``."""
+        x, n, n_cam = camera_batch(images, self.config.cameras, self.image_size)
+        x = ((x - self.image_mean) / self.image_std).to(self.embed.weight.dtype)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vision):
+            tokens = self.vision(x)  # (N * n_cam, P, D_lm)
+        return {"vision": tokens.reshape(n, n_cam, *tokens.shape[1:])}
+
+    def encode_text(self, texts: list[str]) -> dict[str, Tensor]:
+        """N strings -> ``{"text": (N, L, D_lm) token embeddings, "text_mask": (N, L) bool}``."""
+        enc = self.tokenizer(list(texts), padding="max_length", truncation=True,
+                             max_length=self.config.max_text_tokens, return_tensors="pt")
+        device = self.embed.weight.device
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_text):
+            out = self.embed(enc["input_ids"].to(device))
+        return {"text": out, "text_mask": enc["attention_mask"].bool().to(device)}
+
+    def forward(self, frames: dict[str, Tensor], text: dict[str, Tensor], state: Tensor | None) -> Prefix:
+        vision = frames["vision"]  # (B, T, n_cam, P, D_lm)
+        b, t = vision.shape[:2]
+        dtype = self.camera_embed.dtype
+        images = (vision.to(dtype) + self.camera_embed + self.frame_embed[:t]).flatten(1, 3)
+        words = text["text"].to(dtype)
+        sequence = torch.cat([images, words], dim=1)
+        mask = torch.cat([torch.ones(b, images.shape[1], dtype=torch.bool, device=images.device),
+                          text["text_mask"].bool()], dim=1)
+        hidden = self.lm(inputs_embeds=sequence, attention_mask=mask.long()).last_hidden_state
+        parts, masks = [self.proj(hidden.float())], [mask]
+        if self.state_proj is not None:
+            if state is None:
+                raise ValueError("this backbone was configured with use_state=True but got no observation.state")
+            parts.append(self.state_proj(state.float()))
+            masks.append(torch.ones(b, t, dtype=torch.bool, device=images.device))
+        return Prefix(tokens=torch.cat(parts, dim=1), mask=torch.cat(masks, dim=1))
