@@ -85,10 +85,11 @@ def child_hears_ctrl_c() -> None:
 @pytest.fixture(scope="session")
 def tiny_vlms(tmp_path_factory) -> dict[str, str]:
     """Local model directories of tiny random configs of real transformers VLM classes (SmolVLM's
-    Idefics3, PaliGemma), with the embedded backbone's WordPiece tokenizer: the VLM backbone's
-    real loading path, offline. family -> directory."""
-    from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, PaliGemmaConfig,
-                              PaliGemmaForConditionalGeneration)
+    Idefics3, PaliGemma; a SigLIP tower and a Llama for the pairing), with the embedded backbone's
+    WordPiece tokenizer: the VLM backbone's real loading path, offline. name -> directory."""
+    from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, LlamaConfig, LlamaForCausalLM,
+                              PaliGemmaConfig, PaliGemmaForConditionalGeneration, SiglipVisionConfig,
+                              SiglipVisionModel)
 
     from vla.backbone.embedded import load_text_encoder
 
@@ -104,6 +105,9 @@ def tiny_vlms(tmp_path_factory) -> dict[str, str]:
         "paligemma": PaliGemmaForConditionalGeneration(PaliGemmaConfig(
             vision_config={**vision, "projection_dim": 64}, projection_dim=64,
             text_config={**text, "num_key_value_heads": 1, "head_dim": 16})),
+        # a SigLIP tower and a causal LM that never met: the pairing (backbone.vision_model + model)
+        "siglip": SiglipVisionModel(SiglipVisionConfig(**vision)),
+        "llama": LlamaForCausalLM(LlamaConfig(**text, num_key_value_heads=2, max_position_embeddings=512)),
     }
     root = tmp_path_factory.mktemp("vlms")
     dirs = {}

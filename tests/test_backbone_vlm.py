@@ -8,12 +8,14 @@ import torch
 from vla.backbone.base import BackboneConfig, make_backbone
 from vla.config import ConfigError
 
-FAMILIES = ["idefics3", "paligemma"]
+FAMILIES = ["idefics3", "paligemma", "siglip+llama"]
 T, B = 2, 3
 
 
 def build(tiny_vlms, family, **settings):
-    cfg = BackboneConfig(name="vlm", model=tiny_vlms[family], max_text_tokens=8, **settings)
+    vision, _, lm = family.rpartition("+")
+    cfg = BackboneConfig(name="vlm", model=tiny_vlms[lm], vision_model=tiny_vlms[vision] if vision else None,
+                         max_text_tokens=8, **settings)
     return make_backbone(cfg, width=48, n_obs_steps=T, state_dim=11)
 
 
@@ -35,9 +37,16 @@ def test_prefix_reads_the_chosen_lm_layer(tiny_vlms, family):
         prefix = backbone(frames, text, state)
     assert prefix.tokens.shape == (B, backbone.num_tokens(T), 48) and prefix.mask.all(dim=0)[-T:].all()
     # the same sequence through the whole pretrained LM: its hidden state after layer 2, normed
-    full = AutoModelForImageTextToText.from_pretrained(tiny_vlms[family]).eval()
-    lm = full.model.language_model if family == "paligemma" else full.model.text_model
-    images = (frames["vision"] + backbone.camera_embed + backbone.frame_embed[:T]).flatten(1, 3)
+    if family == "siglip+llama":
+        from transformers import AutoModelForCausalLM
+
+        lm = AutoModelForCausalLM.from_pretrained(tiny_vlms["llama"]).eval().model
+        vision = backbone.connector(frames["vision"])  # the learned connector into the LM's space
+    else:
+        full = AutoModelForImageTextToText.from_pretrained(tiny_vlms[family]).eval()
+        lm = full.model.language_model if family == "paligemma" else full.model.text_model
+        vision = frames["vision"]
+    images = (vision + backbone.camera_embed + backbone.frame_embed[:T]).flatten(1, 3)
     sequence = torch.cat([images, text["text"]], dim=1)
     mask = torch.cat([torch.ones(B, images.shape[1], dtype=torch.long), text["text_mask"].long()], dim=1)
     with torch.no_grad():

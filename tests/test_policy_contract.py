@@ -14,7 +14,7 @@ B, STATE_DIM, ACTION_DIM = 3, 11, 7
 # Every registered policy, plus OmniJARVIS's second stage (the VLA over the behavior tokenizer),
 # on every backbone: the embedded default and tiny random configs of real transformers VLMs.
 VARIANTS = available_policies() + ["omnijarvis:vla"]
-BACKBONES = ["embedded", "vlm:idefics3", "vlm:paligemma"]
+BACKBONES = ["embedded", "vlm:idefics3", "vlm:paligemma", "vlm:siglip+llama"]
 
 
 def tiny_config(variant, backbone="embedded", vlm_dirs=None):
@@ -31,7 +31,9 @@ def tiny_config(variant, backbone="embedded", vlm_dirs=None):
     cfg.backbone.vision_grid = 2
     name, _, family = backbone.partition(":")
     if name == "vlm":
-        cfg.backbone.name, cfg.backbone.model, cfg.backbone.hidden_layer = "vlm", vlm_dirs[family], 2
+        vision, _, lm = family.rpartition("+")  # "siglip+llama": a vision tower paired with a causal LM
+        cfg.backbone.name, cfg.backbone.model, cfg.backbone.hidden_layer = "vlm", vlm_dirs[lm], 2
+        cfg.backbone.vision_model = vlm_dirs[vision] if vision else None
     return cfg
 
 

@@ -36,7 +36,9 @@ class BackboneConfig:
     freeze_vision: bool = True         # frozen encoders are cached during training
     freeze_text: bool = True
     # name=vlm (vla/backbone/vlm.py): a transformers VLM
-    model: str | None = None           # a local model directory or a hub id (SmolVLM / Idefics3, PaliGemma)
+    model: str | None = None           # a local model directory or a hub id (SmolVLM / Idefics3, PaliGemma),
+                                       # or the causal LM of a SigLIP pairing
+    vision_model: str | None = None    # a SigLIP vision model to pair with the causal LM in `model`
     hidden_layer: int | None = None    # the LM layer whose output feeds the policy (1-based); None = the middle
     finetune: str = "frozen"           # the LM layers: frozen | lora | full
     lora_rank: int = 16

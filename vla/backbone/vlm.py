@@ -2,7 +2,9 @@
 
     policy.backbone.name=vlm policy.backbone.model=HuggingFaceTB/SmolVLM-256M-Instruct   (or a local dir)
 
-Families read here: SmolVLM / Idefics3 and PaliGemma (``config.model_type`` decides). The VLM
+Families read here: SmolVLM / Idefics3 and PaliGemma (``config.model_type`` decides), and a
+pairing of a SigLIP vision tower (``backbone.vision_model``) with any causal LM
+(``backbone.model``: Llama, Qwen2, Gemma, SmolLM, ...) joined by a learned connector. The model
 is split into the two halves of the `Backbone` contract:
 
     encode_frames  the vision tower + connector, per camera image   -> {"vision": (N, n_cam, P, D_lm)}
@@ -47,26 +49,54 @@ def load_vlm(source: str, dtype: torch.dtype):
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot load the VLM {source!r} (a local directory, or a hub id when online): "
                          f"{' '.join(str(e).split())[:200]}") from None
+    return model, tokenizer, *image_stats(source)
+
+
+def load_pairing(vision_source: str, lm_source: str, dtype: torch.dtype):
+    """(SigLIP vision model, causal LM, tokenizer, image mean, image std) for a vision tower and a
+    language model that were not trained together."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, SiglipVisionModel
+
+    try:
+        vision = SiglipVisionModel.from_pretrained(vision_source, dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot load the SigLIP vision model {vision_source!r}: "
+                          f"{' '.join(str(e).split())[:200]}") from None
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(lm_source, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(lm_source)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot load the language model {lm_source!r}: {' '.join(str(e).split())[:200]}") from None
+    mean, std = image_stats(vision_source)
+    return vision, lm, tokenizer, mean, std
+
+
+def image_stats(source: str) -> tuple[list[float], list[float]]:
+    """The image processor's normalization from a model directory, else SigLIP's 0.5 / 0.5."""
     mean, std = [0.5] * 3, [0.5] * 3
     processor = Path(source) / "preprocessor_config.json"
     if processor.is_file():
         stats = json.loads(processor.read_text())
         mean, std = stats.get("image_mean", mean), stats.get("image_std", std)
-    return model, tokenizer, mean, std
+    return mean, std
 
 
 class VisionTower(nn.Module):
-    """A family's vision encoder + connector: (N, 3, S, S) normalized -> (N, P, D_lm)."""
+    """A family's vision encoder (+ its pretrained connector): (N, 3, S, S) normalized -> (N, P, D)."""
 
     def __init__(self, family: str, inner: nn.Module):
         super().__init__()
         self.family = family
         if family == "paligemma":
             self.encoder, self.connector = inner.vision_tower, inner.multi_modal_projector
+        elif family == "siglip":  # a bare SigLIP: no pretrained connector (the backbone learns one)
+            self.encoder, self.connector = inner, None
         else:  # idefics3 / smolvlm
             self.encoder, self.connector = inner.vision_model, inner.connector
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.family == "siglip":
+            return self.encoder(pixel_values=x).last_hidden_state
         if self.family == "paligemma":
             return self.connector(self.encoder(x).last_hidden_state)
         # Idefics3's own get_image_features drops all-black images as padding: call the parts.
@@ -85,8 +115,7 @@ class VLMBackbone(Backbone):
     All but the state tokens are the LM's hidden states at ``hidden_layer``, projected to ``width``.
     """
 
-    def __init__(self, cfg: BackboneConfig, *, width: int, n_obs_steps: int, state_dim: int, model=None,
-                 tokenizer=None, image_stats: tuple[list[float], list[float]] | None = None):
+    def __init__(self, cfg: BackboneConfig, *, width: int, n_obs_steps: int, state_dim: int):
         super().__init__()
         self.config, self.width, self.n_obs_steps, self.state_dim = cfg, width, n_obs_steps, state_dim
         if cfg.finetune not in FINETUNE_MODES:
@@ -95,21 +124,21 @@ class VLMBackbone(Backbone):
         if cfg.dtype not in dtypes:
             raise ConfigError(f"backbone.dtype must be one of {list(dtypes)}, got {cfg.dtype!r}")
         dtype = dtypes[cfg.dtype]
-        if model is None:
-            if not cfg.model:
-                raise ConfigError("backbone.name=vlm needs backbone.model: a local model directory or a hub id")
-            model, tokenizer, mean, std = load_vlm(cfg.model, dtype)
+        if not cfg.model:
+            raise ConfigError("backbone.name=vlm needs backbone.model: a local model directory or a hub id")
+        if cfg.vision_model:  # a SigLIP tower + a causal LM, joined by a learned connector
+            vision, causal_lm, self.tokenizer, mean, std = load_pairing(cfg.vision_model, cfg.model, dtype)
+            self.family = f"siglip+{causal_lm.config.model_type}"
+            self.vision = VisionTower("siglip", vision)
+            lm = causal_lm.model
         else:
-            model = model.to(dtype)
-            mean, std = image_stats or ([0.5] * 3, [0.5] * 3)
-        self.family = model.config.model_type
-        if self.family not in FAMILIES:
-            raise ConfigError(f"VLM family {self.family!r} is not supported by backbone.name=vlm; "
-                             f"supported: {list(FAMILIES)}")
-        self.tokenizer = tokenizer
-        inner = model.model
-        self.vision = VisionTower(self.family, inner)
-        lm = inner.language_model if self.family == "paligemma" else inner.text_model
+            model, self.tokenizer, mean, std = load_vlm(cfg.model, dtype)
+            self.family = model.config.model_type
+            if self.family not in FAMILIES:
+                raise ConfigError(f"VLM family {self.family!r} is not supported by backbone.name=vlm; supported: "
+                                  f"{list(FAMILIES)}, or a SigLIP + causal LM pairing (backbone.vision_model)")
+            self.vision = VisionTower(self.family, model.model)
+            lm = model.model.language_model if self.family == "paligemma" else model.model.text_model
         self.embed = lm.embed_tokens
         lm.embed_tokens = None  # the LM runs on inputs_embeds; the table lives in self.embed
         n_layers = len(lm.layers)
@@ -124,7 +153,12 @@ class VLMBackbone(Backbone):
         self.register_buffer("image_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         with torch.no_grad():
             probe = self.vision(torch.zeros(1, 3, self.image_size, self.image_size, dtype=dtype))
-        self.tokens_per_image, self.lm_dim = probe.shape[1], probe.shape[2]
+        self.tokens_per_image, self.feature_dim = probe.shape[1], probe.shape[2]
+        self.lm_dim = self.embed.weight.shape[1]
+        # A pairing's vision features are not in the LM's space yet: a learned connector maps them
+        # (after the cache, so the frozen tower's features are still computed once).
+        self.connector = None if self.vision.connector is not None else nn.Sequential(
+            nn.LayerNorm(self.feature_dim), nn.Linear(self.feature_dim, self.lm_dim))
 
         self.vision.requires_grad_(not cfg.freeze_vision)
         self.embed.requires_grad_(not cfg.freeze_text)
@@ -162,12 +196,12 @@ class VLMBackbone(Backbone):
 
     def cache_key(self) -> str:
         c = self.config
-        desc = f"vlm|{c.model}|{c.dtype}|{self.image_size}|{c.max_text_tokens}|{','.join(c.cameras)}"
+        desc = f"vlm|{c.vision_model}|{c.model}|{c.dtype}|{self.image_size}|{c.max_text_tokens}|{','.join(c.cameras)}"
         return hashlib.sha1(desc.encode()).hexdigest()[:12]
 
     @property
     def vision_feature_dim(self) -> int:
-        return self.lm_dim
+        return self.feature_dim
 
     def future_grid(self, pool: int) -> tuple[int, int, int]:
         g = int(round(self.tokens_per_image**0.5))
@@ -180,7 +214,8 @@ class VLMBackbone(Backbone):
             (n_obs_steps if c.use_state else 0)
 
     def encode_frames(self, images: dict[str, Tensor]) -> dict[str, Tensor]:
-        """``images[cam]`` (N, 3, H, W) in [0, 1] -> ``{"vision": (N, n_cam, P, D_lm)}``."""
+        """``images[cam]`` (N, 3, H, W) in [0, 1] -> ``{"vision": (N, n_cam, P, D)}`` (D_lm for a VLM,
+        SigLIP's width for a pairing)."""
         x, n, n_cam = camera_batch(images, self.config.cameras, self.image_size)
         x = ((x - self.image_mean) / self.image_std).to(self.embed.weight.dtype)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vision):
@@ -197,9 +232,11 @@ class VLMBackbone(Backbone):
         return {"text": out, "text_mask": enc["attention_mask"].bool().to(device)}
 
     def forward(self, frames: dict[str, Tensor], text: dict[str, Tensor], state: Tensor | None) -> Prefix:
-        vision = frames["vision"]  # (B, T, n_cam, P, D_lm)
+        vision = frames["vision"]  # (B, T, n_cam, P, D): D_lm, or a pairing's D_vis before its connector
         b, t = vision.shape[:2]
         dtype = self.camera_embed.dtype
+        if self.connector is not None:
+            vision = self.connector(vision.float())
         images = (vision.to(dtype) + self.camera_embed + self.frame_embed[:t]).flatten(1, 3)
         words = text["text"].to(dtype)
         sequence = torch.cat([images, words], dim=1)
