@@ -85,11 +85,11 @@ def child_hears_ctrl_c() -> None:
 @pytest.fixture(scope="session")
 def tiny_vlms(tmp_path_factory) -> dict[str, str]:
     """Local model directories of tiny random configs of real transformers VLM classes (SmolVLM's
-    Idefics3, PaliGemma; a SigLIP tower and a Llama for the pairing), with the embedded backbone's
+    Idefics3, PaliGemma, Qwen2.5-VL; a SigLIP tower and a Llama for the pairing), with the embedded backbone's
     WordPiece tokenizer: the VLM backbone's real loading path, offline. name -> directory."""
     from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, LlamaConfig, LlamaForCausalLM,
-                              PaliGemmaConfig, PaliGemmaForConditionalGeneration, SiglipVisionConfig,
-                              SiglipVisionModel)
+                              PaliGemmaConfig, PaliGemmaForConditionalGeneration, Qwen2_5_VLConfig,
+                              Qwen2_5_VLForConditionalGeneration, SiglipVisionConfig, SiglipVisionModel)
 
     from vla.backbone.embedded import load_text_encoder
 
@@ -105,6 +105,12 @@ def tiny_vlms(tmp_path_factory) -> dict[str, str]:
         "paligemma": PaliGemmaForConditionalGeneration(PaliGemmaConfig(
             vision_config={**vision, "projection_dim": 64}, projection_dim=64,
             text_config={**text, "num_key_value_heads": 1, "head_dim": 16})),
+        "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+            vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                               patch_size=8, spatial_merge_size=2, temporal_patch_size=2, window_size=32,
+                               fullatt_block_indexes=[1]),
+            text_config={**text, "num_key_value_heads": 2,
+                         "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}})),
         # a SigLIP tower and a causal LM that never met: the pairing (backbone.vision_model + model)
         "siglip": SiglipVisionModel(SiglipVisionConfig(**vision)),
         "llama": LlamaForCausalLM(LlamaConfig(**text, num_key_value_heads=2, max_position_embeddings=512)),

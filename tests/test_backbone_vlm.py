@@ -8,7 +8,7 @@ import torch
 from vla.backbone.base import BackboneConfig, make_backbone
 from vla.config import ConfigError
 
-FAMILIES = ["idefics3", "paligemma", "siglip+llama"]
+FAMILIES = ["idefics3", "paligemma", "qwen2_5_vl", "siglip+llama"]
 T, B = 2, 3
 
 
@@ -44,7 +44,7 @@ def test_prefix_reads_the_chosen_lm_layer(tiny_vlms, family):
         vision = backbone.connector(frames["vision"])  # the learned connector into the LM's space
     else:
         full = AutoModelForImageTextToText.from_pretrained(tiny_vlms[family]).eval()
-        lm = full.model.language_model if family == "paligemma" else full.model.text_model
+        lm = full.model.text_model if family == "idefics3" else full.model.language_model
         vision = frames["vision"]
     images = (vision + backbone.camera_embed + backbone.frame_embed[:T]).flatten(1, 3)
     sequence = torch.cat([images, text["text"]], dim=1)
@@ -129,3 +129,23 @@ def test_cli_trains_and_evaluates_dita_on_a_vlm(tiny_vlms, lift_dataset, tmp_pat
     assert report["episodes"] == 1
     config = json.loads((out / "checkpoints" / "last" / "pretrained_model" / "config.json").read_text())
     assert config["config"]["backbone"]["finetune"] == "lora"
+
+
+def test_qwen_patches_are_its_image_processors(tiny_vlms):
+    """Qwen2.5-VL's tower reads flattened patches in its processor's order: the same numbers."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+
+    from vla.backbone.vlm import qwen_patches
+
+    backbone = build(tiny_vlms, "qwen2_5_vl", image_size=90)
+    # 90 px rounds up to 96, a whole number of merged 16-px units: 12 x 12 patches of 8 px, merged 2 x 2 -> 36 tokens
+    assert backbone.image_size == 96 and backbone.tokens_per_image == 36
+    vision = backbone.vision.encoder.config
+    x = torch.rand(2, 3, 32, 32)
+    processor = Qwen2VLImageProcessor(patch_size=vision.patch_size, merge_size=vision.spatial_merge_size,
+                                      temporal_patch_size=vision.temporal_patch_size, do_resize=False,
+                                      do_rescale=False, do_normalize=False)
+    expected = processor(images=list(x.numpy()), return_tensors="pt", input_data_format="channels_first")
+    patches, grid = qwen_patches(x, vision)
+    torch.testing.assert_close(patches, expected["pixel_values"].float())
+    assert torch.equal(grid, expected["image_grid_thw"])

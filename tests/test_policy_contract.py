@@ -14,7 +14,7 @@ B, STATE_DIM, ACTION_DIM = 3, 11, 7
 # Every registered policy, plus OmniJARVIS's second stage (the VLA over the behavior tokenizer),
 # on every backbone: the embedded default and tiny random configs of real transformers VLMs.
 VARIANTS = available_policies() + ["omnijarvis:vla"]
-BACKBONES = ["embedded", "vlm:idefics3", "vlm:paligemma", "vlm:siglip+llama"]
+BACKBONES = ["embedded", "vlm:idefics3", "vlm:paligemma", "vlm:qwen2_5_vl", "vlm:siglip+llama"]
 
 
 def tiny_config(variant, backbone="embedded", vlm_dirs=None):

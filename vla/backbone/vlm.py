@@ -2,7 +2,8 @@
 
     policy.backbone.name=vlm policy.backbone.model=HuggingFaceTB/SmolVLM-256M-Instruct   (or a local dir)
 
-Families read here: SmolVLM / Idefics3 and PaliGemma (``config.model_type`` decides), and a
+Families read here: SmolVLM / Idefics3, PaliGemma and Qwen2.5-VL (``config.model_type``
+decides; Qwen2.5-VL's images are ``backbone.image_size`` rounded up to its 28-pixel unit), and a
 pairing of a SigLIP vision tower (``backbone.vision_model``) with any causal LM
 (``backbone.model``: Llama, Qwen2, Gemma, SmolLM, ...) joined by a learned connector. The model
 is split into the two halves of the `Backbone` contract:
@@ -33,7 +34,9 @@ from torch import Tensor, nn
 from vla.backbone.base import Backbone, BackboneConfig, Prefix, camera_batch
 from vla.config import ConfigError
 
-FAMILIES = ("idefics3", "smolvlm", "paligemma")
+FAMILIES = ("idefics3", "smolvlm", "paligemma", "qwen2_5_vl")
+# Qwen2.5-VL's processor normalizes with CLIP's statistics (the others with SigLIP's 0.5 / 0.5).
+CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 FINETUNE_MODES = ("frozen", "lora", "full")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -49,7 +52,8 @@ def load_vlm(source: str, dtype: torch.dtype):
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot load the VLM {source!r} (a local directory, or a hub id when online): "
                          f"{' '.join(str(e).split())[:200]}") from None
-    return model, tokenizer, *image_stats(source)
+    default = (CLIP_MEAN, CLIP_STD) if model.config.model_type == "qwen2_5_vl" else None
+    return model, tokenizer, *image_stats(source, default)
 
 
 def load_pairing(vision_source: str, lm_source: str, dtype: torch.dtype):
@@ -71,9 +75,9 @@ def load_pairing(vision_source: str, lm_source: str, dtype: torch.dtype):
     return vision, lm, tokenizer, mean, std
 
 
-def image_stats(source: str) -> tuple[list[float], list[float]]:
-    """The image processor's normalization from a model directory, else SigLIP's 0.5 / 0.5."""
-    mean, std = [0.5] * 3, [0.5] * 3
+def image_stats(source: str, default: tuple | None = None) -> tuple[list[float], list[float]]:
+    """The image processor's normalization from a model directory, else `default` (SigLIP's 0.5 / 0.5)."""
+    mean, std = default or ([0.5] * 3, [0.5] * 3)
     processor = Path(source) / "preprocessor_config.json"
     if processor.is_file():
         stats = json.loads(processor.read_text())
@@ -87,16 +91,24 @@ class VisionTower(nn.Module):
     def __init__(self, family: str, inner: nn.Module):
         super().__init__()
         self.family = family
+        self.connector = None
         if family == "paligemma":
             self.encoder, self.connector = inner.vision_tower, inner.multi_modal_projector
         elif family == "siglip":  # a bare SigLIP: no pretrained connector (the backbone learns one)
-            self.encoder, self.connector = inner, None
+            self.encoder = inner
+        elif family == "qwen2_5_vl":  # its patch merger, the connector, lives inside the tower
+            self.encoder = inner.visual
         else:  # idefics3 / smolvlm
             self.encoder, self.connector = inner.vision_model, inner.connector
+        self.pretrained_connector = family != "siglip"
 
     def forward(self, x: Tensor) -> Tensor:
         if self.family == "siglip":
             return self.encoder(pixel_values=x).last_hidden_state
+        if self.family == "qwen2_5_vl":
+            patches, grid = qwen_patches(x, self.encoder.config)
+            merged = self.encoder(patches, grid_thw=grid).pooler_output  # (N * P, D_lm)
+            return merged.reshape(x.shape[0], -1, merged.shape[-1])
         if self.family == "paligemma":
             return self.connector(self.encoder(x).last_hidden_state)
         # Idefics3's own get_image_features drops all-black images as padding: call the parts.
@@ -107,6 +119,28 @@ class VisionTower(nn.Module):
     @property
     def patch_size(self) -> int:
         return self.encoder.config.patch_size
+
+    def image_size(self, wanted: int) -> int:
+        """The side images are resized to: the tower's own, or (Qwen2.5-VL, any size) `wanted`
+        rounded up to a whole number of merged patches."""
+        size = getattr(self.encoder.config, "image_size", None)
+        if size is not None:
+            return size
+        unit = self.encoder.config.patch_size * self.encoder.config.spatial_merge_size
+        return -(-wanted // unit) * unit
+
+
+def qwen_patches(x: Tensor, config) -> tuple[Tensor, Tensor]:
+    """(N, 3, S, S) normalized images -> Qwen2.5-VL's flattened patches (N * S/p * S/p, 3 * t * p * p)
+    and grid_thw (N, 3), in its image processor's order: one frame repeated over the temporal
+    patch, patches grouped by the 2 x 2 blocks the merger joins."""
+    n, c, h, w = x.shape
+    p, m, t = config.patch_size, config.spatial_merge_size, config.temporal_patch_size
+    gh, gw = h // p, w // p
+    x = x.unsqueeze(1).expand(n, t, c, h, w)
+    x = x.reshape(n, t, c, gh // m, m, p, gw // m, m, p).permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    grid = torch.tensor([[1, gh, gw]] * n, device=x.device)
+    return x.reshape(n * gh * gw, c * t * p * p), grid
 
 
 class VLMBackbone(Backbone):
@@ -138,7 +172,7 @@ class VLMBackbone(Backbone):
                 raise ConfigError(f"VLM family {self.family!r} is not supported by backbone.name=vlm; supported: "
                                   f"{list(FAMILIES)}, or a SigLIP + causal LM pairing (backbone.vision_model)")
             self.vision = VisionTower(self.family, model.model)
-            lm = model.model.language_model if self.family == "paligemma" else model.model.text_model
+            lm = model.model.text_model if self.family in ("idefics3", "smolvlm") else model.model.language_model
         self.embed = lm.embed_tokens
         lm.embed_tokens = None  # the LM runs on inputs_embeds; the table lives in self.embed
         n_layers = len(lm.layers)
@@ -147,8 +181,7 @@ class VLMBackbone(Backbone):
             raise ConfigError(f"backbone.hidden_layer must be in 1..{n_layers} for this model, got {cfg.hidden_layer}")
         lm.layers = lm.layers[: self.hidden_layer]  # the layers above the one read are never run
         self.lm = lm
-        vision_cfg = self.vision.encoder.config
-        self.image_size = vision_cfg.image_size
+        self.image_size = self.vision.image_size(cfg.image_size)
         self.register_buffer("image_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         with torch.no_grad():
@@ -157,7 +190,7 @@ class VLMBackbone(Backbone):
         self.lm_dim = self.embed.weight.shape[1]
         # A pairing's vision features are not in the LM's space yet: a learned connector maps them
         # (after the cache, so the frozen tower's features are still computed once).
-        self.connector = None if self.vision.connector is not None else nn.Sequential(
+        self.connector = None if self.vision.pretrained_connector else nn.Sequential(
             nn.LayerNorm(self.feature_dim), nn.Linear(self.feature_dim, self.lm_dim))
 
         self.vision.requires_grad_(not cfg.freeze_vision)
