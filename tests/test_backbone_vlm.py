@@ -73,6 +73,27 @@ def test_finetune_modes_train_what_they_say(tiny_vlms, family):
     assert counts["frozen"] == 0 < counts["lora"] < counts["full"]
 
 
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_vlms):
+    grads, counts = [], []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        backbone = build(tiny_vlms, "idefics3", finetune="lora", gradient_checkpointing=checkpointing)
+        backbone.train()
+        for name, p in backbone.lm.named_parameters():  # LoRA's B starts at zero: give it something to pass on
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.02)
+        saved = []  # tensors autograd keeps for backward: checkpointed layers keep only their inputs
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            tokens = backbone(*inputs(backbone)).tokens
+        tokens.square().mean().backward()
+        counts.append(len(saved))
+        grads.append({n: p.grad.clone() for n, p in backbone.lm.named_parameters() if p.requires_grad})
+    assert counts[1] < counts[0] / 2, counts
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6)
+
+
 def test_bfloat16_weights_give_a_float32_prefix(tiny_vlms):
     backbone = build(tiny_vlms, "idefics3", dtype="bfloat16")
     assert backbone.embed.weight.dtype == torch.bfloat16 and backbone.lm.norm.weight.dtype == torch.bfloat16

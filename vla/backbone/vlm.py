@@ -202,7 +202,8 @@ class VLMBackbone(Backbone):
             inject_adapter_in_model(LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank,
                                                target_modules=LORA_TARGETS), self.lm)
         if cfg.gradient_checkpointing and cfg.finetune != "frozen":
-            self.lm.gradient_checkpointing_enable()
+            # non-reentrant: gradients reach the adapters whether or not the inputs require grad
+            self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         n_cam = len(cfg.cameras)
         self.proj = nn.Sequential(nn.LayerNorm(self.lm_dim), nn.Linear(self.lm_dim, width))
         # Where an image token came from: which camera, which history frame (the LM sees one flat sequence).
@@ -215,10 +216,11 @@ class VLMBackbone(Backbone):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        # Pretrained parts keep dropout off, trainable or not (their features must not depend
-        # on the mode: cached features are computed in eval mode).
+        # The vision tower's features are cached in eval mode, so it stays there; a frozen LM too.
+        # A LoRA / fully fine-tuned LM trains in train mode (its config's dropout, usually none,
+        # and gradient checkpointing, which transformers applies only in train mode).
         self.vision.eval()
-        self.lm.eval()
+        self.lm.train(mode and self.config.finetune != "frozen")
         return self
 
     # ----------------------------------------------------------------------- contract
