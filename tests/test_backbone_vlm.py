@@ -170,3 +170,25 @@ def test_qwen_patches_are_its_image_processors(tiny_vlms):
     patches, grid = qwen_patches(x, vision)
     torch.testing.assert_close(patches, expected["pixel_values"].float())
     assert torch.equal(grid, expected["image_grid_thw"])
+
+
+def test_omnijarvis_grows_the_paired_lms_own_vocabulary(tiny_vlms):
+    """The behavior-token VLA on a VLM backbone whose LM is a real transformers causal LM: its
+    behavior tokens are added to that LM's own tokenizer, and every original token keeps its id."""
+    from transformers import AutoTokenizer
+
+    from policies.omnijarvis.config import OmniJarvisConfig
+    from policies.omnijarvis.lm import behavior_token
+    from vla.policy import make_policy
+
+    cfg = OmniJarvisConfig(state_dim=11, action_dim=7, horizon=4, n_action_steps=2, chunk_length=4, stage="vla",
+                           width=32, heads=2, encoder_depth=1, decoder_depth=1)
+    cfg.backbone.name, cfg.backbone.model, cfg.backbone.vision_model = "vlm", tiny_vlms["llama"], tiny_vlms["siglip"]
+    cfg.backbone.hidden_layer = 2
+    cfg.lm.kind, cfg.lm.path = "transformers", tiny_vlms["llama"]
+    vla = make_policy(cfg).vla
+    original = AutoTokenizer.from_pretrained(tiny_vlms["llama"])
+    assert vla.vocab.base_size == len(original)
+    assert vla.vocab.size == len(original) + sum(cfg.fsq_levels)
+    assert vla.tokenizer.convert_tokens_to_ids(behavior_token(0, 0)) >= len(original)
+    assert vla.tokenizer("lift the red cube")["input_ids"] == original("lift the red cube")["input_ids"]
