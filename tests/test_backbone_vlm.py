@@ -192,3 +192,21 @@ def test_omnijarvis_grows_the_paired_lms_own_vocabulary(tiny_vlms):
     assert vla.vocab.size == len(original) + sum(cfg.fsq_levels)
     assert vla.tokenizer.convert_tokens_to_ids(behavior_token(0, 0)) >= len(original)
     assert vla.tokenizer("lift the red cube")["input_ids"] == original("lift the red cube")["input_ids"]
+
+
+@pytest.mark.parametrize("policy_name", ["dita", "dust"])
+def test_the_vlm_runs_once_per_action_chunk(tiny_vlms, policy_name):
+    """However many denoising steps a chunk takes, the VLM (vision tower and LM) runs once: the
+    policy reuses the prefix (Dita: its KV cache) across steps."""
+    from tests.test_policy_contract import raw_batch, tiny_config
+    from vla.policy import make_policy
+
+    cfg = tiny_config(policy_name, "vlm:idefics3", tiny_vlms)
+    policy = make_policy(cfg).eval()
+    calls = {"lm": 0, "vision": 0}
+    policy.backbone.lm.register_forward_hook(lambda *_: calls.__setitem__("lm", calls["lm"] + 1))
+    policy.backbone.vision.register_forward_hook(lambda *_: calls.__setitem__("vision", calls["vision"] + 1))
+    with torch.no_grad():
+        actions = policy.sample_actions(raw_batch(cfg, with_actions=False))
+    assert actions.shape[1] == cfg.horizon
+    assert calls == {"lm": 1, "vision": 1}
