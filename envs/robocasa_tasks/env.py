@@ -1,9 +1,9 @@
 """`RoboCasaEnv`: a RoboCasa kitchen (or, for tests, a stock robosuite task) with PandaOmron,
 in the feature layout of RoboCasa's LeRobot datasets (see the package docstring and `layout`).
 
-It shares `RobosuiteEnv`'s rendering, camera check, success test and closing, and builds its own
-robosuite env, observation and action spaces: the state and action follow RoboCasa's datasets,
-not the tabletop convention.
+It shares `RobosuiteEnv`'s stepping, rendering, camera check, success test, privileged state and
+closing, and builds its own robosuite env, observation and action spaces: the state and action
+follow RoboCasa's datasets (`_state`, `_to_robosuite`), not the tabletop convention.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.mujoco_render import claim_gl_context, cpu_render_settings, render_camera  # isort: skip  (before robosuite)
+from envs.mujoco_render import claim_gl_context, cpu_render_settings  # isort: skip  (before robosuite)
 from envs.errors import EnvError
 from envs.robocasa_tasks import ASSETS_HINT, DEFAULT_CAMERAS
 from envs.robocasa_tasks.layout import ROBOCASA_BODY_PART_ORDERING, STATE_DIM, ActionLayout, state_from_observables
 from envs.robosuite_tasks.env import MAX_INSTRUCTION_LENGTH, RobosuiteEnv, controller_config
-from envs.robosuite_tasks.tasks import robosuite_camera, robosuite_task
+from envs.robosuite_tasks.tasks import robosuite_task
 from vla.features import OBS_STATE, TASK, image_key
 
 # RoboCasa v0.x task names -> their RoboCasa365 (v1.0) names. Both registries were read
@@ -155,6 +155,7 @@ class RoboCasaEnv(RobosuiteEnv):
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+    RENDER_CAMERA = "robot0_agentview_center"
 
     def __init__(self, task: str = "PnPCounterToCab", *, robot: str = "PandaOmron", controller: str | None = None,
                  cameras: tuple[str, ...] = DEFAULT_CAMERAS, image_size: int = 128, shadows: bool = False,
@@ -251,38 +252,9 @@ class RoboCasaEnv(RobosuiteEnv):
         self._last_obs = self._observation(raw)
         return self._last_obs, {"is_success": self.is_success()}
 
-    def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
-        """One control step with an action in the datasets' order; reward is 1.0 on success."""
-        action = np.asarray(action, dtype=np.float64).reshape(-1)
-        if action.shape != self.action_space.shape:
-            raise ValueError(f"{self.task_name}: action of shape {action.shape}, expected {self.action_space.shape}")
-        action = np.clip(action, self.action_space.low, self.action_space.high)
-        claim_gl_context(self._env.sim)
-        raw, _, _, _ = self._env.step(self.layout.to_robosuite(action))
-        self._elapsed_steps += 1
-        success = self.is_success()
-        terminated = success and self.terminate_on_success
-        truncated = not terminated and self._elapsed_steps >= self.max_episode_steps
-        self._last_obs = self._observation(raw)
-        return self._last_obs, float(success), terminated, truncated, {"is_success": success}
-
-    def render(self) -> np.ndarray | None:
-        """The first camera's latest frame, or RoboCasa's center view without cameras."""
-        if self.render_mode is None:
-            return None
-        if self.cameras and self._last_obs is not None:
-            return self._last_obs[image_key(self.cameras[0])].copy()
-        return render_camera(self._env.sim, "robot0_agentview_center", self.image_size)
-
-    def privileged_state(self) -> dict:
-        raise NotImplementedError("RoboCasaEnv has no scripted expert; privileged_state is for envs.robosuite_tasks")
-
     # ----------------------------------------------------------------------- internals
+    def _to_robosuite(self, action: np.ndarray) -> np.ndarray:
+        return self.layout.to_robosuite(action)  # the datasets' order -> the controller's
+
     def _state(self, raw: dict) -> np.ndarray:
         return state_from_observables(raw)
-
-    def _observation(self, raw: dict) -> dict:
-        obs = {image_key(c): render_camera(self._env.sim, robosuite_camera(c), self.image_size) for c in self.cameras}
-        obs[OBS_STATE] = self._state(raw)
-        obs[TASK] = self.instruction
-        return obs

@@ -102,6 +102,7 @@ class RobosuiteEnv(gym.Env):
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+    RENDER_CAMERA = "agentview"  # what render() shows when the env observes no camera
 
     def __init__(self, task: str = "Lift", *, robot: str = "Panda", controller: str | None = None,
                  cameras: tuple[str, ...] = ("agentview", "wrist"), image_size: int = 96, shadows: bool = False,
@@ -175,7 +176,7 @@ class RobosuiteEnv(gym.Env):
             raise ValueError(f"{self.task_name}: action of shape {action.shape}, expected {self.action_space.shape}")
         action = np.clip(action, self.action_space.low, self.action_space.high)
         claim_gl_context(self._env.sim)
-        raw, _, _, _ = self._env.step(action)
+        raw, _, _, _ = self._env.step(self._to_robosuite(action))
         self._elapsed_steps += 1
         success = self.is_success()
         terminated = success and self.terminate_on_success
@@ -184,12 +185,12 @@ class RobosuiteEnv(gym.Env):
         return self._last_obs, float(success), terminated, truncated, {"is_success": success}
 
     def render(self) -> np.ndarray | None:
-        """The first camera's latest frame (H, W, 3) uint8, or an agentview frame without cameras."""
+        """The first camera's latest frame (H, W, 3) uint8, or a `RENDER_CAMERA` frame without cameras."""
         if self.render_mode is None:
             return None
         if self.cameras and self._last_obs is not None:
             return self._last_obs[image_key(self.cameras[0])].copy()
-        return render_camera(self._env.sim, "agentview", self.image_size)
+        return render_camera(self._env.sim, self.RENDER_CAMERA, self.image_size)
 
     def close(self) -> None:
         if getattr(self, "_env", None) is not None and self._env.sim is not None:
@@ -249,10 +250,17 @@ class RobosuiteEnv(gym.Env):
             raise EnvError(f"unknown cameras {missing} for {self.task_name}; this scene has "
                              f"{sorted(known)} (and 'wrist' for robot0_eye_in_hand)")
 
+    def _to_robosuite(self, action: np.ndarray) -> np.ndarray:
+        """An action of `action_space` -> robosuite's composite-controller vector (the same here)."""
+        return action
+
+    def _state(self, raw: dict) -> np.ndarray:
+        return robosuite_state(raw)
+
     def _observation(self, raw: dict) -> dict:
         obs = {image_key(c): render_camera(self._env.sim, robosuite_camera(c), self.image_size) for c in self.cameras}
-        obs[OBS_STATE] = robosuite_state(raw)
-        if "object-state" in raw:
+        obs[OBS_STATE] = self._state(raw)
+        if OBS_ENV_STATE in self.observation_space.spaces:
             obs[OBS_ENV_STATE] = np.asarray(raw["object-state"], dtype=np.float32)
         obs[TASK] = self.instruction
         return obs
