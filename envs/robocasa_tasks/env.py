@@ -219,6 +219,7 @@ class RoboCasaEnv(RobosuiteEnv):
             raise
         self._elapsed_steps = 0
         self._last_obs: dict | None = None
+        self._static_objects: dict | None = None
         if len(self._env.robots) != 1:
             raise EnvError(f"{name} with {robot} has {len(self._env.robots)} robots; RoboCasa's layout is one "
                            f"PandaOmron")

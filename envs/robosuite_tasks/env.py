@@ -144,6 +144,7 @@ class RobosuiteEnv(gym.Env):
         cpu_render_settings(self._env.sim, shadows)
         self._elapsed_steps = 0
         self._last_obs: dict | None = None
+        self._static_objects: dict | None = None  # privileged_state's static obstacles, found once
 
         raw = self._env.observation_spec()
         low, high = self._env.action_spec
@@ -231,7 +232,9 @@ class RobosuiteEnv(gym.Env):
                 "half_size": object_half_size(obj),
                 "collides": getattr(obj, "obj_type", "all") != "visual",
             }
-        objects.update(bin_walls(env))
+        if self._static_objects is None:  # the bins never move: find their walls once, not every expert step
+            self._static_objects = bin_walls(env)
+        objects.update(self._static_objects)
         base = env.sim.model.body_name2id(robot.robot_model.root_body)
         return {
             "base_pos": env.sim.data.body_xpos[base].copy(),

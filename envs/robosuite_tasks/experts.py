@@ -73,7 +73,7 @@ class RobosuiteExpert(ScriptedExpert):
 
     def __init__(self, env: gym.Env, build):
         self._build = build
-        super().__init__(env, build(env.unwrapped.privileged_state()))
+        super().__init__(env, phases=[])  # reset() builds them from the scene
 
     def reset(self) -> None:
         self.phases = self._build(self.env.privileged_state())
