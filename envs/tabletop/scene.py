@@ -12,12 +12,14 @@ from envs.mujoco_render import cpu_render_settings  # isort: skip  (first: sets 
 
 import numpy as np
 import robosuite
+from scipy.spatial.transform import Rotation
 from robosuite.environments.manipulation.manipulation_env import ManipulationEnv
 from robosuite.models.arenas import TableArena
 from robosuite.models.objects import BoxObject
 from robosuite.models.objects.composite import Bin
 from robosuite.models.tasks import ManipulationTask
 from robosuite.utils import RandomizationError
+from robosuite.utils.mjcf_utils import array_to_string, find_elements
 from robosuite.utils.placement_samplers import (
     SequentialCompositeSampler,
     UniformRandomSampler,
@@ -49,6 +51,26 @@ MAX_PLACEMENT_TRIES = 100
 JOINT_INIT_NOISE = 0.02
 # The bin weighs ~2 kg so that a brush of the arm does not shove it across the table.
 BIN_DENSITY = 5000.0
+# The wrist camera, in the hand's frame (m; z points along the gripper to the fingertips).
+# robosuite's eye-in-hand camera sits beside the flange looking along z, so a cube between the
+# fingertips shows only as a sliver on the image's bottom edge and the last centimetres of a
+# grasp are invisible to a policy. Mounted instead like a bracket camera on a real Franka hand
+# (out 7 cm, down 4 cm) and aimed 16 cm along the gripper, it sees the fingertips and the cube
+# between them from the hover above the cube down to the grasp.
+WRIST_CAMERA_POS = (0.07, 0.0, 0.04)
+WRIST_CAMERA_AIM = (0.0, 0.0, 0.16)
+
+
+def camera_quat_looking_at(position, target) -> np.ndarray:
+    """MuJoCo quaternion (w, x, y, z) for a camera at `position` that looks at `target`, both in
+    the parent body's frame, keeping the image's x axis along the body's y axis (as the stock
+    eye-in-hand camera does). A MuJoCo camera looks along its -z axis with +y up."""
+    back = np.subtract(position, target, dtype=float)
+    back /= np.linalg.norm(back)
+    right = np.array([0.0, 1.0, 0.0])
+    up = np.cross(back, right)
+    x, y, z, w = Rotation.from_matrix(np.stack([right, up, back], axis=1)).as_quat()
+    return np.array([w, x, y, z])
 
 
 def min_gap(placements: dict) -> float:
@@ -101,6 +123,9 @@ class TabletopScene(ManipulationEnv):
         super()._load_model()
         robot = self.robots[0].robot_model
         robot.set_base_xpos(robot.base_xpos_offset["table"](TABLE_SIZE[0]))
+        wrist = find_elements(robot.worldbody, "camera", {"name": f"{robot.naming_prefix}eye_in_hand"}, return_first=True)
+        wrist.set("pos", array_to_string(WRIST_CAMERA_POS))
+        wrist.set("quat", array_to_string(camera_quat_looking_at(WRIST_CAMERA_POS, WRIST_CAMERA_AIM)))
         arena = TableArena(table_full_size=TABLE_SIZE, table_offset=TABLE_TOP)
         arena.set_origin([0, 0, 0])
 
