@@ -104,20 +104,15 @@ def test_images_are_upright_and_not_blank(camera_env):
     assert wrist[:third].mean() > wrist[-third:].mean() + 40
 
 
-def test_wrist_camera_sees_the_cube_between_the_fingertips_at_the_grasp(camera_env):
-    """The last centimetres of a grasp must be visible: when the fingers close on the red cube
-    it shows whole between them, centred left to right (robosuite's stock eye-in-hand camera
-    shows a sliver: 3.6% of the image here, against 8.5%)."""
-    obs, _ = camera_env.reset(seed=3)
-    expert = make_expert("lift", camera_env)
-    while expert.phase != "grasp the red cube":
-        obs, *_ = camera_env.step(expert.act(obs))
-    rgb = obs[image_key("wrist")].astype(int)
-    red = (rgb[..., 0] > 150) & (rgb[..., 1] < 90) & (rgb[..., 2] < 90)
-    rows, cols = np.nonzero(red)
-    assert red.mean() > 0.06, f"the cube covers {red.mean():.1%} of the wrist image"
-    assert IMAGE_SIZE / 3 < cols.mean() < 2 * IMAGE_SIZE / 3
-    assert rows.max() < IMAGE_SIZE - 1  # not cut off by the image's bottom edge
+def test_agentview_frames_the_cubes_large_enough_to_locate(camera_env):
+    """The agentview camera frames the placement window: the red cube covers ~20 pixels of a
+    64-pixel image (the arena's stock agentview: ~13, and 1 pixel of height is ~2 cm of depth)."""
+    areas = []
+    for seed in range(5):
+        obs, _ = camera_env.reset(seed=seed)
+        rgb = obs[image_key("agentview")].astype(int)
+        areas.append(((rgb[..., 0] > 150) & (rgb[..., 1] < 90) & (rgb[..., 2] < 90)).sum())
+    assert min(areas) > 0 and np.mean(areas) > 16, areas
 
 
 def test_render_returns_the_agentview_frame(camera_env):

@@ -19,7 +19,6 @@ from robosuite.models.objects import BoxObject
 from robosuite.models.objects.composite import Bin
 from robosuite.models.tasks import ManipulationTask
 from robosuite.utils import RandomizationError
-from robosuite.utils.mjcf_utils import array_to_string, find_elements
 from robosuite.utils.placement_samplers import (
     SequentialCompositeSampler,
     UniformRandomSampler,
@@ -51,23 +50,24 @@ MAX_PLACEMENT_TRIES = 100
 JOINT_INIT_NOISE = 0.02
 # The bin weighs ~2 kg so that a brush of the arm does not shove it across the table.
 BIN_DENSITY = 5000.0
-# The wrist camera, in the hand's frame (m; z points along the gripper to the fingertips).
-# robosuite's eye-in-hand camera sits beside the flange looking along z, so a cube between the
-# fingertips shows only as a sliver on the image's bottom edge and the last centimetres of a
-# grasp are invisible to a policy. Mounted instead like a bracket camera on a real Franka hand
-# (out 7 cm, down 4 cm) and aimed 16 cm along the gripper, it sees the fingertips and the cube
-# between them from the hover above the cube down to the grasp.
-WRIST_CAMERA_POS = (0.07, 0.0, 0.04)
-WRIST_CAMERA_AIM = (0.0, 0.0, 0.16)
+# The agentview camera (world frame, m; field of view in degrees). The arena's stock agentview
+# sits low in front of the table and spends a quarter of the image on the floor and the robot's
+# base, so at 96 pixels a cube is 3 pixels wide and 1 pixel of image height is ~2 cm of depth.
+# Higher and steeper, framing the placement window, it shows a cube ~5 pixels wide and
+# depth and sideways offsets at a similar scale, which is what a grasp needs.
+AGENTVIEW_POS = (0.30, 0.0, 1.50)
+AGENTVIEW_AIM = (-0.05, 0.0, 0.80)
+AGENTVIEW_FOVY = 42.0
 
 
 def camera_quat_looking_at(position, target) -> np.ndarray:
-    """MuJoCo quaternion (w, x, y, z) for a camera at `position` that looks at `target`, both in
-    the parent body's frame, keeping the image's x axis along the body's y axis (as the stock
-    eye-in-hand camera does). A MuJoCo camera looks along its -z axis with +y up."""
+    """MuJoCo quaternion (w, x, y, z) for a camera at `position` that looks at `target` (world
+    frame) with the image upright: its x axis horizontal. A MuJoCo camera looks along its -z
+    axis with +y up."""
     back = np.subtract(position, target, dtype=float)
     back /= np.linalg.norm(back)
-    right = np.array([0.0, 1.0, 0.0])
+    right = np.cross([0.0, 0.0, 1.0], back)
+    right /= np.linalg.norm(right)
     up = np.cross(back, right)
     x, y, z, w = Rotation.from_matrix(np.stack([right, up, back], axis=1)).as_quat()
     return np.array([w, x, y, z])
@@ -123,11 +123,10 @@ class TabletopScene(ManipulationEnv):
         super()._load_model()
         robot = self.robots[0].robot_model
         robot.set_base_xpos(robot.base_xpos_offset["table"](TABLE_SIZE[0]))
-        wrist = find_elements(robot.worldbody, "camera", {"name": f"{robot.naming_prefix}eye_in_hand"}, return_first=True)
-        wrist.set("pos", array_to_string(WRIST_CAMERA_POS))
-        wrist.set("quat", array_to_string(camera_quat_looking_at(WRIST_CAMERA_POS, WRIST_CAMERA_AIM)))
         arena = TableArena(table_full_size=TABLE_SIZE, table_offset=TABLE_TOP)
         arena.set_origin([0, 0, 0])
+        arena.set_camera("agentview", pos=list(AGENTVIEW_POS), quat=list(camera_quat_looking_at(AGENTVIEW_POS, AGENTVIEW_AIM)),
+                         camera_attribs={"fovy": str(AGENTVIEW_FOVY)})
 
         self.cubes = {
             colour: BoxObject(name=cube_name(colour), size=[CUBE_HALF_SIZE[colour]] * 3, rgba=CUBE_RGBA[colour])
