@@ -21,7 +21,7 @@ DEMO_TRAIN    ?= policy.width=128 policy.depth=4 policy.heads=4 policy.noise_sam
                  train.batch_size=32 train.lr=1e-3 train.warmup_steps=200 train.save_every=1000
 # DART (Laskey et al. 2017): the expert's executed translation gets Gaussian noise while its
 # clean action is recorded, so the demos also show how to recover from being off course.
-DEMO_COLLECT  ?= collect.action_noise=0.3 "collect.noise_dims=[0,1,2]"
+DEMO_COLLECT  ?= collect.action_noise=0.3 "collect.noise_dims=[0,1,2]" collect.n_envs=2
 EVAL_EPISODES ?= 50
 
 .PHONY: setup demo test test-slow benchmarks bench-deploy bench-envs robosuite-lift clean

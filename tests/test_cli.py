@@ -16,15 +16,16 @@ def run_cli(capsys, *args):
 
 
 def test_collect_appends_to_an_existing_dataset(lift_dataset, tmp_path, capsys):
+    """Two worker processes (collect.n_envs=2) append two episodes after the fixture's two."""
     root = tmp_path / "lift"
     shutil.copytree(lift_dataset, root)
-    code, out, _ = run_cli(capsys, "collect", "collect.episodes=1", "collect.seed=50", f"dataset.root={root}",
-                           "collect.action_noise=0.2", "collect.noise_dims=[0,1,2]")
-    assert code == 0 and "collected 1 episodes" in out
+    code, out, _ = run_cli(capsys, "collect", "collect.episodes=2", "collect.seed=50", f"dataset.root={root}",
+                           "collect.action_noise=0.2", "collect.noise_dims=[0,1,2]", "collect.n_envs=2")
+    assert code == 0 and "collected 2 episodes" in out
     from vla.data.source import open_dataset
 
     ds = open_dataset("local/lift", root=root)
-    assert ds.meta.total_episodes == 3
+    assert ds.meta.total_episodes == 4 and ds[len(ds) - 1]["episode_index"] == 3
     assert ds[0]["task"] == "lift the red cube"
 
 
@@ -63,6 +64,7 @@ def test_bad_config_is_one_line(override, message, capsys, tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("collect.action_noise=-1", "collect.action_noise"),
     ("collect.noise_dims=[0,9]", "collect.noise_dims"),
+    ("collect.n_envs=0", "collect.n_envs"),
 ])
 def test_bad_collect_noise_is_one_line_and_writes_nothing(override, message, tmp_path, capsys):
     code, _, err = run_cli(capsys, "collect", "collect.episodes=1", "collect.action_noise=0.1", override,

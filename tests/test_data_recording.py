@@ -122,6 +122,42 @@ def test_collect_then_load_round_trip(tmp_path):
     assert ds.meta.stats["observation.state"]["max"][1] == 5.0
 
 
+def counting_env_and_agent():
+    """What each parallel collection worker builds (module level: spawned workers import it)."""
+    return CountingEnv(), ScriptedAgent()
+
+
+def test_parallel_collection_saves_the_serial_episodes(tmp_path):
+    """Two worker processes record exactly what one process records: the same attempts in the
+    same order, failures filtered, and each frame's image, state, action and phase."""
+    recorded = {}
+    for workers in (1, 2):
+        root = tmp_path / f"workers{workers}"
+        with make_recorder(root) as rec:
+            stats = collect(CountingEnv(), ScriptedAgent(), rec, n_episodes=3, seed=0, progress=False,
+                            workers=workers, make_env_and_agent=counting_env_and_agent)
+        # seeds 0-4: the odd ones fail; no attempt past the fifth is started
+        assert (stats.episodes_saved, stats.attempts, stats.frames) == (3, 5, 18)
+        recorded[workers] = open_dataset(root)
+    serial, parallel = recorded[1], recorded[2]
+    assert len(serial) == len(parallel) == 18
+    for i in range(18):
+        a, b = serial[i], parallel[i]
+        for key in ("observation.state", "action", CAM, "episode_index", "frame_index"):
+            assert torch_equal(a[key], b[key]), (i, key)
+        assert a[PHASE] == b[PHASE]
+    assert [parallel[6 * e]["observation.state"][0].item() for e in range(3)] == [0.0, 2.0, 4.0]
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b).all()) if hasattr(a, "all") else a == b
+
+
+def test_parallel_collection_needs_a_worker_factory(tmp_path):
+    with make_recorder(tmp_path / "ds") as rec, pytest.raises(ValueError, match="make_env_and_agent"):
+        collect(CountingEnv(), ScriptedAgent(), rec, n_episodes=1, progress=False, workers=2)
+
+
 class ExecutedActionsEnv(CountingEnv):
     """Remembers every action it was asked to execute."""
 

@@ -47,32 +47,60 @@ def compose(overrides: list[str]):
     return parse_run_config(cfg)
 
 
+def collect_agent(env_cfg, agent: str, env, seed: int, device: str):
+    """What ``collect.agent`` names, acting in ``env``: the task's scripted expert, uniform random
+    actions, or a checkpoint (path or hub id)."""
+    from vla.data.collect import RandomAgent
+    from vla.rollout import make_expert
+
+    if agent == "expert":
+        return make_expert(env_cfg, env)
+    if agent == "random":
+        return RandomAgent(env.action_space, seed=seed)
+    from vla.checkpoint import load_policy
+    from vla.runtime import PolicyAgent, RuntimePolicy
+
+    return PolicyAgent(RuntimePolicy(*load_policy(agent, device)))
+
+
+def collect_env_and_agent(env_cfg, agent: str, seed: int, device: str, threads: int | None = None):
+    """A fresh (env, agent) pair: what each parallel collection worker runs."""
+    from vla.rollout import make_env
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)  # workers share the cores; one torch pool each would oversubscribe
+    env = make_env(env_cfg)
+    return env, collect_agent(env_cfg, agent, env, seed, device)
+
+
 def cmd_collect(run, policy_cfg, args) -> None:
     """Run the scripted expert (or a checkpoint) in an env and record a LeRobot dataset."""
+    from functools import partial
+
     from vla.config import ConfigError
-    from vla.data.collect import RandomAgent, check_action_noise, collect
+    from vla.data.collect import check_action_noise, collect
     from vla.data.recorder import EpisodeRecorder
-    from vla.rollout import make_env, make_expert
+    from vla.rollout import make_env
 
     c = run.collect
+    if c.n_envs < 1:
+        raise ConfigError(f"collect.n_envs must be >= 1, got {c.n_envs}")
     env = make_env(run.env)
     try:  # before the recorder exists, so a bad setting writes nothing
         check_action_noise(env.action_space, c.action_noise, c.noise_dims)
     except ValueError as e:
         env.close()
         raise ConfigError(f"collect.{e}") from None
-    if c.agent == "expert":
-        agent = make_expert(run.env, env)
-    elif c.agent == "random":
-        agent = RandomAgent(env.action_space, seed=c.seed)
-    else:
-        from vla.checkpoint import load_policy
-        from vla.runtime import PolicyAgent, RuntimePolicy
-
-        agent = PolicyAgent(RuntimePolicy(*load_policy(c.agent, _device(run))))
+    device = str(_device(run))
+    # With workers the agents live in them; here the env only describes the dataset's features.
+    agent = collect_agent(run.env, c.agent, env, c.seed, device) if c.n_envs == 1 else None
+    factory = partial(collect_env_and_agent, run.env, c.agent, c.seed, device, max(1, (os.cpu_count() or 1) // c.n_envs))
     with EpisodeRecorder.for_env(env, root=run.dataset.root, repo_id=run.dataset.repo_id) as recorder:
         stats = collect(env, agent, recorder, c.episodes, success_only=c.success_only, seed=c.seed,
-                        max_attempts=c.max_attempts, action_noise=c.action_noise, noise_dims=c.noise_dims)
+                        max_attempts=c.max_attempts, action_noise=c.action_noise, noise_dims=c.noise_dims,
+                        workers=c.n_envs, make_env_and_agent=factory)
     env.close()
     print(f"collected {stats.episodes_saved} episodes ({stats.frames} frames) into {run.dataset.root}; "
           f"agent success {stats.success_rate:.1%} over {stats.attempts} attempts in {stats.seconds:.0f} s")
