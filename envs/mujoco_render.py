@@ -18,20 +18,22 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("LP_NUM_THREADS", "0")
 
 
-def cpu_render_settings(sim, shadows: bool = False) -> None:
+def cpu_render_settings(sim, shadows: bool = False, multisamples: int = 0) -> None:
     """Set the render options the compiled model (not the XML) controls.
 
     On Mesa's CPU renderer three costs dominate a frame, each about halving its time: the
     shadow pass, reflections (a floor reflectance of 0.01 makes MuJoCo draw the scene a
-    second time) and 4x multisampling (edges alias a little at 96x96 pixels). Call after
-    every model compilation (robosuite recompiles on a hard reset).
+    second time) and multisampling. ``multisamples`` (0 = off) antialiases edges: a small
+    object's partly covered pixels then say where it lies within a pixel, which a policy that
+    must place a gripper on a 3-pixel cube needs (the tabletop tasks use 4). Call after every
+    model compilation (robosuite recompiles on a hard reset).
     """
     model = sim.model._model
     model.light_castshadow[:] = shadows
     model.mat_reflectance[:] = 0.0
-    model.vis.quality.offsamples = 0
+    model.vis.quality.offsamples = multisamples
     context = sim._render_context_offscreen
-    if context is not None and context.con.offSamples != 0:
+    if context is not None and context.con.offSamples != multisamples:
         # The multisample count is fixed when the render buffers are made: remake them.
         context.gl_ctx.make_current()
         context.con.free()

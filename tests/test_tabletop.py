@@ -115,6 +115,11 @@ def test_agentview_frames_the_cubes_large_enough_to_locate(camera_env):
     assert min(areas) > 0 and np.mean(areas) > 16, areas
 
 
+def test_frames_are_antialiased(camera_env):
+    """4x multisampling: a cube's partly covered edge pixels carry its sub-pixel position."""
+    assert camera_env.unwrapped.scene.sim._render_context_offscreen.con.offSamples == 4
+
+
 def test_render_returns_the_agentview_frame(camera_env):
     obs, _ = camera_env.reset(seed=0)
     np.testing.assert_array_equal(camera_env.render(), obs[image_key("agentview")])
