@@ -12,7 +12,6 @@ from envs.mujoco_render import cpu_render_settings  # isort: skip  (first: sets 
 
 import numpy as np
 import robosuite
-from scipy.spatial.transform import Rotation
 from robosuite.environments.manipulation.manipulation_env import ManipulationEnv
 from robosuite.models.arenas import TableArena
 from robosuite.models.objects import BoxObject
@@ -50,31 +49,9 @@ MAX_PLACEMENT_TRIES = 100
 JOINT_INIT_NOISE = 0.02
 # The bin weighs ~2 kg so that a brush of the arm does not shove it across the table.
 BIN_DENSITY = 5000.0
-# The agentview camera (world frame, m; field of view in degrees). The arena's stock agentview
-# sits low in front of the table and spends a quarter of the image on the floor and the robot's
-# base, so at 96 pixels a cube is 3 pixels wide and 1 pixel of image height is ~2 cm of depth.
-# Higher and steeper, framing the placement window, it shows a cube ~5 pixels wide and
-# depth and sideways offsets at a similar scale, which is what a grasp needs.
-AGENTVIEW_POS = (0.30, 0.0, 1.50)
-AGENTVIEW_AIM = (-0.05, 0.0, 0.80)
-AGENTVIEW_FOVY = 42.0
 # 4x antialiasing: a cube is a few pixels wide at 96 pixels, and its partly covered edge pixels
-# carry where it lies within a pixel. Every demo result in the README up to the 58% / 78% runs
-# rendered this way; the two runs without it (and new cameras) reached 26% and 32%.
+# carry where it lies within a pixel. Every demo result in the README rendered this way.
 MULTISAMPLES = 4
-
-
-def camera_quat_looking_at(position, target) -> np.ndarray:
-    """MuJoCo quaternion (w, x, y, z) for a camera at `position` that looks at `target` (world
-    frame) with the image upright: its x axis horizontal. A MuJoCo camera looks along its -z
-    axis with +y up."""
-    back = np.subtract(position, target, dtype=float)
-    back /= np.linalg.norm(back)
-    right = np.cross([0.0, 0.0, 1.0], back)
-    right /= np.linalg.norm(right)
-    up = np.cross(back, right)
-    x, y, z, w = Rotation.from_matrix(np.stack([right, up, back], axis=1)).as_quat()
-    return np.array([w, x, y, z])
 
 
 def min_gap(placements: dict) -> float:
@@ -129,8 +106,6 @@ class TabletopScene(ManipulationEnv):
         robot.set_base_xpos(robot.base_xpos_offset["table"](TABLE_SIZE[0]))
         arena = TableArena(table_full_size=TABLE_SIZE, table_offset=TABLE_TOP)
         arena.set_origin([0, 0, 0])
-        arena.set_camera("agentview", pos=list(AGENTVIEW_POS), quat=list(camera_quat_looking_at(AGENTVIEW_POS, AGENTVIEW_AIM)),
-                         camera_attribs={"fovy": str(AGENTVIEW_FOVY)})
 
         self.cubes = {
             colour: BoxObject(name=cube_name(colour), size=[CUBE_HALF_SIZE[colour]] * 3, rgba=CUBE_RGBA[colour])
