@@ -94,9 +94,11 @@ def cmd_collect(run, policy_cfg, args) -> None:
         env.close()
         raise ConfigError(f"collect.{e}") from None
     device = str(_device(run))
-    # With workers the agents live in them; here the env only describes the dataset's features.
-    agent = collect_agent(run.env, c.agent, env, c.seed, device) if c.n_envs == 1 else None
-    factory = partial(collect_env_and_agent, run.env, c.agent, c.seed, device, max(1, (os.cpu_count() or 1) // c.n_envs))
+    if c.n_envs == 1:
+        agent, factory = collect_agent(run.env, c.agent, env, c.seed, device), None
+    else:  # the agents live in the workers; here the env only describes the dataset's features
+        threads = max(1, (os.cpu_count() or 1) // c.n_envs)
+        agent, factory = None, partial(collect_env_and_agent, run.env, c.agent, c.seed, device, threads)
     with EpisodeRecorder.for_env(env, root=run.dataset.root, repo_id=run.dataset.repo_id) as recorder:
         stats = collect(env, agent, recorder, c.episodes, success_only=c.success_only, seed=c.seed,
                         max_attempts=c.max_attempts, action_noise=c.action_noise, noise_dims=c.noise_dims,
