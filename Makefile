@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE ?= 1
 # Demo settings (override on the command line, e.g. make demo DEMO_EPISODES=50)
 DEMO_DIR      ?= outputs/demo
 DEMO_EPISODES ?= 100
-DEMO_STEPS    ?= 8000
+DEMO_STEPS    ?= 7000
 # CPU-sized: a narrow Dita, 2 noise levels per observation sharing one prefix pass, one
 # observed frame (the scripted expert's smooth actions make a history a shortcut to copy the
 # last motion instead of looking), and a learning rate that suits a model this small. "lift the
@@ -22,9 +22,11 @@ DEMO_TRAIN    ?= policy.width=128 policy.depth=4 policy.heads=4 policy.noise_sam
                  policy.backbone.max_text_tokens=8 \
                  train.batch_size=32 train.lr=1e-3 train.warmup_steps=200 train.save_every=1000
 # DART (Laskey et al. 2017): the expert's executed translation gets Gaussian noise while its
-# clean action is recorded, so the demos also show how to recover from being off course.
+# clean action is recorded, so the demos also show how to recover from being off course. In
+# half the episodes the expert also executes one grasp 2-5 cm off and records how it reopens
+# and grasps again: a cloned policy's typical miss, and what to do after it.
 # Two worker processes record the same episodes as one, in about half the time.
-DEMO_COLLECT  ?= collect.action_noise=0.3 "collect.noise_dims=[0,1,2]" collect.n_envs=2
+DEMO_COLLECT  ?= collect.action_noise=0.3 "collect.noise_dims=[0,1,2]" collect.grasp_mistakes=0.5 collect.n_envs=2
 EVAL_EPISODES ?= 50
 
 .PHONY: setup demo test test-slow benchmarks bench-deploy bench-envs robosuite-lift clean

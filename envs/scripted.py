@@ -10,6 +10,13 @@ cube"), a target end-effector position and yaw computed from the simulator state
 command, and a test that ends it (target reached, or a number of steps waited). `act` turns
 the error to the target into an OSC_POSE delta action, so motions are straight lines that
 slow down smoothly near each waypoint; the gripper always points straight down.
+
+A pick recovers from a failed grasp: fingers that close during the descent either caught the
+object (the grasp goes on) or not, and a lift with nothing in hand is a miss; a miss sends
+the expert back to hover above the object, fingers opening, for another try. ``mistakes`` > 0 makes the expert *execute* a grasp in the wrong
+place in that fraction of episodes while still *recording* its correct actions (the
+`execute` hook of `vla.data.collect`), so a dataset shows how to come back from the errors a
+cloned policy makes near the object, as DART noise shows it for small drifts.
 """
 
 from dataclasses import dataclass
@@ -41,6 +48,15 @@ GRASP_STEPS = 10
 RELEASE_STEPS = 10
 # Rotation of the end effector that points the gripper down at yaw 0 (fingers close along y).
 DOWN = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
+# Fingers count as open above this gap between them (m; the Panda's fully open gap is 0.079).
+# An object counts as held while the fingers are closed on something (gap between 1 cm and
+# OPEN_GAP) within 3 cm of its grasp point; closed on nothing, the gap falls below 1 cm.
+OPEN_GAP = 0.07
+HELD_GAP, HELD_DISTANCE = 0.01, 0.03
+# An injected wrong grasp (see `WrongGrasp`) closes this far from the right grasp point: 2-5 cm
+# sideways in any direction and 0-3 cm too high, the errors traced in cloned policies' failures.
+MISTAKE_XY, MISTAKE_Z = (0.02, 0.05), (0.0, 0.03)
+MISTAKE_TRIGGER_HEIGHT = 0.05  # starts once the descent is this close above the grasp point (m)
 
 
 @dataclass(frozen=True)
@@ -50,7 +66,10 @@ class Phase:
     target(state, start) -> (3,) end-effector goal and yaw(state, start) -> rad, where `start`
     is the state when the phase began (for goals that must stay put: hold here, rise from
     here); yaw None keeps the yaw of the previous phase. The phase ends when the goal is within
-    `tolerance` m, or after `wait` steps when `wait` is set.
+    `tolerance` m (and `ready(state)` holds, when set), or after `wait` steps when `wait` is
+    set. `redirect(state)`, when set, is checked first at every step: 0 lets the phase go on,
+    n moves the expert n phases on (negative: back, to try again). `grasps` names the object
+    whose grasp this phase descends to: where an injected wrong grasp happens.
     """
 
     label: str
@@ -60,6 +79,9 @@ class Phase:
     tolerance: float = 0.01
     wait: int | None = None
     xy_tolerance: float | None = None
+    ready: Callable[[dict], bool] | None = None
+    redirect: Callable[[dict], int] | None = None
+    grasps: str | None = None
 
 
 def yaw_of(rotation: np.ndarray) -> float:
@@ -75,6 +97,25 @@ def gripper_yaw(eef_rot: np.ndarray) -> float:
 def finger_axis(yaw: float) -> np.ndarray:
     """Horizontal direction (2,) along which the fingers close at gripper yaw `yaw`."""
     return np.array([-np.sin(yaw), np.cos(yaw)])
+
+
+def finger_gap(state: dict) -> float:
+    """Distance between the fingers (m): the sum of the finger joints' travel."""
+    return float(np.sum(np.abs(state["gripper_qpos"])))
+
+
+def fingers_open(state: dict) -> bool:
+    return finger_gap(state) > OPEN_GAP
+
+
+def holding(name: str, grasp_above_centre: float = 0.0) -> Callable[[dict], bool]:
+    """True while the fingers hold object `name`: closed on something (or closing), with the
+    object's grasp point near the hand."""
+    def held(state):
+        grasp_point = object_pos(state, name) + [0.0, 0.0, grasp_above_centre]
+        return (HELD_GAP < finger_gap(state) < OPEN_GAP
+                and np.linalg.norm(state["eef_pos"] - grasp_point) < HELD_DISTANCE)
+    return held
 
 
 def footprint_distance(point: np.ndarray, pos: np.ndarray, rot: np.ndarray, half_extents) -> float:
@@ -110,17 +151,58 @@ def grasp_yaw(state: dict, cube: str) -> float:
     return candidates[1] if clearance(candidates[1]) > clearance(candidates[0]) + 0.01 else candidates[0]
 
 
+class WrongGrasp:
+    """One grasp executed in the wrong place, as a cloned policy misjudging the object makes it.
+
+    From the moment it starts, the executed motion goes to a point `MISTAKE_XY` sideways and
+    `MISTAKE_Z` above the right grasp point with the fingers open (at most `APPROACH_STEPS`),
+    closes them there for GRASP_STEPS, and lifts `RISE` m for `RISE_STEPS`; then it is over.
+    """
+
+    APPROACH_STEPS, RISE, RISE_STEPS = 25, 0.05, 6
+
+    def __init__(self, rng: np.random.Generator, grasp_point: np.ndarray):
+        angle, radius = rng.uniform(0.0, 2 * np.pi), rng.uniform(*MISTAKE_XY)
+        self.goal = grasp_point + [radius * np.cos(angle), radius * np.sin(angle), rng.uniform(*MISTAKE_Z)]
+        self.stage, self.steps = "approach", 0
+
+    def next_goal(self, state: dict) -> tuple[np.ndarray, float] | None:
+        """(end-effector goal, gripper command) for this step; None once the mistake is over."""
+        if self.stage == "approach" and (self.steps >= self.APPROACH_STEPS
+                                         or np.linalg.norm(self.goal - state["eef_pos"]) < 0.008):
+            self.stage, self.steps, self.goal = "close", 0, state["eef_pos"].copy()
+        elif self.stage == "close" and self.steps >= GRASP_STEPS:
+            self.stage, self.steps, self.goal = "rise", 0, self.goal + [0.0, 0.0, self.RISE]
+        elif self.stage == "rise" and self.steps >= self.RISE_STEPS:
+            return None
+        self.steps += 1
+        return self.goal, OPEN if self.stage == "approach" else CLOSE
+
+
 class ScriptedExpert:
     """Runs `phases` in order against `env` (a tabletop env, wrapped or not).
 
     act(obs) -> (7,) float32 action in [-1, 1]; `phase` is the label of the phase that chose
     the latest action. After the last phase ends the expert keeps holding its goal.
+    With ``mistakes`` = p, a fraction p of episodes (drawn per `reseed`) executes one
+    `WrongGrasp`: `execute(action)` then returns the mistaken action to run while `act`
+    keeps returning the expert's own, which is what gets recorded.
     """
 
-    def __init__(self, env: gym.Env, phases: list[Phase]):
+    def __init__(self, env: gym.Env, phases: list[Phase], mistakes: float = 0.0):
+        if not 0.0 <= mistakes <= 1.0:
+            raise ValueError(f"mistakes must be a fraction of episodes in [0, 1], got {mistakes}")
         self.env = env.unwrapped
         self.phases = phases
+        self.mistakes = mistakes
+        self._rng = np.random.default_rng(0)
         self.reset()
+
+    def reseed(self, seed: int) -> None:
+        """Draw whether (and how) this episode's grasp goes wrong from `seed`: the same attempt
+        seed gives the same episode in whichever process runs it."""
+        self._rng = np.random.default_rng(seed)
+        self._mistake_pending = self.mistakes > 0 and self._rng.random() < self.mistakes
 
     def reset(self) -> None:
         self._index = 0
@@ -128,6 +210,10 @@ class ScriptedExpert:
         self._start: dict | None = None
         self._yaw: float | None = None
         self._arm_action = np.zeros(6)
+        self._mistake: WrongGrasp | None = None
+        self._mistake_pending = self.mistakes > 0 and self._rng.random() < self.mistakes
+        self._executed: np.ndarray | None = None
+        self._executed_arm = np.zeros(6)
 
     @property
     def phase(self) -> str:
@@ -141,13 +227,37 @@ class ScriptedExpert:
             self._begin_phase(state)
         current = self.phases[self._index]
         goal = current.target(state, self._start)
-        if self._phase_done(current, state, goal) and self._index + 1 < len(self.phases):
+        jump = current.redirect(state) if current.redirect is not None else 0
+        if jump:
+            self._index = min(max(0, self._index + jump), len(self.phases) - 1)
+            self._begin_phase(state)
+        elif self._phase_done(current, state, goal) and self._index + 1 < len(self.phases):
             self._index += 1
             self._begin_phase(state)
-            current = self.phases[self._index]
-            goal = current.target(state, self._start)
+        current = self.phases[self._index]
+        goal = current.target(state, self._start)
         self._steps_in_phase += 1
-        return self._action(current, state, goal)
+        action = self._action(current, state, goal)
+        self._executed = self._mistaken_action(current, state, goal)
+        return action
+
+    def execute(self, action: np.ndarray) -> np.ndarray:
+        """What to run in the env for `action` (the one `act` just returned): itself, except
+        while an injected wrong grasp is under way."""
+        return action if self._executed is None else self._executed
+
+    def _mistaken_action(self, phase: Phase, state: dict, goal: np.ndarray) -> np.ndarray | None:
+        if self._mistake is None:
+            if not (self._mistake_pending and phase.grasps and state["eef_pos"][2] - goal[2] < MISTAKE_TRIGGER_HEIGHT):
+                self._executed_arm = self._arm_action
+                return None
+            self._mistake, self._mistake_pending = WrongGrasp(self._rng, goal), False
+        step = self._mistake.next_goal(state)
+        if step is None:  # over: the expert's own actions run again
+            self._executed_arm = self._arm_action
+            return None
+        self._executed_arm = self._servo(state, step[0], self._executed_arm)
+        return np.concatenate([self._executed_arm, [step[1]]]).astype(np.float32)
 
     def _begin_phase(self, state: dict) -> None:
         self._start = state
@@ -157,6 +267,8 @@ class ScriptedExpert:
     def _phase_done(self, phase: Phase, state: dict, goal: np.ndarray) -> bool:
         if phase.wait is not None:
             return self._steps_in_phase >= phase.wait
+        if phase.ready is not None and not phase.ready(state):
+            return False
         if phase.yaw is not None:
             yaw_error = phase.yaw(state, self._start) - gripper_yaw(state["eef_rot"])
             if abs((yaw_error + np.pi) % (2 * np.pi) - np.pi) > YAW_TOLERANCE:
@@ -167,20 +279,23 @@ class ScriptedExpert:
         return bool(np.linalg.norm(error) < phase.tolerance)
 
     def _action(self, phase: Phase, state: dict, goal: np.ndarray) -> np.ndarray:
-        """Proportional control, rate-limited: position error -> capped translation, yaw error
-        -> rotation (the gripper kept pointing down)."""
+        if phase.yaw is not None:
+            self._yaw = phase.yaw(state, self._start)
+        self._arm_action = self._servo(state, goal, self._arm_action)
+        return np.concatenate([self._arm_action, [phase.gripper]]).astype(np.float32)
+
+    def _servo(self, state: dict, goal: np.ndarray, last: np.ndarray) -> np.ndarray:
+        """Proportional control, rate-limited from the `last` arm action: position error ->
+        capped translation, yaw error -> rotation (the gripper kept pointing down)."""
         translation = (goal - state["eef_pos"]) / POS_SCALE
         norm = np.linalg.norm(translation)
         if norm > MAX_POS_ACTION:
             translation *= MAX_POS_ACTION / norm
-        if phase.yaw is not None:
-            self._yaw = phase.yaw(state, self._start)
         goal_rot = Rotation.from_euler("z", self._yaw).as_matrix() @ DOWN
         rotation_error = Rotation.from_matrix(goal_rot @ state["eef_rot"].T).as_rotvec()
         rotation = np.clip(rotation_error / ROT_SCALE, -MAX_ROT_ACTION, MAX_ROT_ACTION)
-        change = np.concatenate([translation, rotation]) - self._arm_action
-        self._arm_action = self._arm_action + np.clip(change, -MAX_ACTION_CHANGE, MAX_ACTION_CHANGE)
-        return np.concatenate([self._arm_action, [phase.gripper]]).astype(np.float32)
+        change = np.concatenate([translation, rotation]) - last
+        return last + np.clip(change, -MAX_ACTION_CHANGE, MAX_ACTION_CHANGE)
 
 
 # --------------------------------------------------------------------------- targets
@@ -228,15 +343,22 @@ def pick_phases(name: str, noun: str, grasp_above_centre: float = 0.0) -> list[P
     def lifted(state, start):
         return np.array([*object_pos(start, name)[:2], carry_height(state, name)])
 
+    held = holding(name, grasp_above_centre)
+
     return [
-        Phase(f"reach {noun}", above(name, HOVER), OPEN, yaw=grasp_yaw_of(name), tolerance=0.015),
+        Phase(f"reach {noun}", above(name, HOVER), OPEN, yaw=grasp_yaw_of(name), tolerance=0.015, ready=fingers_open),
         # Close once the fingers are at the object's height and within GRASP_XY_TOLERANCE of its
         # centre: closing fingers centre the object, and a policy learns "close at this height"
         # from proprioception far more precisely than "close within 6 mm of a seen point".
+        # Fingers closing on the way (a wrong grasp): if they caught the object, finish the grasp;
+        # if not, go back up to hover and open them.
         Phase(f"reach {noun}", above(name, grasp_above_centre), OPEN, yaw=grasp_yaw_of(name), tolerance=0.006,
-              xy_tolerance=GRASP_XY_TOLERANCE),
+              xy_tolerance=GRASP_XY_TOLERANCE, grasps=name,
+              redirect=lambda state: 0 if fingers_open(state) else 1 if held(state) else -1),
         Phase(f"grasp {noun}", hold(), CLOSE, wait=GRASP_STEPS),
-        Phase(f"lift {noun}", carry_object_to(name, lifted), CLOSE),
+        # Lifting with nothing in hand (a missed or slipped grasp) starts the pick again.
+        Phase(f"lift {noun}", carry_object_to(name, lifted), CLOSE,
+              redirect=lambda state: 0 if held(state) else -3),
     ]
 
 

@@ -16,11 +16,13 @@ def run_cli(capsys, *args):
 
 
 def test_collect_appends_to_an_existing_dataset(lift_dataset, tmp_path, capsys):
-    """Two worker processes (collect.n_envs=2) append two episodes after the fixture's two."""
+    """Two worker processes (collect.n_envs=2) append two episodes after the fixture's two, with
+    DART noise and the expert's injected wrong grasps."""
     root = tmp_path / "lift"
     shutil.copytree(lift_dataset, root)
     code, out, _ = run_cli(capsys, "collect", "collect.episodes=2", "collect.seed=50", f"dataset.root={root}",
-                           "collect.action_noise=0.2", "collect.noise_dims=[0,1,2]", "collect.n_envs=2")
+                           "collect.action_noise=0.2", "collect.noise_dims=[0,1,2]", "collect.n_envs=2",
+                           "collect.grasp_mistakes=0.5")
     assert code == 0 and "collected 2 episodes" in out
     from vla.data.source import open_dataset
 
@@ -65,9 +67,11 @@ def test_bad_config_is_one_line(override, message, capsys, tmp_path):
     ("collect.action_noise=-1", "collect.action_noise"),
     ("collect.noise_dims=[0,9]", "collect.noise_dims"),
     ("collect.n_envs=0", "collect.n_envs"),
+    ("collect.grasp_mistakes=1.5", "collect.grasp_mistakes"),
+    ("collect.agent=random collect.grasp_mistakes=0.5", "collect.agent=expert"),
 ])
 def test_bad_collect_noise_is_one_line_and_writes_nothing(override, message, tmp_path, capsys):
-    code, _, err = run_cli(capsys, "collect", "collect.episodes=1", "collect.action_noise=0.1", override,
+    code, _, err = run_cli(capsys, "collect", "collect.episodes=1", "collect.action_noise=0.1", *override.split(),
                            f"dataset.root={tmp_path / 'ds'}")
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "ds").exists()

@@ -61,6 +61,36 @@ def test_queue_replans_every_n_action_steps(parts):
     torch.testing.assert_close(first[:, 0], first[:, 1])  # history starts by repeating the first frame
 
 
+def test_backbone_encodes_only_the_frames_a_prediction_sees(parts):
+    """Two observed frames and a chunk every 4 steps: frames 0, 3, 4, 7 and 8 are encoded (the
+    first, and the two before each prediction), and the actions are those of encoding every
+    frame. A bad observation is still rejected on a step that encodes nothing."""
+    policy = parts[0]
+    calls = []
+    inner = policy.backbone.encode_frames
+    policy.backbone.encode_frames = lambda images: calls.append(1) or inner(images)
+    try:
+        runs = {}
+        for name, every_frame in (("lazy", False), ("eager", True)):
+            runtime = RuntimePolicy(*parts)  # horizon 8, n_action_steps 4, n_obs_steps 2
+            if every_frame:
+                runtime._frame_needed = lambda: True
+            torch.manual_seed(0)
+            calls.clear()
+            runs[name] = [runtime.act(obs(i)) for i in range(9)]
+            runs[name + "_calls"] = len(calls)
+        bad = obs(9)
+        bad[OBS_STATE][0, 0] = np.nan
+        with pytest.raises(ValueError, match="non-finite"):
+            runtime = RuntimePolicy(*parts)
+            runtime.act(obs(0))
+            runtime.act(bad)  # step 1: no chunk due for 3 steps, nothing encoded
+    finally:
+        del policy.backbone.encode_frames
+    assert runs["lazy_calls"] == 5 and runs["eager_calls"] == 9
+    np.testing.assert_array_equal(np.stack(runs["lazy"]), np.stack(runs["eager"]))
+
+
 def test_temporal_ensembling_queries_every_step(parts):
     runtime = RuntimePolicy(*parts, temporal_ensemble=0.01)
     spy = Spy(runtime)

@@ -246,6 +246,7 @@ def test_expert_solves_its_task(blind_envs, task):
         while not (terminated or truncated):
             action = expert.act(obs)
             assert action.shape == (7,) and np.abs(action).max() <= 1.0
+            assert expert.execute(action) is action  # no injected mistakes by default
             if not phases or phases[-1] != expert.phase:
                 phases.append(expert.phase)
             obs, reward, terminated, truncated, info = env.step(action)
@@ -268,6 +269,66 @@ def test_descent_ends_at_grasp_height_even_a_little_off_centre(blind_envs):
     assert done([0.01, 0.0, 0.004])       # 1 cm off centre, at height: close
     assert not done([0.0, 0.0, 0.01])     # centred but 1 cm too high
     assert not done([0.02, 0.0, 0.0])     # at height but 2 cm off
+
+
+def run_with_mistake(env, expert, seed):
+    """One episode executing what `expert.execute` says; returns (success, recorded actions,
+    executed actions, the sequence of phase indices)."""
+    obs, _ = env.reset(seed=seed)
+    expert.reset()
+    expert.reseed(seed)
+    recorded, executed, indices, done = [], [], [], False
+    while not done:
+        recorded.append(expert.act(obs))
+        executed.append(expert.execute(recorded[-1]))
+        if not indices or indices[-1] != expert._index:
+            indices.append(expert._index)
+        obs, _, terminated, truncated, info = env.step(executed[-1])
+        done = terminated or truncated
+    return info["is_success"], np.array(recorded), np.array(executed), indices
+
+
+def test_expert_recovers_from_a_wrong_grasp_it_executes(blind_envs):
+    """mistakes=1: the expert executes a grasp 2-5 cm off while recording its own actions (open
+    fingers, go to the cube); the fingers close on nothing, so it goes back to hover (phase 0),
+    descends again, grasps and lifts. The same seed makes the same mistake."""
+    from envs.scripted import CLOSE, OPEN
+
+    env = blind_envs["lift"]
+    expert = make_expert("lift", env, mistakes=1.0)
+    success, recorded, executed, indices = run_with_mistake(env, expert, seed=1)
+    assert success
+    assert indices == [0, 1, 0, 1, 2, 3]  # hover, descend, (missed) hover again, descend, grasp, lift
+    wrong_close = (executed[:, 6] == CLOSE) & (recorded[:, 6] == OPEN)
+    assert wrong_close.sum() >= 5  # the executed fingers closed while the record says keep them open
+    assert (recorded[:, 6] == CLOSE).sum() >= 10  # and the record still holds the real grasp
+    _, _, again, _ = run_with_mistake(env, expert, seed=1)
+    np.testing.assert_array_equal(again, executed)
+
+
+def test_pick_redirects_on_what_the_fingers_hold(blind_envs):
+    """The descent goes on while the fingers are open, finishes the grasp when they closed on
+    the cube, and goes back to hover when they closed on nothing; the lift starts over from
+    hover (3 phases back) when nothing is held."""
+    expert = make_expert("lift", blind_envs["lift"])
+    descend, lift = expert.phases[1], expert.phases[3]
+    cube = np.array([0.1, 0.0, 0.83])
+    state = {"objects": {"red_cube": {"pos": cube}}}
+
+    def at(offset, gap):
+        return {**state, "eef_pos": cube + offset, "gripper_qpos": np.array([gap / 2, -gap / 2])}
+
+    assert descend.redirect(at([0.0, 0.0, 0.05], 0.079)) == 0     # open, on the way down
+    assert descend.redirect(at([0.01, 0.0, 0.0], 0.05)) == 1      # closing around the cube
+    assert descend.redirect(at([0.03, 0.02, 0.01], 0.05)) == -1   # closing 3.7 cm off: a miss
+    assert lift.redirect(at([0.0, 0.0, 0.0], 0.04)) == 0          # the cube between the fingers
+    assert lift.redirect(at([0.0, 0.0, 0.0], 0.002)) == -3        # fingers shut on nothing
+    assert lift.redirect(at([0.0, 0.0, 0.08], 0.04)) == -3        # the cube slipped out
+
+
+def test_mistake_rate_must_be_a_fraction(blind_envs):
+    with pytest.raises(ValueError, match="mistakes"):
+        make_expert("lift", blind_envs["lift"], mistakes=1.5)
 
 
 def test_expert_refuses_another_tasks_env(blind_envs):

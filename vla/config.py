@@ -95,6 +95,7 @@ class CollectConfig:
     action_noise: float = 0.0         # std of Gaussian noise on executed actions; recorded ones stay clean (DART)
     noise_dims: list[int] | None = None  # action dims the noise perturbs (None: all)
     n_envs: int = 1                   # attempts run in this many subprocesses; the same episodes are saved
+    grasp_mistakes: float = 0.0       # fraction of expert episodes that execute a wrong grasp and recover (recorded: the recovery)
 
 
 @dataclass

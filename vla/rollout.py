@@ -51,16 +51,17 @@ def task_label(cfg: EnvConfig) -> str:
     return cfg.id if cfg.family == "gym" and cfg.id else cfg.task
 
 
-def make_expert(cfg: EnvConfig, env: gym.Env):
-    """The scripted expert of the configured task, acting in ``env`` (made by `make_env`)."""
+def make_expert(cfg: EnvConfig, env: gym.Env, mistakes: float = 0.0):
+    """The scripted expert of the configured task, acting in ``env`` (made by `make_env`); in a
+    fraction ``mistakes`` of episodes it executes a wrong grasp and recovers from it."""
     if cfg.family == "tabletop":
         from envs.tabletop.experts import make_expert as tabletop_expert
 
-        return tabletop_expert(cfg.task, env)
+        return tabletop_expert(cfg.task, env, mistakes=mistakes)
     if cfg.family == "robosuite":
         from envs.robosuite_tasks.experts import make_expert as robosuite_expert
 
-        return robosuite_expert(cfg.task, env)
+        return robosuite_expert(cfg.task, env, mistakes=mistakes)
     raise ConfigError(f"no scripted expert for env.family={cfg.family!r}; collect with collect.agent=<checkpoint> "
                      f"or collect.agent=random")
 

@@ -101,23 +101,37 @@ class RuntimePolicy:
                 self._text_cache[t] = {k: v[i] for k, v in feats.items()}
         return {k: torch.stack([self._text_cache[t][k] for t in tasks]) for k in self._text_cache[tasks[0]]}
 
-    def _frame(self, obs: dict) -> dict[str, Tensor]:
-        """One control step's frame features and normalized state, (B, ...) each."""
-        cams = self.policy.config.backbone.cameras
+    def _checked(self, obs: dict) -> tuple[dict[str, np.ndarray], Tensor]:
+        """The observation's camera images (B, H, W, 3) and state (B, D_s), or a ValueError
+        naming the key that is wrong."""
         images = {}
-        for c in cams:
-            x = np.asarray(obs[image_key(c)])
+        for c in self.policy.config.backbone.cameras:
+            images[c] = x = np.asarray(obs[image_key(c)])
             if x.ndim != 4 or x.shape[-1] != 3:
                 raise ValueError(f"{image_key(c)}: expected (B, H, W, 3) uint8 images, got shape {x.shape}")
-            images[c] = torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
         state = torch.as_tensor(np.asarray(obs[OBS_STATE]), dtype=torch.float32, device=self.device)
         if state.ndim != 2 or state.shape[1] != self.policy.config.state_dim:
             raise ValueError(f"{OBS_STATE}: expected (B, {self.policy.config.state_dim}), got {tuple(state.shape)}")
         if not torch.isfinite(state).all():
             raise ValueError(f"{OBS_STATE}: non-finite values in the observation")
+        return images, state
+
+    def _frame(self, obs: dict) -> dict[str, Tensor]:
+        """One control step's frame features and normalized state, (B, ...) each."""
+        arrays, state = self._checked(obs)
+        images = {c: torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+                  for c, x in arrays.items()}
         frame = self.policy.backbone.encode_frames(images)
         frame[OBS_STATE] = self.normalizer.normalize(OBS_STATE, state)
         return frame
+
+    def _frame_needed(self) -> bool:
+        """Whether this step's frame will be in the history of a coming prediction: a chunk is
+        due within n_obs_steps steps for some env. Encoding only those frames skips the
+        backbone on most steps (7 of 8 with one observed frame and 8 actions per chunk)."""
+        if self._history is None or self.ensemble is not None:
+            return True
+        return min(len(q) for q in self._queue) < self.n_obs_steps
 
     def _push(self, frame: dict[str, Tensor]) -> None:
         b = frame[OBS_STATE].shape[0]
@@ -153,7 +167,10 @@ class RuntimePolicy:
     def act(self, obs: dict) -> np.ndarray:
         """Batched numpy observation (keys of vla.features, leading B) -> actions (B, D_a)."""
         tasks = list(obs[TASK]) if not isinstance(obs[TASK], str) else [obs[TASK]]
-        self._push(self._frame(obs))
+        if self._frame_needed():
+            self._push(self._frame(obs))
+        else:
+            self._checked(obs)  # bad input fails on every step, not only on those that encode
         b = len(tasks)
         need = [i for i in range(b) if self.ensemble is not None or not self._queue[i]]
         if need:

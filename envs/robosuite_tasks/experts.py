@@ -71,19 +71,20 @@ EXPERTS = {
 class RobosuiteExpert(ScriptedExpert):
     """A `ScriptedExpert` whose phases depend on the episode's scene (object sizes vary)."""
 
-    def __init__(self, env: gym.Env, build):
+    def __init__(self, env: gym.Env, build, mistakes: float = 0.0):
         self._build = build
-        super().__init__(env, phases=[])  # reset() builds them from the scene
+        super().__init__(env, phases=[], mistakes=mistakes)  # reset() builds them from the scene
 
     def reset(self) -> None:
         self.phases = self._build(self.env.privileged_state())
         super().reset()
 
 
-def make_expert(task: str, env: gym.Env) -> ScriptedExpert:
-    """The scripted expert for robosuite task `task` acting in `env` (a `RobosuiteEnv` of it)."""
+def make_expert(task: str, env: gym.Env, mistakes: float = 0.0) -> ScriptedExpert:
+    """The scripted expert for robosuite task `task` acting in `env` (a `RobosuiteEnv` of it),
+    executing a wrong grasp it recovers from in a fraction `mistakes` of episodes."""
     if task not in EXPERTS:
         raise EnvError(f"no scripted expert for robosuite task {task!r}; experts exist for {sorted(EXPERTS)}")
     if env.unwrapped.task_name != task:
         raise ValueError(f"the {task!r} expert needs a {task!r} env, got {env.unwrapped.task_name!r}")
-    return RobosuiteExpert(env, EXPERTS[task])
+    return RobosuiteExpert(env, EXPERTS[task], mistakes=mistakes)

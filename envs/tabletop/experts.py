@@ -47,8 +47,9 @@ def place_phases(colour: str):
     ]
 
 
-def make_expert(task: str, env: gym.Env) -> ScriptedExpert:
-    """The scripted expert for `task` acting in `env` (a tabletop env of that task)."""
+def make_expert(task: str, env: gym.Env, mistakes: float = 0.0) -> ScriptedExpert:
+    """The scripted expert for `task` acting in `env` (a tabletop env of that task); it executes
+    a wrong grasp, then recovers, in a fraction `mistakes` of episodes (see `ScriptedExpert`)."""
     spec = task_spec(task)
     if env.unwrapped.task_spec.name != task:
         raise ValueError(f"the {task!r} expert needs a {task!r} env, got {env.unwrapped.task_spec.name!r}")
@@ -58,4 +59,4 @@ def make_expert(task: str, env: gym.Env) -> ScriptedExpert:
         phases = stack_phases(spec.pick, spec.target)
     else:
         phases = place_phases(spec.pick)
-    return ScriptedExpert(env, phases)
+    return ScriptedExpert(env, phases, mistakes=mistakes)

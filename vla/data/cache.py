@@ -79,9 +79,13 @@ def iter_episode_frames(dataset, keys: list[str]):
 
 
 @torch.no_grad()
-def build_feature_cache(dataset, backbone: Backbone, *, cache_dir: Path | None = None, batch_size: int = 64,
+def build_feature_cache(dataset, backbone: Backbone, *, cache_dir: Path | None = None, batch_size: int = 8,
                         progress: bool = True) -> dict[str, Tensor]:
-    """Load the cached features of ``dataset`` (a LeRobotDataset), building them if missing."""
+    """Load the cached features of ``dataset`` (a LeRobotDataset), building them if missing.
+
+    ``batch_size`` frames go through the vision encoder at once. Small batches are faster on
+    CPU: EfficientNet-Lite0's activations then stay in cache (2 cores, 96 px, two cameras:
+    120-180 frames/s at 8 against ~95 at 64)."""
     path = cache_path(dataset, backbone, cache_dir)
     if path.exists():
         return load_file(path)

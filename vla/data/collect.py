@@ -39,7 +39,9 @@ logger = logging.getLogger(__name__)
 class Agent(Protocol):
     """What `collect` drives. An optional ``phase: str`` attribute, read after each ``act``,
     labels the sub-task that chose the action (recorded as ``annotation.phase``); an optional
-    ``reseed(seed)`` is called with each attempt's seed, for agents that draw random numbers."""
+    ``reseed(seed)`` is called with each attempt's seed, for agents that draw random numbers;
+    an optional ``execute(action)`` returns what to run in the env instead of the recorded
+    action (a scripted expert injecting a mistake it then recovers from)."""
 
     def reset(self) -> None: ...
 
@@ -177,8 +179,8 @@ class _Perturbation:
 
 def run_episode(env: gym.Env, agent: Agent, seed: int, perturb: _Perturbation,
                 on_frame: Callable[[dict, np.ndarray, str | None], None]) -> tuple[bool, int]:
-    """One episode from ``env.reset(seed=seed)``; every (observation, clean action, phase) goes
-    to ``on_frame``. Returns (success, frames)."""
+    """One episode from ``env.reset(seed=seed)``; every (observation, agent's action, phase) goes
+    to ``on_frame``, and ``perturb(agent.execute(action))`` is what runs. Returns (success, frames)."""
     obs, info = env.reset(seed=seed)
     agent.reset()
     if hasattr(agent, "reseed"):
@@ -188,7 +190,8 @@ def run_episode(env: gym.Env, agent: Agent, seed: int, perturb: _Perturbation,
     while not done:
         action = agent.act(obs)
         on_frame(obs, action, getattr(agent, "phase", None))
-        obs, _, terminated, truncated, info = env.step(perturb(action))
+        executed = agent.execute(action) if hasattr(agent, "execute") else action
+        obs, _, terminated, truncated, info = env.step(perturb(executed))
         frames += 1
         done = terminated or truncated
     return bool(info.get("is_success", False)), frames
