@@ -71,14 +71,17 @@ bench-deploy: setup
 # Env steps/s for 1 vs N vectorized envs, with and without cameras, and gym-pusht vs LeRobot's make_env.
 bench-envs: setup
 	PYTHONPATH=. $(PY) -m benchmarks.env_throughput
-# The same recipe as the demo on robosuite's own Lift task (issue 6's evidence run).
+# The demo's model recipe on robosuite's own Lift task (issue 6's evidence run, measured with
+# DART demos only and 8,000 steps, so those stay pinned here).
 RS_DIR ?= outputs/robosuite-lift
+RS_COLLECT ?= collect.action_noise=0.3 "collect.noise_dims=[0,1,2]" collect.n_envs=2
+RS_STEPS ?= 8000
 robosuite-lift: setup
 	rm -rf $(RS_DIR)
 	$(VLA) collect env=robosuite-lift collect.episodes=150 dataset.root=$(RS_DIR)/data \
-	    dataset.repo_id=local/robosuite_lift $(DEMO_COLLECT)
+	    dataset.repo_id=local/robosuite_lift $(RS_COLLECT)
 	$(VLA) train policy=dita-small env=robosuite-lift dataset.root=$(RS_DIR)/data dataset.repo_id=local/robosuite_lift \
-	    output_dir=$(RS_DIR)/run train.steps=$(DEMO_STEPS) $(DEMO_TRAIN)
+	    output_dir=$(RS_DIR)/run train.steps=$(RS_STEPS) $(DEMO_TRAIN)
 	$(VLA) eval env=robosuite-lift output_dir=$(RS_DIR)/run eval.episodes=$(EVAL_EPISODES)
 clean:
 	rm -rf outputs .pytest_cache
