@@ -13,10 +13,11 @@ slow down smoothly near each waypoint; the gripper always points straight down.
 
 A pick recovers from a failed grasp: fingers that close during the descent either caught the
 object (the grasp goes on) or not, and a lift with nothing in hand is a miss; a miss sends
-the expert back to hover above the object, fingers opening, for another try. ``mistakes`` > 0 makes the expert *execute* a grasp in the wrong
-place in that fraction of episodes while still *recording* its correct actions (the
-`execute` hook of `vla.data.collect`), so a dataset shows how to come back from the errors a
-cloned policy makes near the object, as DART noise shows it for small drifts.
+the expert back to hover above the object, fingers opening, for another try. ``mistakes`` > 0
+makes the expert *execute* a grasp in the wrong place in that fraction of episodes while
+still *recording* its correct actions (the `execute` hook of `vla.data.collect`), so a
+dataset shows how to come back from the errors a cloned policy makes near the object, as
+DART noise shows it for small drifts.
 """
 
 from dataclasses import dataclass
