@@ -203,7 +203,10 @@ class ScriptedExpert:
         """Draw whether (and how) this episode's grasp goes wrong from `seed`: the same attempt
         seed gives the same episode in whichever process runs it."""
         self._rng = np.random.default_rng(seed)
-        self._mistake_pending = self.mistakes > 0 and self._rng.random() < self.mistakes
+        self._mistake_pending = self._draw_mistake()
+
+    def _draw_mistake(self) -> bool:
+        return self.mistakes > 0 and self._rng.random() < self.mistakes
 
     def reset(self) -> None:
         self._index = 0
@@ -212,7 +215,7 @@ class ScriptedExpert:
         self._yaw: float | None = None
         self._arm_action = np.zeros(6)
         self._mistake: WrongGrasp | None = None
-        self._mistake_pending = self.mistakes > 0 and self._rng.random() < self.mistakes
+        self._mistake_pending = self._draw_mistake()
         self._executed: np.ndarray | None = None
         self._executed_arm = np.zeros(6)
 

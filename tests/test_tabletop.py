@@ -272,20 +272,20 @@ def test_descent_ends_at_grasp_height_even_a_little_off_centre(blind_envs):
 
 
 def run_with_mistake(env, expert, seed):
-    """One episode executing what `expert.execute` says; returns (success, recorded actions,
-    executed actions, the sequence of phase indices)."""
-    obs, _ = env.reset(seed=seed)
-    expert.reset()
-    expert.reseed(seed)
-    recorded, executed, indices, done = [], [], [], False
-    while not done:
-        recorded.append(expert.act(obs))
-        executed.append(expert.execute(recorded[-1]))
+    """One episode through `vla collect`'s episode loop (no noise); returns (success, recorded
+    actions, executed actions, the sequence of phase indices)."""
+    from vla.data.collect import _Perturbation, run_episode
+
+    recorded, executed, indices = [], [], []
+
+    def on_frame(obs, action, phase):
+        recorded.append(action)
+        executed.append(expert.execute(action))  # what the loop runs next
         if not indices or indices[-1] != expert._index:
             indices.append(expert._index)
-        obs, _, terminated, truncated, info = env.step(executed[-1])
-        done = terminated or truncated
-    return info["is_success"], np.array(recorded), np.array(executed), indices
+
+    success, _ = run_episode(env, expert, seed, _Perturbation(env.action_space, 0.0, None), on_frame)
+    return success, np.array(recorded), np.array(executed), indices
 
 
 def test_expert_recovers_from_a_wrong_grasp_it_executes(blind_envs):
