@@ -116,7 +116,7 @@ def write_section(name: str, body: str, path: Path = RESULTS) -> None:
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
-    print(f"wrote section '{name}' of {path.relative_to(REPO)}")
+    print(f"wrote section '{name}' of {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
 
 
 def preset_config(preset: str, state_dim: int, action_dim: int, overrides: list[str] | None = None):

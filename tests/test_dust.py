@@ -28,6 +28,28 @@ def obs_of(cfg):
     return raw_batch(cfg, with_actions=False)
 
 
+def cached_batch(policy, batch):
+    """The batch with its current and future frames (and instructions) encoded once, in the
+    feature-cache layout, so that repeated compute_loss calls skip the image encoder."""
+    out = {k: v for k, v in batch.items() if not k.startswith("observation.images.") and k != "future_images"}
+    with torch.no_grad():
+        out["frames"], out["text"] = policy.encode_observation(batch)
+        if "future_images" in batch:
+            out["future_frames"] = policy.encode_future(batch)
+    return out
+
+
+def tile(batch, n):
+    """A new batch holding every sample of a (cached) batch n times in a row."""
+    def rep(v):
+        if isinstance(v, dict):
+            return {k: rep(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [x for x in v for _ in range(n)]
+        return v.repeat_interleave(n, dim=0)
+    return {k: rep(v) for k, v in batch.items()}
+
+
 @pytest.mark.parametrize("n_a, q, update", [(4, 1, "end"), (4, 4, "end"), (4, 8, "start"), (2, 3, "start")])
 def test_asynchronous_sampling_counts_passes_and_updates(dust, n_a, q, update):
     cfg, policy = dust
@@ -60,21 +82,35 @@ def test_action_update_position_in_the_block_matters(dust):
     assert not torch.allclose(sample(4, "end"), sample(4, "start"))
 
 
+class _Stop(Exception):
+    pass
+
+
 def test_decoupled_times_are_independent_and_joint_noise_shares_one(dust, monkeypatch):
+    """decoupled_noise=true: the times compute_loss hands the two streams are drawn apart (over
+    3,072 samples they are uncorrelated and both follow the Beta law); false: one shared time."""
     cfg, policy = dust
+    batch = tile(cached_batch(policy, raw_batch(cfg)), 1024)
     seen = {}
-    original = type(policy).velocity
 
     def spy(self, state, actions, t_a, future, t_o, ctx, is_pad=None):
         seen["t_a"], seen["t_o"] = t_a.clone(), t_o.clone()
-        return original(self, state, actions, t_a, future, t_o, ctx, is_pad)
+        raise _Stop  # the times are all this test needs
 
     monkeypatch.setattr(type(policy), "velocity", spy)
-    policy.compute_loss(raw_batch(cfg))
-    assert not torch.equal(seen["t_a"], seen["t_o"])
+    torch.manual_seed(0)
+    with pytest.raises(_Stop):
+        policy.compute_loss(batch)
+    t_a, t_o = seen["t_a"], seen["t_o"]
+    assert len(t_a) == 3 * 1024 and (t_a != t_o).float().mean() > 0.99
+    corr = torch.corrcoef(torch.stack([t_a, t_o]))[0, 1].item()
+    assert abs(corr) < 0.1, f"decoupled times are correlated: r = {corr:.3f}"
+    for t in (t_a, t_o):  # both from the same law: mean 0.999 * 0.6 + 0.001
+        assert abs(t.mean().item() - 0.6004) < 0.03
     policy.config.decoupled_noise = False
     try:
-        policy.compute_loss(raw_batch(cfg))
+        with pytest.raises(_Stop):
+            policy.compute_loss(batch)
     finally:
         policy.config.decoupled_noise = True
     assert torch.equal(seen["t_a"], seen["t_o"])
@@ -143,6 +179,109 @@ def test_future_target_is_the_2x2_pooled_frame_embedding(dust):
     grid = frames["vision"][:, 1].reshape(5, 3, 3, 7)
     torch.testing.assert_close(target[:, 4], grid[:, :2, :2].mean(dim=(1, 2)))  # camera 1, top-left window
     torch.testing.assert_close(target[:, 7], grid[:, 2, 2])  # bottom-right window clipped to one patch
+
+
+def test_world_model_target_is_the_embedding_of_the_future_frame(dust, monkeypatch):
+    """L_wm regresses the velocity towards the frozen backbone's pooled (and layer-normed)
+    embedding of the batch's future frame: an oracle that returns the exact velocity of that
+    embedding gets L_wm = 0, one built from the current frame's embedding does not."""
+    cfg, policy = dust
+    batch = raw_batch(cfg)
+    batch["future_is_pad"][:] = False
+    cams = cfg.backbone.cameras
+
+    def embedding(images):  # the frozen backbone's target for one frame per sample, computed here
+        with torch.no_grad():
+            target = policy.backbone.future_target(policy.backbone.encode_frames(images), cfg.future_pool)
+        return torch.nn.functional.layer_norm(target, target.shape[-1:])
+
+    future = embedding({c: batch["future_images"][c][:, -1] for c in cams})
+    current = embedding({c: batch[f"observation.images.{c}"][:, -1] for c in cams})
+    target, valid = policy.future_tokens(batch)
+    torch.testing.assert_close(target, future)
+    assert valid.all() and (target - current).pow(2).mean() > 0.1  # the frames are told apart
+
+    original = type(policy).velocity
+
+    def oracle_of(x0):
+        def oracle(self, state, actions, t_a, noisy_o, t_o, ctx, is_pad=None):
+            v_a, _ = original(self, state, actions, t_a, noisy_o, t_o, ctx, is_pad)
+            return v_a, (noisy_o - x0) / t_o[:, None, None]  # noise - x0, given x_t and t
+        return oracle
+
+    many = tile(cached_batch(policy, batch), 32)  # 96 draws of noise and time
+    losses = {}
+    for name, x0 in (("future", future), ("current", current)):
+        monkeypatch.setattr(type(policy), "velocity", oracle_of(x0.repeat_interleave(32, dim=0)))
+        torch.manual_seed(0)
+        losses[name] = policy.compute_loss(many)[1]["wm_loss"]
+    assert losses["future"] < 1e-6 and losses["current"] > 0.1, losses
+
+
+def test_world_model_loss_falls_on_a_fixed_batch():
+    """A few dozen AdamW steps on one batch: L_wm, measured on fixed noise and times, drops
+    clearly (it is a learnable regression, and its gradient reaches the vision stream)."""
+    torch.manual_seed(0)
+    cfg = tiny_config("dust")
+    policy = make_policy(cfg)
+    batch = cached_batch(policy, raw_batch(cfg))
+    batch["future_is_pad"][:] = False
+    probe = tile(batch, 16)  # 48 draws of noise and time per measurement
+
+    def wm_loss():
+        torch.manual_seed(123)
+        with torch.no_grad():
+            return policy.compute_loss(probe)[1]["wm_loss"]
+
+    start = wm_loss()
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    for _ in range(60):
+        loss, _ = policy.compute_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    end = wm_loss()
+    assert end < 0.7 * start, f"L_wm {start:.3f} -> {end:.3f}"
+
+
+def test_more_vision_steps_refine_the_vision_estimate_not_the_action_shape(dust):
+    """Test-time scaling: with the same observation and noise, q = 4 vision steps per action
+    step give another future estimate than q = 1, closer to a fine-grid (q = 64) solution of
+    the same joint ODE; the actions keep their shape and their N_A = 4 steps."""
+    cfg, policy = dust
+    obs = cached_batch(policy, obs_of(cfg))
+    noise = torch.randn(B, cfg.horizon, ACTION_DIM)
+    out = {}
+    for q in (1, 4, 64):
+        policy.config.vision_ratio = q
+        try:
+            out[q] = policy.eval().sample_joint(obs, noise=noise)
+        finally:
+            policy.config.vision_ratio = 1
+    (a1, f1), (a4, f4), (_, f64) = out[1], out[4], out[64]
+    assert f1.shape == f4.shape == (B, policy.n_future, policy.vision_dim)
+    assert a1.shape == a4.shape == (B, cfg.horizon, ACTION_DIM)
+    torch.testing.assert_close(a1, policy.sample_actions(obs, noise=noise))  # sample_actions is sample_joint's chunk
+    assert (f4 - f1).norm() > 1e-3 * f1.norm()  # measured: 6e-3 of the estimate's norm
+    assert (f4 - f64).norm() < 0.5 * (f1 - f64).norm()  # Euler converges: measured 2.0e-3 vs 6.3e-3
+
+
+def test_the_action_stream_attends_to_the_vision_stream(dust):
+    """The streams meet in the MM-DiT joint attention: other future-vision tokens (everything
+    else fixed) change the action velocity, and other actions change the vision velocity."""
+    cfg, policy = dust
+    obs = cached_batch(policy, obs_of(cfg))
+    with torch.no_grad():
+        ctx = policy._context(policy.prefix(obs))
+        state, actions, t = obs[OBS_STATE], torch.randn(B, cfg.horizon, ACTION_DIM), torch.full((B,), 0.5)
+        future = torch.randn(B, policy.n_future, policy.vision_dim)
+        v_a, v_o = policy.velocity(state, actions, t, future, t, ctx)
+        v_a_other_vision, _ = policy.velocity(state, actions, t, torch.randn_like(future), t, ctx)
+        _, v_o_other_actions = policy.velocity(state, torch.randn_like(actions), t, future, t, ctx)
+        v_a_again, _ = policy.velocity(state, actions, t, future, t, ctx)
+    torch.testing.assert_close(v_a_again, v_a, rtol=0, atol=0)  # deterministic: any change below is the input's
+    assert (v_a_other_vision - v_a).norm() > 1e-5 * v_a.norm()  # measured: 4e-4 with these weights
+    assert (v_o_other_actions - v_o).norm() > 1e-5 * v_o.norm()
 
 
 @pytest.mark.parametrize("field, value", [("conditioning", "stream"), ("prefix_depth", 2)])
@@ -257,6 +396,18 @@ def test_raw_frames_path_reads_the_future_frame_through_lerobot(lift_dataset, tm
     policy = make_policy(data.policy_cfg)
     loss, logs = policy.compute_loss(batch)
     assert torch.isfinite(loss) and "wm_loss" in logs
+    # the frame read is the dataset's frame H steps later (its episode's last one past the end)
+    from vla.data.source import open_dataset
+
+    ds = open_dataset(lift_dataset, video_backend="pyav")
+    episode = ds.hf_dataset.with_format(None)["episode_index"]
+    for row, i in enumerate(batch["index"].tolist()):
+        last = max(j for j, e in enumerate(episode) if e == episode[i])
+        want = ds[min(i + cfg.horizon, last)][f"observation.images.{cam}"]
+        assert batch["future_is_pad"][row, 0].item() == (i + cfg.horizon > last)
+        torch.testing.assert_close(batch["future_images"][cam][row, 0], want, atol=2 / 255, rtol=0)
+        if i + cfg.horizon <= last:  # and frame i is not that frame: the check tells them apart
+            assert (ds[i][f"observation.images.{cam}"] - want).abs().max() > 0.1
 
 
 def test_cached_future_frame_is_the_frame_horizon_steps_later(lift_dataset):

@@ -42,17 +42,54 @@ def test_fsq_reaches_every_level_and_passes_gradients_straight_through():
     assert (z.grad[1000] > 0).all()  # not zero through the rounding
 
 
-def test_latent_norm_keeps_windows_apart_where_plain_fsq_collapses():
+@pytest.mark.parametrize("kind", ["renorm", "batch"])
+def test_latent_norm_keeps_windows_apart_where_plain_fsq_collapses(kind):
     """Latents with a large shared offset (what a decoder that ignores the code drifts to)
-    saturate plain FSQ into one code; the batch normalization keeps them spread."""
+    saturate plain FSQ into one code; the normalization keeps them spread (the running
+    statistics once they have followed the drift for a few dozen training batches)."""
     from policies.omnijarvis.tokenizer import BehaviorTokenizer
 
-    cfg = OmniJarvisConfig(width=32, heads=2, chunk_length=4)
+    torch.manual_seed(0)
+    cfg = OmniJarvisConfig(width=32, heads=2, chunk_length=4, latent_norm=kind)
     tok = BehaviorTokenizer(cfg).train()
-    z = torch.randn(256, 1, 5) * 0.05 + 6.0
+
+    def drifted():
+        return torch.randn(256, 1, 5) * 0.05 + 6.0
+
+    z = drifted()
     assert tok.fsq.codes_to_indices(tok.fsq(z)).unique().numel() == 1
+    for _ in range(50):
+        tok.latent_norm(drifted().flatten(0, 1))
     normed = tok.latent_norm(z.flatten(0, 1)).view_as(z)
     assert tok.fsq.codes_to_indices(tok.fsq(normed)).unique().numel() > 50
+    tok.eval()  # stage 2 / acting: the same statistics, the same codes
+    assert tok.fsq.codes_to_indices(tok.fsq(tok.latent_norm(z.flatten(0, 1)).view_as(z))).unique().numel() > 50
+
+
+def test_renorm_codes_with_running_statistics_but_has_batch_norms_gradient():
+    """latent_norm=renorm: the value is the running-statistics normalization (what stage 2 and
+    acting use), the gradient BatchNorm's, which has no component along a latent dimension's
+    batch mean or spread (that is what keeps the encoder from collapsing its codes). In eval
+    mode it is BatchNorm, with the same buffers, so a latent_norm=batch run loads into it."""
+    from policies.omnijarvis.tokenizer import BatchRenorm
+
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm1d(5, affine=False).train()
+    for _ in range(20):
+        bn(torch.randn(32, 5) * 3 + 2)
+    renorm = BatchRenorm(5)
+    renorm.load_state_dict(bn.state_dict())
+    x = (torch.randn(16, 5) * 2 + 1).requires_grad_()
+    expected = bn.eval()(x).detach()
+    y = renorm.train()(x)
+    torch.testing.assert_close(y, expected)  # training value = running statistics, not the batch's
+    assert renorm.num_batches_tracked.item() == bn.num_batches_tracked.item() + 1  # ... updated afterwards
+    (y * torch.randn_like(y)).sum().backward()
+    centred = x.detach() - x.detach().mean(0)
+    torch.testing.assert_close(x.grad.sum(0), torch.zeros(5), atol=1e-5, rtol=0)  # no push on the mean
+    torch.testing.assert_close((x.grad * centred).sum(0), torch.zeros(5), atol=1e-5, rtol=0)  # nor on the spread
+    renorm.load_state_dict(bn.state_dict())
+    torch.testing.assert_close(renorm.eval()(x), bn(x))
 
 
 def test_stage_two_keeps_the_tokenizer_statistics_frozen(vla_policy):
@@ -307,3 +344,59 @@ def test_categorical_decoder_bins_actions_and_learns_a_chunk():
         opt.step()
     pred = dec.sample(prefix, codes, step)
     assert pred.shape == (2, 4, 3) and (pred - actions).abs().max() <= 1 / 16 + 1e-6
+
+
+def window_pool(n, seed=0):
+    """``n`` stage-1 training windows of a tiny tokenizer-stage policy, with their frame and
+    text features computed once (the cached-data layout), and a batch builder over them."""
+    torch.manual_seed(seed)
+    cfg = OmniJarvisConfig(state_dim=11, action_dim=7, horizon=4, n_action_steps=2, chunk_length=4, width=32, heads=2,
+                           encoder_depth=1, decoder_depth=1)
+    cfg.backbone.image_size, cfg.backbone.vision_grid = 64, 2
+    policy = make_policy(cfg)
+    offsets = cfg.frame_offsets()
+    t, h = len(offsets["observation.state"]), len(offsets["action"])
+    images = {k: torch.rand(n, t, 3, 64, 64) for k in cfg.image_keys()}
+    with torch.no_grad():
+        frames, text = policy.encode_observation({**images, "task": ["lift the red cube"] * n})
+    pool = {"frames": frames, "text": text, "observation.state": torch.randn(n, t, 11),
+            "action": torch.rand(n, h, 7) * 2 - 1, "action_is_pad": torch.zeros(n, h, dtype=torch.bool)}
+
+    def batch(rows):
+        rows = torch.as_tensor(rows)
+        out = {k: ({kk: vv[rows] for kk, vv in v.items()} if isinstance(v, dict) else v[rows]) for k, v in pool.items()}
+        return {**out, "task": ["lift the red cube"] * len(rows)}
+
+    return policy, batch
+
+
+def test_a_windows_code_does_not_depend_on_its_batch_companions(monkeypatch):
+    """Stage 1 trains the decoder on the code of each window; that code must be a function of
+    the window (and the trained weights), not of which other windows were drawn into the same
+    batch, or the decoder learns from codes that stage 2 (frozen statistics) never produces."""
+    policy, batch = window_pool(40)
+    policy.train()
+    for start in (16, 24, 32):  # some training batches first: the statistics are no longer their initial values
+        policy.encode_behavior(batch(range(start, start + 8)))
+    seen = []
+    original = policy.decoder.loss
+
+    def spy(prefix, codes, step, actions, is_pad):
+        seen.append(codes.detach().clone())
+        return original(prefix, codes, step, actions, is_pad)
+
+    monkeypatch.setattr(policy.decoder, "loss", spy)
+    shared = list(range(8))  # the same 8 windows, with 8 different companions in each batch
+    state = {k: v.clone() for k, v in policy.state_dict().items()}
+    policy.compute_loss(batch(shared + list(range(8, 16))))
+    policy.load_state_dict(state)  # the same weights and statistics for the second batch
+    policy.compute_loss(batch(list(range(16, 40, 3)) + shared))
+    fsq = policy.behavior_tokenizer.fsq
+    first, second = fsq.codes_to_indices(seen[0][:8]), fsq.codes_to_indices(seen[-1][8:])
+    changed = (first != second).sum().item()
+    assert changed == 0, f"{changed} of 8 windows changed code with their batch companions"
+    # ... and stage 2 / inference (eval mode, the same weights and statistics) see the very
+    # code the decoder was trained on
+    policy.load_state_dict(state)
+    policy.eval()
+    torch.testing.assert_close(policy._encode(*policy._window(batch(shared))), seen[0][:8])

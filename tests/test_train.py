@@ -144,3 +144,26 @@ def test_environment_state_target_that_does_not_match_names_the_key(lift_dataset
     err = capsys.readouterr().err
     assert "observation.environment_state" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x" / "checkpoints").exists()
+
+
+def test_a_time_budget_ends_the_run_with_a_checkpoint_and_a_summary(lift_dataset, tmp_path):
+    import json
+
+    out = tmp_path / "timed"
+    args = ["train", f"dataset.root={lift_dataset}", f"output_dir={out}", "train.steps=1000000",
+            "train.max_seconds=3", "train.save_every=1000000", *TINY]
+    assert main(args) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["stopped_by"] == "time" and 1 <= s["steps"] < 1000000
+    assert s["samples_seen"] == s["steps"] * 4 and s["train_seconds"] >= 3
+    assert s["final_loss"] is not None and s["final_loss"] > 0
+    assert (out / "checkpoints" / "last").resolve().name == f"{s['steps']:06d}"  # saved where it stopped
+    assert main(["train", "--resume", f"dataset.root={lift_dataset}", f"output_dir={out}", "train.steps=1000000",
+                 "train.max_seconds=3", *TINY]) == 0  # the budget is spent: nothing more to do
+    assert json.loads((out / "summary.json").read_text())["steps"] == s["steps"]
+
+
+def test_a_bad_time_budget_is_one_line(lift_dataset, tmp_path, capsys):
+    code = main(["train", f"dataset.root={lift_dataset}", f"output_dir={tmp_path / 'x'}", "train.max_seconds=-1",
+                 *TINY])
+    assert code == 2 and "train.max_seconds" in capsys.readouterr().err

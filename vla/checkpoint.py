@@ -119,12 +119,22 @@ def _corrupt(model_dir: Path, e: Exception) -> CheckpointError:
     return CheckpointError(f"{model_dir}: corrupt or truncated checkpoint ({first})")
 
 
+def _read_meta(model_dir: Path) -> dict:
+    """A vla checkpoint's config.json; a LeRobot checkpoint (its config names a ``type``) is
+    refused by name, since only ``vla eval`` runs those."""
+    meta = json.loads((model_dir / "config.json").read_text())
+    if isinstance(meta, dict) and "type" in meta and "policy" not in meta:
+        raise CheckpointError(f"{model_dir}: a LeRobot {meta['type']!r} checkpoint; `vla eval eval.checkpoint=...` "
+                              f"runs it, this command needs a checkpoint trained by vla")
+    return meta
+
+
 def load_trainable_weights(path_or_id: str) -> tuple[str, dict[str, torch.Tensor]]:
     """(policy name, trainable weights) of a checkpoint, without building the policy (whose
     frozen pretrained encoders are not in the file anyway); for ``train.init_from``."""
     model_dir = resolve_model_dir(path_or_id)
     try:
-        name = json.loads((model_dir / "config.json").read_text())["policy"]
+        name = _read_meta(model_dir)["policy"]
         return name, load_file(model_dir / "model.safetensors")
     except _CORRUPT as e:
         raise _corrupt(model_dir, e) from None
@@ -134,7 +144,7 @@ def load_policy(path_or_id: str, device: str | torch.device = "cpu") -> tuple[Po
     """Rebuild a policy and its normalizer from a checkpoint; errors are one line."""
     model_dir = resolve_model_dir(path_or_id)
     try:
-        meta = json.loads((model_dir / "config.json").read_text())
+        meta = _read_meta(model_dir)
         config: PolicyConfig = _config_from_dict(policy_config_class(meta["policy"]), meta["config"])
         normalizer = Normalizer.from_json((model_dir / "normalization.json").read_text())
         weights = load_file(model_dir / "model.safetensors")

@@ -126,21 +126,42 @@ def cmd_train(run, policy_cfg, args) -> None:
 
 
 def cmd_eval(run, policy_cfg, args) -> None:
-    """Roll out a checkpoint in vectorized envs; success rate, videos, report."""
-    from vla.checkpoint import load_policy
+    """Roll out a checkpoint (vla's, or a LeRobot policy's) in vectorized envs; success rate, videos, report."""
     from vla.config import ConfigError
-    from vla.rollout import evaluate_policy
+    from vla.rollout import evaluate_policy, evaluate_runtime
 
+    if run.eval.episodes < 1:  # before anything loads
+        raise ConfigError("eval.episodes must be >= 1")
     ckpt = run.eval.checkpoint or run.output_dir
-    policy, normalizer = load_policy(ckpt, _device(run))
     run.eval.checkpoint = ckpt
     out = run.eval.output_dir or os.path.join(run.output_dir, "eval")
-    if run.eval.episodes < 1:
-        raise ConfigError("eval.episodes must be >= 1")
-    r = evaluate_policy(policy, normalizer, run, output_dir=out)
+    lerobot = _lerobot_runtime(ckpt, run)
+    if lerobot is not None:
+        r = evaluate_runtime(lerobot, lerobot.protocol(), run, output_dir=out)
+    else:
+        from vla.checkpoint import load_policy
+
+        r = evaluate_policy(*load_policy(ckpt, _device(run)), run, output_dir=out)
     lo, hi = r["ci95"]
     print(f"success rate {r['success_rate']:.1%} ({r['successes']}/{r['episodes']}), 95% CI [{lo:.1%}, {hi:.1%}], "
           f"mean length {r['mean_length']:.1f}\nreport: {out}/report.md\nvideos: {out}/videos/")
+
+
+def _lerobot_runtime(ckpt: str, run):
+    """A LeRobot policy's runtime if ``ckpt`` is a LeRobot checkpoint, else None. The eval
+    settings that reach into a vla policy have no LeRobot counterpart here: refused by name."""
+    from vla.checkpoint import resolve_model_dir
+    from vla.config import ConfigError
+    from vla.lerobot_policy import LeRobotRuntime, is_lerobot_checkpoint, load_lerobot_policy
+
+    model_dir = resolve_model_dir(ckpt)
+    if not is_lerobot_checkpoint(model_dir):
+        return None
+    for key in ("n_action_steps", "test_time_scaling", "temporal_ensemble"):
+        if getattr(run.eval, key) is not None:
+            raise ConfigError(f"eval.{key} applies to vla policies; a LeRobot checkpoint keeps its own "
+                              f"(set it in its config.json)")
+    return LeRobotRuntime(*load_lerobot_policy(model_dir, _device(run)))
 
 
 def cmd_twin(run, policy_cfg, args) -> None:

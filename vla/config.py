@@ -68,6 +68,7 @@ class DatasetConfig:
 @dataclass
 class TrainConfig:
     steps: int = 20000
+    max_seconds: float | None = None  # also stop after this much training time (the LR schedule ends with it)
     batch_size: int = 64
     lr: float = 3e-4
     weight_decay: float = 0.05        # not applied to biases, norms and embeddings

@@ -54,6 +54,16 @@ class Distributed:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
+    def agree(self, reason: str | None) -> str | None:
+        """Rank 0's answer to "stop now, and why?" for every rank: a wall-clock budget runs out
+        at slightly different steps on each rank, and DDP needs them to stop together."""
+        if not self.enabled:
+            return reason
+        codes = [None, "steps", "time"]
+        flag = torch.tensor([codes.index(reason)], device=self.device)
+        dist.broadcast(flag, src=0)
+        return codes[int(flag.item())]
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

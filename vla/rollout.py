@@ -175,21 +175,30 @@ def _reassign(envs, obs, done_ids, episode_of, steps, next_episode, episodes, se
 
 def evaluate_policy(policy, normalizer, run: RunConfig, *, episodes: int | None = None, output_dir: Path | None = None,
                     progress: bool = True) -> dict:
-    """Roll out a policy under the run's eval protocol; writes videos and report.md / report.json."""
-    from vla.report import summarize, write_report
+    """Roll out a vla policy under the run's eval protocol; writes videos and report.md / report.json."""
     from vla.runtime import RuntimePolicy
+
+    runtime = RuntimePolicy.from_settings(policy, normalizer, run.eval, "eval")
+    about = {"policy": policy.config.name, **policy.sampling_protocol()}
+    return evaluate_runtime(runtime, about, run, episodes=episodes, output_dir=output_dir, progress=progress)
+
+
+def evaluate_runtime(runtime, about: dict, run: RunConfig, *, episodes: int | None = None,
+                     output_dir: Path | None = None, progress: bool = True) -> dict:
+    """Roll out any runtime (vla's `RuntimePolicy`, or a LeRobot policy's `LeRobotRuntime`) under
+    the run's eval protocol; ``about`` (what the policy is, how it samples) joins the pinned
+    protocol in the report."""
+    from vla.report import summarize, write_report
 
     ev = run.eval
     episodes = episodes or ev.episodes
     out = Path(output_dir or ev.output_dir or Path(run.output_dir) / "eval")
-    runtime = RuntimePolicy.from_settings(policy, normalizer, ev, "eval")
     records = rollout(runtime, run.env, episodes=episodes, n_envs=ev.n_envs, seed=ev.seed, video_dir=out / "videos",
                       max_videos=ev.max_videos, progress=progress)
     protocol = {
         "episodes": episodes, "n_envs": ev.n_envs, "seeds": f"{ev.seed} .. {ev.seed + episodes - 1} (episode k: seed + k)",
         "n_action_steps (replan every)": runtime.n_action_steps, "temporal_ensemble": ev.temporal_ensemble,
-        "env": asdict(run.env), "checkpoint": ev.checkpoint,
-        "policy": policy.config.name, **policy.sampling_protocol(),
+        "env": asdict(run.env), "checkpoint": ev.checkpoint, **about,
     }
     result = summarize(records, protocol)
     write_report(out, result)

@@ -107,12 +107,24 @@ class Trainer:
                                            fused=True)
         from diffusers.optimization import get_cosine_schedule_with_warmup
 
-        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, t.warmup_steps, t.steps)
+        from vla.budget import Budget
+
+        try:
+            self.budget = Budget(t.steps, t.max_seconds, t.warmup_steps)
+        except ValueError as e:
+            from vla.config import ConfigError
+
+            raise ConfigError(f"train.{e}") from None
+        # diffusers' warmup + cosine in steps; the budget remaps the step when time binds first
+        cosine = get_cosine_schedule_with_warmup(self.optimizer, t.warmup_steps, t.steps).lr_lambdas[0]
+        self.scheduler = self.budget.scheduler(self.optimizer, cosine)
         self.ema = None
         if t.ema_decay:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-            self.ema = AveragedModel(self.policy, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay))
+            # use_buffers: BatchNorm running statistics (and other buffers) are averaged too; without
+            # it the EMA copy keeps their initial values and the checkpoint holds those
+            self.ema = AveragedModel(self.policy, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
         self.step = 0
         if resume:
             self._load_training_state()
@@ -160,6 +172,7 @@ class Trainer:
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
         self.data.load_state_dict(state["data"])
+        self.budget.load_state_dict(state.get("budget", {}))
         set_rng_state(state["rng"])
         self.step = state["step"]
 
@@ -172,6 +185,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "data": self.data.state_dict(),
+            "budget": self.budget.state_dict(),
             "rng": rng_state(),
             "run_config": asdict(self.run_cfg),
         }
@@ -201,19 +215,24 @@ class Trainer:
         bar = tqdm(total=t.steps, initial=self.step, desc="train", unit="step",
                    disable=not (self.progress and self.dist.is_main))
         self.policy.train()
-        last_ckpt, started, window = None, time.time(), []
+        last_ckpt, window, stopped, self.last_logs = None, [], None, {}
+        self.budget.start()
         try:
-            while self.step < t.steps:
+            # every rank must agree to stop on time, or DDP would wait for a missing rank
+            stopped = self.dist.agree(self.budget.exhausted(self.step))
+            while not stopped:
                 logs = self.train_step(self.data.next_batch())
                 self.step += 1
                 window.append(logs)
                 bar.update(1)
-                if self.step % log_every == 0 or self.step == t.steps:
+                stopped = self.dist.agree(self.budget.exhausted(self.step))
+                final = stopped is not None
+                if self.step % log_every == 0 or final:
                     mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-                    window = []
+                    window, self.last_logs = [], mean
                     bar.set_postfix(loss=f"{mean['loss']:.4f}")
-                    self._log(writer, mean, time.time() - started)
-                if self.dist.is_main and (self.step % save_every == 0 or self.step == t.steps):
+                    self._log(writer, mean, self.budget.elapsed())
+                if self.dist.is_main and (self.step % save_every == 0 or final):
                     last_ckpt = self._save()
                 if t.eval_every and self.step % t.eval_every == 0 and self.dist.is_main:
                     self._evaluate(writer)
@@ -226,7 +245,22 @@ class Trainer:
             from vla.report import plot_training_curves
 
             plot_training_curves(self.out / "metrics.csv", self.out / "loss.png")
+            if self.last_logs or not (self.out / "summary.json").exists():  # a resume with nothing left keeps it
+                self._write_summary(stopped)
         return last_ckpt
+
+    def _write_summary(self, stopped: str) -> None:
+        """``summary.json``: how far the run got and what it cost (what side-by-side tables read)."""
+        import json
+
+        summary = {"policy": self.policy_cfg.name, "steps": self.step, "stopped_by": stopped,
+                   "samples_seen": self.step * self.run_cfg.train.batch_size * self.dist.world_size,
+                   "train_seconds": round(self.budget.elapsed(), 1), "final_loss": self.last_logs.get("loss"),
+                   "batch_size": self.run_cfg.train.batch_size, "world_size": self.dist.world_size,
+                   "torch_threads": torch.get_num_threads()}
+        tmp = self.out / ".summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.replace(self.out / "summary.json")
 
     def _writer(self):
         if not self.dist.is_main:

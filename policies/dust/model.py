@@ -189,13 +189,20 @@ class DustPolicy(Policy):
 
     @torch.no_grad()
     def sample_actions(self, obs: dict, noise: Tensor | None = None) -> Tensor:
+        """(B, H, D_a) normalized actions by asynchronous joint sampling (:meth:`sample_joint`)."""
+        return self.sample_joint(obs, noise)[0]
+
+    @torch.no_grad()
+    def sample_joint(self, obs: dict, noise: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Asynchronous joint sampling: N_o = q * N_A vision steps, an action step every q-th.
 
         Action block k (k = 0 .. N_A - 1) holds the actions at t_A = 1 - k / N_A for its q
         passes; the vision tokens take a step of 1 / N_o after every pass. The action update
         uses the velocity of the block's last pass ("end") or its first ("start"). Returns
-        (B, H, D_a) normalized actions at t_A = 0; ``counters`` count passes and updates.
-        ``noise`` fixes the actions' start (and makes the vision start a fixed-seed draw).
+        (B, H, D_a) normalized actions at t_A = 0 and the vision stream's final estimate of the
+        future embedding (B, n_future, D_vis), in the space of :meth:`future_tokens` (None
+        without a world model); ``counters`` count passes and updates. ``noise`` fixes the
+        actions' start (and makes the vision start a fixed-seed draw).
         """
         cfg = self.config
         prefix = self.prefix(obs)
@@ -222,7 +229,7 @@ class DustPolicy(Policy):
                 updates += 1
         self.counters["action_updates"] += updates
         self.last_action_time = 1.0 - updates / n_a
-        return actions
+        return actions, future
 
     # --- sampling knobs ----------------------------------------------------------------------
     def set_test_time_scaling(self, factor: int) -> None:

@@ -17,6 +17,7 @@ from vla.heads import NoiseProcessConfig
 from vla.policy import PolicyConfig
 
 STAGES = ("tokenizer", "vla")
+LATENT_NORMS = ("renorm", "batch", "none")
 
 
 @dataclass
@@ -42,7 +43,16 @@ class OmniJarvisConfig(PolicyConfig):
     fsq_levels: list[int] = field(default_factory=lambda: [8, 8, 8, 6, 5])  # 15,360 codes
     n_codes: int = 1                # codes per behavior (the paper: one)
     encoder_depth: int = 2
-    latent_norm: str = "batch"      # batch: BatchNorm (no affine) before FSQ, against saturation collapse | none
+    # Per-dimension standardization of the latent before FSQ, against saturation collapse:
+    #   renorm  Batch Renormalization (tokenizer.BatchRenorm): codes use the running mean /
+    #           variance in training too, so a window's code depends on the window alone and is
+    #           the same in stage 1, in stage 2's targets and at inference; the gradient is
+    #           BatchNorm's, which keeps codes spread. The default.
+    #   batch   BatchNorm (no affine): training batches use their own statistics, so a code
+    #           depends on its batch companions and differs from the stage-2 / inference code
+    #           (the first stage-1 runs; kept to reproduce them). Same buffers as renorm.
+    #   none    plain FSQ
+    latent_norm: str = "renorm"
     # --- policy decoder: causal, conditioned on the code, the observation history and the
     # step within the behavior; predicts an H-step action chunk
     decoder_depth: int = 4
@@ -64,8 +74,8 @@ class OmniJarvisConfig(PolicyConfig):
         super().validate()
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
-        if self.latent_norm not in ("batch", "none"):
-            raise ValueError(f"latent_norm must be 'batch' or 'none', got {self.latent_norm!r}")
+        if self.latent_norm not in LATENT_NORMS:
+            raise ValueError(f"latent_norm must be one of {LATENT_NORMS}, got {self.latent_norm!r}")
         if self.decoder_head not in ("flow", "categorical"):
             raise ValueError(f"decoder_head must be 'flow' or 'categorical', got {self.decoder_head!r}")
         if self.lm.kind not in ("embedded", "transformers"):

@@ -1,0 +1,27 @@
+"""benchmarks.quality: candidates trained on one budget, evaluated on the same seeds, kept in JSON."""
+
+import json
+
+from benchmarks.quality import main
+
+
+def test_a_tiny_comparison_fills_the_results_and_the_table(lift_dataset, tmp_path, capsys):
+    results, markdown = tmp_path / "quality.json", tmp_path / "RESULTS.md"
+    args = ["--task", "tiny", "--dataset", str(lift_dataset), "--repo-id", "local/lift", "--env", "env=lift",
+            "env.max_episode_steps=5", "--candidates", "dita", "lerobot-act", "--budget-minutes", "0.05",
+            "--episodes", "2", "--out", str(tmp_path / "runs"), "--results", str(results), "--markdown", str(markdown),
+            "--threads", "1", "--vla-overrides", "policy.width=32", "policy.heads=2", "policy.depth=1"]
+    main(args)
+    runs = json.loads(results.read_text())["runs"]
+    assert sorted(runs) == ["tiny/dita/seed0", "tiny/lerobot-act/seed0"]
+    for r in runs.values():
+        assert r["episodes"] == 2 and r["steps"] and r["train_seconds"] >= 3 and r["threads"] == 1
+        assert r["features"] == ["observation.images.agentview", "observation.images.wrist", "observation.state"]
+        assert "--candidates " + r["candidate"] in r["reproduce"]
+    assert "train.max_seconds=3" in runs["tiny/dita/seed0"]["commands"][0]
+    assert "--max-seconds 3" in runs["tiny/lerobot-act/seed0"]["commands"][0]
+    table = markdown.read_text()
+    assert "### tiny" in table and "| dita | 1 |" in table and "| lerobot-act | 1 |" in table
+    capsys.readouterr()
+    main(args)  # a second sitting skips what is done
+    assert capsys.readouterr().out.count("done before") == 2
