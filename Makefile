@@ -10,26 +10,16 @@ STAMP   := $(VENV)/.installed
 export MUJOCO_GL ?= egl
 export HF_HUB_OFFLINE ?= 1
 
-# Demo settings (override on the command line, e.g. make demo DEMO_EPISODES=50)
+# The demo runs one measured recipe (configs/recipe/dita-cpu.yaml: its data, model and training
+# settings, each explained there): 100 expert demos with DART noise and recovered wrong grasps,
+# collected over two workers, then a CPU-sized Dita. Add overrides with DEMO_ARGS, e.g.
+# make demo DEMO_ARGS="train.steps=8000".
 DEMO_DIR      ?= outputs/demo
-DEMO_EPISODES ?= 100
-DEMO_STEPS    ?= 7000
-# CPU-sized: a narrow Dita, 2 noise levels per observation sharing one prefix pass, one
-# observed frame (the scripted expert's smooth actions make a history a shortcut to copy the
-# last motion instead of looking), and a learning rate that suits a model this small. "lift the
-# red cube" is 6 text tokens: 8 text slots instead of 16 drop masked padding, ~10% of each step.
-DEMO_TRAIN    ?= policy.width=128 policy.depth=4 policy.heads=4 policy.noise_samples=2 policy.n_obs_steps=1 \
-                 policy.backbone.max_text_tokens=8 \
-                 train.batch_size=32 train.lr=1e-3 train.warmup_steps=200 train.save_every=1000
-# DART (Laskey et al. 2017): the expert's executed translation gets Gaussian noise while its
-# clean action is recorded, so the demos also show how to recover from being off course. In
-# half the episodes the expert also executes one grasp 2-5 cm off and records how it reopens
-# and grasps again: a cloned policy's typical miss, and what to do after it.
-# Two worker processes record the same episodes as one, in about half the time.
-DEMO_COLLECT  ?= collect.action_noise=0.3 "collect.noise_dims=[0,1,2]" collect.grasp_mistakes=0.5 collect.n_envs=2
+DEMO_RECIPE   ?= dita-cpu
+DEMO_ARGS     ?=
 EVAL_EPISODES ?= 50
 
-.PHONY: setup demo test test-slow benchmarks bench-deploy bench-envs robosuite-lift clean
+.PHONY: setup demo test test-slow benchmarks bench-deploy bench-envs robosuite-lift quality clean
 
 setup: $(STAMP)
 
@@ -46,9 +36,9 @@ $(STAMP): pyproject.toml Makefile
 
 demo: setup
 	rm -rf $(DEMO_DIR)  # the demo always starts from scratch
-	$(VLA) collect env=lift collect.episodes=$(DEMO_EPISODES) dataset.root=$(DEMO_DIR)/data dataset.repo_id=local/lift $(DEMO_COLLECT)
-	$(VLA) train policy=dita-small env=lift dataset.root=$(DEMO_DIR)/data dataset.repo_id=local/lift \
-	    output_dir=$(DEMO_DIR)/run train.steps=$(DEMO_STEPS) $(DEMO_TRAIN)
+	$(VLA) collect recipe=$(DEMO_RECIPE) env=lift dataset.root=$(DEMO_DIR)/data dataset.repo_id=local/lift $(DEMO_ARGS)
+	$(VLA) train recipe=$(DEMO_RECIPE) env=lift dataset.root=$(DEMO_DIR)/data dataset.repo_id=local/lift \
+	    output_dir=$(DEMO_DIR)/run $(DEMO_ARGS)
 	$(VLA) eval env=lift output_dir=$(DEMO_DIR)/run eval.episodes=$(EVAL_EPISODES)
 
 test: setup
@@ -71,17 +61,31 @@ bench-deploy: setup
 # Env steps/s for 1 vs N vectorized envs, with and without cameras, and gym-pusht vs LeRobot's make_env.
 bench-envs: setup
 	PYTHONPATH=. $(PY) -m benchmarks.env_throughput
-# The demo's model recipe on robosuite's own Lift task (issue 6's evidence run, measured with
-# DART demos only and 8,000 steps, so those stay pinned here).
+# The demo's recipe on robosuite's own Lift task (issue 6's evidence run, measured with DART
+# demos only, 150 of them, and 8,000 steps, so those stay pinned here).
 RS_DIR ?= outputs/robosuite-lift
-RS_COLLECT ?= collect.action_noise=0.3 "collect.noise_dims=[0,1,2]" collect.n_envs=2
-RS_STEPS ?= 8000
 robosuite-lift: setup
 	rm -rf $(RS_DIR)
-	$(VLA) collect env=robosuite-lift collect.episodes=150 dataset.root=$(RS_DIR)/data \
-	    dataset.repo_id=local/robosuite_lift $(RS_COLLECT)
-	$(VLA) train policy=dita-small env=robosuite-lift dataset.root=$(RS_DIR)/data dataset.repo_id=local/robosuite_lift \
-	    output_dir=$(RS_DIR)/run train.steps=$(RS_STEPS) $(DEMO_TRAIN)
+	$(VLA) collect recipe=dita-cpu env=robosuite-lift collect.episodes=150 collect.grasp_mistakes=0 \
+	    dataset.root=$(RS_DIR)/data dataset.repo_id=local/robosuite_lift
+	$(VLA) train recipe=dita-cpu env=robosuite-lift dataset.root=$(RS_DIR)/data dataset.repo_id=local/robosuite_lift \
+	    output_dir=$(RS_DIR)/run train.steps=8000
 	$(VLA) eval env=robosuite-lift output_dir=$(RS_DIR)/run eval.episodes=$(EVAL_EPISODES)
+
+# Learning quality side by side (benchmarks/quality.py): Dita, DUST, OmniJARVIS and LeRobot's
+# ACT and DiffusionPolicy, each trained QUALITY_MINUTES on the same data (collected with the
+# demo's recipe if missing), evaluated on the same 50 seeds; results accumulate in
+# benchmarks/quality.json, so a long comparison can be split across sittings.
+# e.g. make quality QUALITY_TASK=stack QUALITY_SEEDS="0 1 2"
+QUALITY_TASK    ?= lift
+QUALITY_SEEDS   ?= 0
+QUALITY_MINUTES ?= 20
+QUALITY_DATA    := outputs/quality/data/$(QUALITY_TASK)
+quality: setup
+	test -f $(QUALITY_DATA)/meta/info.json || $(VLA) collect recipe=dita-cpu env=$(QUALITY_TASK) \
+	    dataset.root=$(QUALITY_DATA) dataset.repo_id=local/$(QUALITY_TASK)
+	PYTHONPATH=. $(PY) -m benchmarks.quality --task $(QUALITY_TASK) --dataset $(QUALITY_DATA) \
+	    --env env=$(QUALITY_TASK) --seeds $(QUALITY_SEEDS) --budget-minutes $(QUALITY_MINUTES)
+
 clean:
 	rm -rf outputs .pytest_cache

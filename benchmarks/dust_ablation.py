@@ -19,7 +19,7 @@ from pathlib import Path
 
 from benchmarks.common import REPO, cell, ensure_dataset, machine, markdown_table, run_vla, train_seconds, write_section
 
-# Shared by every row: the demo's CPU budget (see the Makefile's DEMO_TRAIN).
+# Shared by every row: the demo's CPU budget (configs/recipe/dita-cpu.yaml).
 COMMON = ["policy.n_obs_steps=1", "train.batch_size=32", "train.lr=1e-3", "train.warmup_steps=200",
           "train.save_every=1000"]
 ROWS = {

@@ -18,6 +18,12 @@ makes the expert *execute* a grasp in the wrong place in that fraction of episod
 still *recording* its correct actions (the `execute` hook of `vla.data.collect`), so a
 dataset shows how to come back from the errors a cloned policy makes near the object, as
 DART noise shows it for small drifts.
+
+Carrying and placing recover too: an object lost on the way (fingers no longer holding it)
+sends the expert back to pick it up from wherever it fell, and so does an object that does
+not end up placed (a task's ``placed`` test) once the fingers have let go. ``place_mistakes``
+> 0 makes the expert *execute* a release 3-4.5 cm beside the place target in that fraction of
+episodes: the object falls off, and the record shows it picked up again and placed.
 """
 
 from dataclasses import dataclass
@@ -54,10 +60,13 @@ DOWN = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
 # OPEN_GAP) within 3 cm of its grasp point; closed on nothing, the gap falls below 1 cm.
 OPEN_GAP = 0.07
 HELD_GAP, HELD_DISTANCE = 0.01, 0.03
-# An injected wrong grasp (see `WrongGrasp`) closes this far from the right grasp point: 2-5 cm
+# An injected wrong grasp (see `WrongMove`) closes this far from the right grasp point: 2-5 cm
 # sideways in any direction and 0-3 cm too high, the errors traced in cloned policies' failures.
 MISTAKE_XY, MISTAKE_Z = (0.02, 0.05), (0.0, 0.03)
 MISTAKE_TRIGGER_HEIGHT = 0.05  # starts once the descent is this close above the grasp point (m)
+# An injected wrong placement (see `WrongMove`) lets go this far beside the place target: far
+# enough that a cube stacked there falls off the one below (whose half size is 2.5 cm).
+PLACE_MISTAKE_XY = (0.03, 0.045)
 
 
 @dataclass(frozen=True)
@@ -70,7 +79,8 @@ class Phase:
     `tolerance` m (and `ready(state)` holds, when set), or after `wait` steps when `wait` is
     set. `redirect(state)`, when set, is checked first at every step: 0 lets the phase go on,
     n moves the expert n phases on (negative: back, to try again). `grasps` names the object
-    whose grasp this phase descends to: where an injected wrong grasp happens.
+    whose grasp this phase descends to: where an injected wrong grasp happens; `places` the
+    held object this phase lowers to its place: where an injected wrong placement happens.
     """
 
     label: str
@@ -83,6 +93,7 @@ class Phase:
     ready: Callable[[dict], bool] | None = None
     redirect: Callable[[dict], int] | None = None
     grasps: str | None = None
+    places: str | None = None
 
 
 def yaw_of(rotation: np.ndarray) -> float:
@@ -152,32 +163,48 @@ def grasp_yaw(state: dict, cube: str) -> float:
     return candidates[1] if clearance(candidates[1]) > clearance(candidates[0]) + 0.01 else candidates[0]
 
 
-class WrongGrasp:
-    """One grasp executed in the wrong place, as a cloned policy misjudging the object makes it.
+class WrongMove:
+    """One grasp or release executed in the wrong place, as a cloned policy misjudging where the
+    object is (or where it goes) makes it.
 
-    From the moment it starts, the executed motion goes to a point `MISTAKE_XY` sideways and
-    `MISTAKE_Z` above the right grasp point with the fingers open (at most `APPROACH_STEPS`),
-    closes them there for GRASP_STEPS, and lifts `RISE` m for `RISE_STEPS`; then it is over.
+    From the moment it starts, the executed motion goes to `goal` with the fingers at
+    `approach_gripper` (at most `APPROACH_STEPS`), switches them to `then_gripper` there for
+    `hold_steps`, and rises `RISE` m for `RISE_STEPS`; then it is over. `grasp` and `place`
+    draw the two kinds: closing 2-5 cm sideways and 0-3 cm above the right grasp point, and
+    letting go 3-4.5 cm beside the right place.
     """
 
     APPROACH_STEPS, RISE, RISE_STEPS = 25, 0.05, 6
 
-    def __init__(self, rng: np.random.Generator, grasp_point: np.ndarray):
-        angle, radius = rng.uniform(0.0, 2 * np.pi), rng.uniform(*MISTAKE_XY)
-        self.goal = grasp_point + [radius * np.cos(angle), radius * np.sin(angle), rng.uniform(*MISTAKE_Z)]
+    def __init__(self, goal: np.ndarray, approach_gripper: float, then_gripper: float, hold_steps: int):
+        self.goal, self.grippers, self.hold_steps = goal, (approach_gripper, then_gripper), hold_steps
         self.stage, self.steps = "approach", 0
+
+    @classmethod
+    def grasp(cls, rng: np.random.Generator, grasp_point: np.ndarray) -> "WrongMove":
+        return cls(grasp_point + [*_sideways(rng, MISTAKE_XY), rng.uniform(*MISTAKE_Z)], OPEN, CLOSE, GRASP_STEPS)
+
+    @classmethod
+    def place(cls, rng: np.random.Generator, release_point: np.ndarray) -> "WrongMove":
+        return cls(release_point + [*_sideways(rng, PLACE_MISTAKE_XY), 0.01], CLOSE, OPEN, RELEASE_STEPS)
 
     def next_goal(self, state: dict) -> tuple[np.ndarray, float] | None:
         """(end-effector goal, gripper command) for this step; None once the mistake is over."""
         if self.stage == "approach" and (self.steps >= self.APPROACH_STEPS
                                          or np.linalg.norm(self.goal - state["eef_pos"]) < 0.008):
-            self.stage, self.steps, self.goal = "close", 0, state["eef_pos"].copy()
-        elif self.stage == "close" and self.steps >= GRASP_STEPS:
+            self.stage, self.steps, self.goal = "act", 0, state["eef_pos"].copy()
+        elif self.stage == "act" and self.steps >= self.hold_steps:
             self.stage, self.steps, self.goal = "rise", 0, self.goal + [0.0, 0.0, self.RISE]
         elif self.stage == "rise" and self.steps >= self.RISE_STEPS:
             return None
         self.steps += 1
-        return self.goal, OPEN if self.stage == "approach" else CLOSE
+        return self.goal, self.grippers[0] if self.stage == "approach" else self.grippers[1]
+
+
+def _sideways(rng: np.random.Generator, radius_range: tuple[float, float]) -> np.ndarray:
+    """A horizontal offset (2,) of a length drawn from `radius_range`, in a random direction."""
+    angle, radius = rng.uniform(0.0, 2 * np.pi), rng.uniform(*radius_range)
+    return np.array([radius * np.cos(angle), radius * np.sin(angle)])
 
 
 class ScriptedExpert:
@@ -185,28 +212,38 @@ class ScriptedExpert:
 
     act(obs) -> (7,) float32 action in [-1, 1]; `phase` is the label of the phase that chose
     the latest action. After the last phase ends the expert keeps holding its goal.
-    With ``mistakes`` = p, a fraction p of episodes (drawn per `reseed`) executes one
-    `WrongGrasp`: `execute(action)` then returns the mistaken action to run while `act`
+    With ``mistakes`` = p, a fraction p of episodes (drawn per `reseed`) executes one wrong
+    grasp (`WrongMove.grasp`), and with ``place_mistakes`` = q a fraction q one wrong release
+    (`WrongMove.place`): `execute(action)` then returns the mistaken action to run while `act`
     keeps returning the expert's own, which is what gets recorded.
     """
 
-    def __init__(self, env: gym.Env, phases: list[Phase], mistakes: float = 0.0):
-        if not 0.0 <= mistakes <= 1.0:
-            raise ValueError(f"mistakes must be a fraction of episodes in [0, 1], got {mistakes}")
+    def __init__(self, env: gym.Env, phases: list[Phase], mistakes: float = 0.0, place_mistakes: float = 0.0):
+        for name, p in (("mistakes", mistakes), ("place_mistakes", place_mistakes)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be a fraction of episodes in [0, 1], got {p}")
         self.env = env.unwrapped
         self.phases = phases
-        self.mistakes = mistakes
+        self.mistakes, self.place_mistakes = mistakes, place_mistakes
         self._rng = np.random.default_rng(0)
         self.reset()
 
     def reseed(self, seed: int) -> None:
-        """Draw whether (and how) this episode's grasp goes wrong from `seed`: the same attempt
-        seed gives the same episode in whichever process runs it."""
+        """Draw whether (and how) this episode's grasp or release goes wrong from `seed`: the
+        same attempt seed gives the same episode in whichever process runs it."""
         self._rng = np.random.default_rng(seed)
-        self._mistake_pending = self._draw_mistake()
+        self._pending = self._draw_mistakes()
 
-    def _draw_mistake(self) -> bool:
-        return self.mistakes > 0 and self._rng.random() < self.mistakes
+    def _draw_mistakes(self) -> set[str]:
+        """The kinds of mistake this episode makes. The grasp coin is drawn first and the place
+        coin only when place mistakes are on, so datasets collected before place mistakes
+        existed are reproduced draw for draw."""
+        pending = set()
+        if self.mistakes > 0 and self._rng.random() < self.mistakes:
+            pending.add("grasp")
+        if self.place_mistakes > 0 and self._rng.random() < self.place_mistakes:
+            pending.add("place")
+        return pending
 
     def reset(self) -> None:
         self._index = 0
@@ -214,8 +251,8 @@ class ScriptedExpert:
         self._start: dict | None = None
         self._yaw: float | None = None
         self._arm_action = np.zeros(6)
-        self._mistake: WrongGrasp | None = None
-        self._mistake_pending = self._draw_mistake()
+        self._mistake: WrongMove | None = None
+        self._pending = self._draw_mistakes()
         self._executed: np.ndarray | None = None
         self._executed_arm = np.zeros(6)
 
@@ -247,15 +284,18 @@ class ScriptedExpert:
 
     def execute(self, action: np.ndarray) -> np.ndarray:
         """What to run in the env for `action` (the one `act` just returned): itself, except
-        while an injected wrong grasp is under way."""
+        while an injected wrong grasp or release is under way."""
         return action if self._executed is None else self._executed
 
     def _mistaken_action(self, phase: Phase, state: dict, goal: np.ndarray) -> np.ndarray | None:
         if self._mistake is None:
-            if not (self._mistake_pending and phase.grasps and state["eef_pos"][2] - goal[2] < MISTAKE_TRIGGER_HEIGHT):
+            # a pending mistake starts once the descent to the grasp (or to the place) is close
+            kind = "grasp" if phase.grasps else "place" if phase.places else None
+            if not (kind in self._pending and state["eef_pos"][2] - goal[2] < MISTAKE_TRIGGER_HEIGHT):
                 self._executed_arm = self._arm_action
                 return None
-            self._mistake, self._mistake_pending = WrongGrasp(self._rng, goal), False
+            self._mistake = getattr(WrongMove, kind)(self._rng, goal)
+            self._pending.discard(kind)
         step = self._mistake.next_goal(state)
         if step is None:  # over: the expert's own actions run again
             self._executed_arm = self._arm_action
@@ -366,16 +406,38 @@ def pick_phases(name: str, noun: str, grasp_above_centre: float = 0.0) -> list[P
     ]
 
 
-def carry_phases(name: str, noun: str, place: str, preposition: str, over: Callable, down: Callable) -> list[Phase]:
+PICK_PHASES = 4  # len(pick_phases(...)): carry_phases follows them and jumps back to their start
+
+
+def carry_phases(name: str, noun: str, place: str, preposition: str, over: Callable, down: Callable,
+                 placed: Callable[[dict], bool] | None = None, grasp_above_centre: float = 0.0) -> list[Phase]:
     """Move held object `name` at carry height over(state) -> (2,) xy, lower it to down(state) ->
-    (3,), open the fingers and back off upwards. Labels read "lower <noun> <preposition> <place>"."""
+    (3,), open the fingers and back off upwards. Labels read "lower <noun> <preposition> <place>".
+
+    They follow `pick_phases` of the same object and go back to its first phase to pick the
+    object up again when it is lost on the way (no longer held while carried or lowered), or,
+    with a `placed(state)` test, when it has not stayed in its place after the release.
+    """
 
     def above_place(state, start):
         return np.array([*over(state), carry_height(state, name)])
 
+    held = holding(name, grasp_above_centre)
+
+    def back_to_pick(phase_index: int) -> int:
+        return -(PICK_PHASES + phase_index)
+
+    def lowering(state) -> int:
+        if held(state):
+            return 0
+        return 1 if placed is not None and placed(state) else back_to_pick(1)
+
     return [
-        Phase(f"move {noun} above {place}", carry_object_to(name, above_place), CLOSE),
-        Phase(f"lower {noun} {preposition} {place}", carry_object_to(name, lambda s, _: down(s)), CLOSE),
+        Phase(f"move {noun} above {place}", carry_object_to(name, above_place), CLOSE,
+              redirect=lambda state: 0 if held(state) else back_to_pick(0)),
+        Phase(f"lower {noun} {preposition} {place}", carry_object_to(name, lambda s, _: down(s)), CLOSE,
+              redirect=lowering, places=name),
         Phase(f"release {noun}", hold(), OPEN, wait=RELEASE_STEPS),
-        Phase("move the gripper up", rise_from_start(0.08), OPEN),
+        Phase("move the gripper up", rise_from_start(0.08), OPEN,
+              redirect=None if placed is None else lambda state: 0 if placed(state) else back_to_pick(3)),
     ]

@@ -357,3 +357,47 @@ def test_async_vector_env_steps():
     assert obs[OBS_STATE].shape == (2, len(STATE_NAMES))
     assert obs[TASK] == (TASKS["stack"].instruction,) * 2
     assert reward.shape == (2,) and not info["is_success"].any()
+
+
+def test_carry_and_place_go_back_to_the_pick_when_the_cube_is_lost(blind_envs):
+    """Stack: carrying or lowering without the cube in hand goes back to the pick's first
+    phase; a cube lost while lowering that lies stacked goes on to the release; after the
+    release, a cube that is not stacked is picked up again."""
+    expert = make_expert("stack", blind_envs["stack"])
+    labels = [p.label for p in expert.phases]
+    carry, lower, up = (labels.index(x) for x in ("move the red cube above the green cube",
+                                                  "lower the red cube onto the green cube", "move the gripper up"))
+    green = np.array([0.1, 0.0, 0.825])
+    on_top = green + [0.0, 0.0, 0.045]
+    fallen = green + [0.06, 0.0, -0.005]
+
+    def state(red, eef, gap):
+        return {"objects": {"red_cube": {"pos": red}, "green_cube": {"pos": green}}, "eef_pos": eef,
+                "gripper_qpos": np.array([gap / 2, -gap / 2])}
+
+    assert expert.phases[carry].redirect(state(on_top + [0, 0, 0.1], on_top + [0, 0, 0.1], 0.04)) == 0
+    assert expert.phases[carry].redirect(state(fallen, on_top + [0, 0, 0.1], 0.002)) == -carry
+    assert expert.phases[lower].redirect(state(on_top, on_top, 0.04)) == 0            # held, lowering
+    assert expert.phases[lower].redirect(state(on_top, on_top + [0, 0, 0.05], 0.079)) == 1  # let go, stacked
+    assert expert.phases[lower].redirect(state(fallen, on_top, 0.079)) == -lower     # let go, fell off
+    assert expert.phases[up].redirect(state(on_top, on_top + [0, 0, 0.05], 0.079)) == 0
+    assert expert.phases[up].redirect(state(fallen, on_top + [0, 0, 0.05], 0.079)) == -up
+
+
+def test_expert_recovers_from_a_wrong_release_it_executes(blind_envs):
+    """place_mistakes=1: the expert lets go of the red cube 3-4.5 cm beside the green cube while
+    recording its own actions (fingers closed, lowering onto the green cube); the cube falls off,
+    and the record shows it picked up again and stacked. The same seed makes the same mistake."""
+    from envs.scripted import CLOSE, OPEN
+
+    env = blind_envs["stack"]
+    expert = make_expert("stack", env, place_mistakes=1.0)
+    success, recorded, executed, indices = run_with_mistake(env, expert, seed=1)
+    assert success
+    lower = 5
+    assert indices[:7] == [0, 1, 2, 3, 4, lower, 0]  # the wrong release sends it back to the pick
+    assert indices[-3:] == [lower, 6, 7] or indices[-2:] == [lower, 6]
+    wrong_open = (executed[:, 6] == OPEN) & (recorded[:, 6] == CLOSE)
+    assert wrong_open.sum() >= 5  # the executed fingers opened while the record says keep holding
+    _, _, again, _ = run_with_mistake(env, expert, seed=1)
+    np.testing.assert_array_equal(again, executed)

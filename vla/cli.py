@@ -47,25 +47,24 @@ def compose(overrides: list[str]):
     return parse_run_config(cfg)
 
 
-def collect_agent(env_cfg, agent: str, env, seed: int, device: str, mistakes: float = 0.0):
-    """What ``collect.agent`` names, acting in ``env``: the task's scripted expert (executing a
-    wrong grasp in a fraction ``mistakes`` of episodes), uniform random actions, or a checkpoint
-    (path or hub id)."""
+def collect_agent(env_cfg, c, env, device: str):
+    """What ``collect.agent`` (of CollectConfig ``c``) names, acting in ``env``: the task's
+    scripted expert (executing a wrong grasp / release in the fractions ``c.grasp_mistakes`` /
+    ``c.place_mistakes`` of episodes), uniform random actions, or a checkpoint (path or hub id)."""
     from vla.data.collect import RandomAgent
     from vla.rollout import make_expert
 
-    if agent == "expert":
-        return make_expert(env_cfg, env, mistakes=mistakes)
-    if agent == "random":
-        return RandomAgent(env.action_space, seed=seed)
+    if c.agent == "expert":
+        return make_expert(env_cfg, env, mistakes=c.grasp_mistakes, place_mistakes=c.place_mistakes)
+    if c.agent == "random":
+        return RandomAgent(env.action_space, seed=c.seed)
     from vla.checkpoint import load_policy
     from vla.runtime import PolicyAgent, RuntimePolicy
 
-    return PolicyAgent(RuntimePolicy(*load_policy(agent, device)))
+    return PolicyAgent(RuntimePolicy(*load_policy(c.agent, device)))
 
 
-def collect_env_and_agent(env_cfg, agent: str, seed: int, device: str, threads: int | None = None,
-                          mistakes: float = 0.0):
+def collect_env_and_agent(env_cfg, c, device: str, threads: int | None = None):
     """A fresh (env, agent) pair: what each parallel collection worker runs."""
     from vla.rollout import make_env
 
@@ -74,7 +73,7 @@ def collect_env_and_agent(env_cfg, agent: str, seed: int, device: str, threads: 
 
         torch.set_num_threads(threads)  # workers share the cores; one torch pool each would oversubscribe
     env = make_env(env_cfg)
-    return env, collect_agent(env_cfg, agent, env, seed, device, mistakes)
+    return env, collect_agent(env_cfg, c, env, device)
 
 
 def cmd_collect(run, policy_cfg, args) -> None:
@@ -89,11 +88,13 @@ def cmd_collect(run, policy_cfg, args) -> None:
     c = run.collect
     if c.n_envs < 1:
         raise ConfigError(f"collect.n_envs must be >= 1, got {c.n_envs}")
-    if not 0.0 <= c.grasp_mistakes <= 1.0:
-        raise ConfigError(f"collect.grasp_mistakes must be a fraction of episodes in [0, 1], got {c.grasp_mistakes}")
-    if c.grasp_mistakes and c.agent != "expert":
-        raise ConfigError(f"collect.grasp_mistakes needs collect.agent=expert (a scripted expert injects them), "
-                          f"got collect.agent={c.agent!r}")
+    for key in ("grasp_mistakes", "place_mistakes"):
+        p = getattr(c, key)
+        if not 0.0 <= p <= 1.0:
+            raise ConfigError(f"collect.{key} must be a fraction of episodes in [0, 1], got {p}")
+        if p and c.agent != "expert":
+            raise ConfigError(f"collect.{key} needs collect.agent=expert (a scripted expert injects them), "
+                              f"got collect.agent={c.agent!r}")
     env = make_env(run.env)
     try:  # before the recorder exists, so a bad setting writes nothing
         check_action_noise(env.action_space, c.action_noise, c.noise_dims)
@@ -102,11 +103,10 @@ def cmd_collect(run, policy_cfg, args) -> None:
         raise ConfigError(f"collect.{e}") from None
     device = str(_device(run))
     if c.n_envs == 1:
-        agent, factory = collect_agent(run.env, c.agent, env, c.seed, device, c.grasp_mistakes), None
+        agent, factory = collect_agent(run.env, c, env, device), None
     else:  # the agents live in the workers; here the env only describes the dataset's features
         threads = max(1, (os.cpu_count() or 1) // c.n_envs)
-        agent, factory = None, partial(collect_env_and_agent, run.env, c.agent, c.seed, device, threads,
-                                       c.grasp_mistakes)
+        agent, factory = None, partial(collect_env_and_agent, run.env, c, device, threads)
     with EpisodeRecorder.for_env(env, root=run.dataset.root, repo_id=run.dataset.repo_id) as recorder:
         stats = collect(env, agent, recorder, c.episodes, success_only=c.success_only, seed=c.seed,
                         max_attempts=c.max_attempts, action_noise=c.action_noise, noise_dims=c.noise_dims,

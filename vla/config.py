@@ -97,6 +97,7 @@ class CollectConfig:
     noise_dims: list[int] | None = None  # action dims the noise perturbs (None: all)
     n_envs: int = 1                   # attempts run in this many subprocesses; the same episodes are saved
     grasp_mistakes: float = 0.0       # fraction of expert episodes that execute a wrong grasp and recover (recorded: the recovery)
+    place_mistakes: float = 0.0       # fraction that let go 3-4.5 cm beside the place target and pick the object up again
 
 
 @dataclass

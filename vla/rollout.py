@@ -51,17 +51,18 @@ def task_label(cfg: EnvConfig) -> str:
     return cfg.id if cfg.family == "gym" and cfg.id else cfg.task
 
 
-def make_expert(cfg: EnvConfig, env: gym.Env, mistakes: float = 0.0):
+def make_expert(cfg: EnvConfig, env: gym.Env, mistakes: float = 0.0, place_mistakes: float = 0.0):
     """The scripted expert of the configured task, acting in ``env`` (made by `make_env`); in a
-    fraction ``mistakes`` of episodes it executes a wrong grasp and recovers from it."""
+    fraction ``mistakes`` (``place_mistakes``) of episodes it executes a wrong grasp (release)
+    and recovers from it."""
     if cfg.family == "tabletop":
         from envs.tabletop.experts import make_expert as tabletop_expert
 
-        return tabletop_expert(cfg.task, env, mistakes=mistakes)
+        return tabletop_expert(cfg.task, env, mistakes=mistakes, place_mistakes=place_mistakes)
     if cfg.family == "robosuite":
         from envs.robosuite_tasks.experts import make_expert as robosuite_expert
 
-        return robosuite_expert(cfg.task, env, mistakes=mistakes)
+        return robosuite_expert(cfg.task, env, mistakes=mistakes, place_mistakes=place_mistakes)
     raise ConfigError(f"no scripted expert for env.family={cfg.family!r}; collect with collect.agent=<checkpoint> "
                      f"or collect.agent=random")
 

@@ -57,7 +57,7 @@ def pick_place_phases(state: dict, name: str, noun: str):
         # grasp above the centre: the hand then clears bin 1's 8 cm walls
         *pick_phases(name, noun, grasp_above_centre=GRASP_ABOVE_CENTRE),
         *carry_phases(name, noun, "its bin", "into",
-                      over=drop_xy, down=lambda s: [*drop_xy(s), floor + height]),
+                      over=drop_xy, down=lambda s: [*drop_xy(s), floor + height], grasp_above_centre=GRASP_ABOVE_CENTRE),
     ]
 
 
@@ -71,20 +71,21 @@ EXPERTS = {
 class RobosuiteExpert(ScriptedExpert):
     """A `ScriptedExpert` whose phases depend on the episode's scene (object sizes vary)."""
 
-    def __init__(self, env: gym.Env, build, mistakes: float = 0.0):
+    def __init__(self, env: gym.Env, build, mistakes: float = 0.0, place_mistakes: float = 0.0):
         self._build = build
-        super().__init__(env, phases=[], mistakes=mistakes)  # reset() builds them from the scene
+        super().__init__(env, phases=[], mistakes=mistakes, place_mistakes=place_mistakes)  # reset() builds them
 
     def reset(self) -> None:
         self.phases = self._build(self.env.privileged_state())
         super().reset()
 
 
-def make_expert(task: str, env: gym.Env, mistakes: float = 0.0) -> ScriptedExpert:
+def make_expert(task: str, env: gym.Env, mistakes: float = 0.0, place_mistakes: float = 0.0) -> ScriptedExpert:
     """The scripted expert for robosuite task `task` acting in `env` (a `RobosuiteEnv` of it),
-    executing a wrong grasp it recovers from in a fraction `mistakes` of episodes."""
+    executing a wrong grasp (release) it recovers from in a fraction `mistakes`
+    (`place_mistakes`) of episodes."""
     if task not in EXPERTS:
         raise EnvError(f"no scripted expert for robosuite task {task!r}; experts exist for {sorted(EXPERTS)}")
     if env.unwrapped.task_name != task:
         raise ValueError(f"the {task!r} expert needs a {task!r} env, got {env.unwrapped.task_name!r}")
-    return RobosuiteExpert(env, EXPERTS[task], mistakes=mistakes)
+    return RobosuiteExpert(env, EXPERTS[task], mistakes=mistakes, place_mistakes=place_mistakes)

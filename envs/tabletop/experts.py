@@ -5,9 +5,10 @@ also runs with cameras off; `phase` labels the sub-task of every action it takes
 """
 
 import gymnasium as gym
+import numpy as np
 
 from envs.scripted import ScriptedExpert, carry_phases, object_pos, pick_phases
-from envs.tabletop.tasks import BIN_SIZE, BIN_WALL, CUBE_HALF_SIZE, cube_name, task_spec
+from envs.tabletop.tasks import BIN_SIZE, BIN_WALL, CUBE_HALF_SIZE, STACK_Z_TOLERANCE, cube_name, task_spec
 
 
 def cube_pick_phases(colour: str):
@@ -18,6 +19,12 @@ def stack_phases(top: str, bottom: str):
     base = cube_name(bottom)
     # Let go with the top cube 4 mm above its resting height: it settles without a bounce.
     drop_height = CUBE_HALF_SIZE[top] + CUBE_HALF_SIZE[bottom] + 0.004
+
+    def stacked(state):  # resting on the bottom cube's top face (the success test's geometry)
+        offset = object_pos(state, cube_name(top)) - object_pos(state, base)
+        rest = CUBE_HALF_SIZE[top] + CUBE_HALF_SIZE[bottom]
+        return bool(np.abs(offset[:2]).max() < CUBE_HALF_SIZE[bottom] and abs(offset[2] - rest) < 2 * STACK_Z_TOLERANCE)
+
     return [
         *cube_pick_phases(top),
         *carry_phases(
@@ -27,6 +34,7 @@ def stack_phases(top: str, bottom: str):
             "onto",
             over=lambda state: object_pos(state, base)[:2],
             down=lambda state: object_pos(state, base) + [0.0, 0.0, drop_height],
+            placed=stacked,
         ),
     ]
 
@@ -34,6 +42,12 @@ def stack_phases(top: str, bottom: str):
 def place_phases(colour: str):
     # Let go with the cube's bottom 1.5 cm above the bin floor (the fingertips stay clear of it).
     centre_above_bin_centre = -BIN_SIZE[2] / 2 + BIN_WALL + CUBE_HALF_SIZE[colour] + 0.015
+    inner = BIN_SIZE[0] / 2 - BIN_WALL
+
+    def in_bin(state):  # inside the inner walls, below the rim (the success test's geometry)
+        offset = object_pos(state, cube_name(colour)) - object_pos(state, "bin")
+        return bool(np.abs(offset[:2]).max() < inner and offset[2] < BIN_SIZE[2] / 2)
+
     return [
         *cube_pick_phases(colour),
         *carry_phases(
@@ -43,13 +57,15 @@ def place_phases(colour: str):
             "into",
             over=lambda state: object_pos(state, "bin")[:2],
             down=lambda state: object_pos(state, "bin") + [0.0, 0.0, centre_above_bin_centre],
+            placed=in_bin,
         ),
     ]
 
 
-def make_expert(task: str, env: gym.Env, mistakes: float = 0.0) -> ScriptedExpert:
+def make_expert(task: str, env: gym.Env, mistakes: float = 0.0, place_mistakes: float = 0.0) -> ScriptedExpert:
     """The scripted expert for `task` acting in `env` (a tabletop env of that task); it executes
-    a wrong grasp, then recovers, in a fraction `mistakes` of episodes (see `ScriptedExpert`)."""
+    a wrong grasp (release), then recovers, in a fraction `mistakes` (`place_mistakes`) of
+    episodes (see `ScriptedExpert`)."""
     spec = task_spec(task)
     if env.unwrapped.task_spec.name != task:
         raise ValueError(f"the {task!r} expert needs a {task!r} env, got {env.unwrapped.task_spec.name!r}")
@@ -59,4 +75,4 @@ def make_expert(task: str, env: gym.Env, mistakes: float = 0.0) -> ScriptedExper
         phases = stack_phases(spec.pick, spec.target)
     else:
         phases = place_phases(spec.pick)
-    return ScriptedExpert(env, phases, mistakes=mistakes)
+    return ScriptedExpert(env, phases, mistakes=mistakes, place_mistakes=place_mistakes)
