@@ -273,10 +273,17 @@ def main(argv: list[str] | None = None) -> None:
         if not (args.dataset / "meta" / "info.json").exists():
             ap.error(f"--dataset {args.dataset}: not a LeRobot dataset (no meta/info.json)")
         args.repo_id = args.repo_id or f"local/{args.task}"
+        failed = []
         for seed in args.seeds:  # seed-major: a sitting that ends early leaves every candidate comparable
             for name in args.candidates:
-                run_one(args, results, name, seed)
+                try:
+                    run_one(args, results, name, seed)
+                except SystemExit as e:  # one failed run (its log is named) must not stop the sitting
+                    print(f"[{args.task}/{name}/seed{seed}] {e}", flush=True)
+                    failed.append(f"{name}/seed{seed}")
     write_table(results, args.markdown)
+    if not args.table and failed:
+        raise SystemExit(f"error: {len(failed)} run(s) failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -235,13 +235,14 @@ class ScriptedExpert:
         self._pending = self._draw_mistakes()
 
     def _draw_mistakes(self) -> set[str]:
-        """The kinds of mistake this episode makes. The grasp coin is drawn first and the place
-        coin only when place mistakes are on, so datasets collected before place mistakes
-        existed are reproduced draw for draw."""
+        """The kinds of mistake this episode makes. The grasp coin is drawn first, and the place
+        coin only when place mistakes are on and a phase places something (not for `lift`), so
+        datasets collected before place mistakes existed are reproduced draw for draw."""
         pending = set()
         if self.mistakes > 0 and self._rng.random() < self.mistakes:
             pending.add("grasp")
-        if self.place_mistakes > 0 and self._rng.random() < self.place_mistakes:
+        places = any(p.places for p in self.phases)
+        if self.place_mistakes > 0 and places and self._rng.random() < self.place_mistakes:
             pending.add("place")
         return pending
 

@@ -69,6 +69,8 @@ def test_bad_config_is_one_line(override, message, capsys, tmp_path):
     ("collect.n_envs=0", "collect.n_envs"),
     ("collect.grasp_mistakes=1.5", "collect.grasp_mistakes"),
     ("collect.agent=random collect.grasp_mistakes=0.5", "collect.agent=expert"),
+    ("collect.place_mistakes=-0.1", "collect.place_mistakes"),
+    ("collect.agent=random collect.place_mistakes=0.5", "collect.agent=expert"),
 ])
 def test_bad_collect_noise_is_one_line_and_writes_nothing(override, message, tmp_path, capsys):
     code, _, err = run_cli(capsys, "collect", "collect.episodes=1", "collect.action_noise=0.1", *override.split(),

@@ -401,3 +401,12 @@ def test_expert_recovers_from_a_wrong_release_it_executes(blind_envs):
     assert wrong_open.sum() >= 5  # the executed fingers opened while the record says keep holding
     _, _, again, _ = run_with_mistake(env, expert, seed=1)
     np.testing.assert_array_equal(again, executed)
+
+
+def test_place_mistakes_leave_a_lift_dataset_as_it_was(blind_envs):
+    """lift places nothing, so place_mistakes draws no coin: the episodes (with their wrong
+    grasps) are the same as without it, draw for draw."""
+    env = blind_envs["lift"]
+    _, _, without, _ = run_with_mistake(env, make_expert("lift", env, mistakes=1.0), seed=3)
+    _, _, with_place, _ = run_with_mistake(env, make_expert("lift", env, mistakes=1.0, place_mistakes=1.0), seed=3)
+    np.testing.assert_array_equal(without, with_place)
