@@ -64,7 +64,6 @@ def make_config(policy_type: str, meta, features: list[str], overrides: dict, de
 
 def build(args):
     """(dataset, policy, preprocessor, postprocessor, optimizer, scheduler, budget, grad clip)."""
-    from lerobot.datasets import EpisodeAwareSampler  # noqa: F401  (checked importable early)
     from lerobot.datasets.factory import resolve_delta_timestamps
     from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
     from lerobot.policies.factory import make_policy, make_pre_post_processors
@@ -112,7 +111,7 @@ def train(args) -> dict:
     data = batches(dataset, policy, args.batch_size, args.seed, args.num_workers)
     policy.train()
     step, stopped, window, last_loss = 0, None, [], None
-    bar = tqdm(total=args.steps, desc=f"train lerobot/{args.policy}", unit="step")
+    bar = tqdm(total=budget.bar_total(), desc=f"train lerobot/{args.policy}", unit="step")
     metrics = (out / "metrics.csv").open("w", newline="")
     log = csv.writer(metrics)
     log.writerow(["step", "elapsed_s", "loss", "lr", "grad_norm"])
@@ -133,7 +132,7 @@ def train(args) -> dict:
         if step % args.log_every == 0 or budget.exhausted(step):
             last_loss = sum(window) / len(window)
             window = []
-            bar.set_postfix(loss=f"{last_loss:.4f}")
+            bar.set_postfix(loss=f"{last_loss:.4f}", **({"budget": budget.left()} if args.max_seconds else {}))
             log.writerow([step, f"{budget.elapsed():.1f}", f"{last_loss:.6g}",
                           f"{optimizer.param_groups[0]['lr']:.6g}", f"{float(grad_norm):.4g}"])
             metrics.flush()

@@ -42,6 +42,17 @@ class Budget:
             return "time"
         return None
 
+    def bar_total(self) -> int | None:
+        """A progress bar's total: the steps, or None (a count and a rate) when time binds."""
+        return self.steps if self.max_seconds is None else None
+
+    def left(self) -> str:
+        """Training time left, for a progress bar ("" without a time limit)."""
+        if self.max_seconds is None:
+            return ""
+        seconds = max(self.max_seconds - self.elapsed(), 0.0)
+        return f"{int(seconds // 60)}:{int(seconds % 60):02d} left"
+
     # --- the schedule --------------------------------------------------------------------------
     def virtual_step(self, step: int) -> int:
         """The step a steps-only schedule should be evaluated at: ``step`` itself during warmup

@@ -212,7 +212,7 @@ class Trainer:
         t = self.run_cfg.train
         log_every, save_every = (2, 4) if t.debug else (t.log_every, t.save_every)
         writer = self._writer()
-        bar = tqdm(total=t.steps, initial=self.step, desc="train", unit="step",
+        bar = tqdm(total=self.budget.bar_total(), initial=self.step, desc="train", unit="step",
                    disable=not (self.progress and self.dist.is_main))
         self.policy.train()
         last_ckpt, window, stopped, self.last_logs = None, [], None, {}
@@ -230,7 +230,7 @@ class Trainer:
                 if self.step % log_every == 0 or final:
                     mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
                     window, self.last_logs = [], mean
-                    bar.set_postfix(loss=f"{mean['loss']:.4f}")
+                    bar.set_postfix(loss=f"{mean['loss']:.4f}", **({"budget": self.budget.left()} if t.max_seconds else {}))
                     self._log(writer, mean, self.budget.elapsed())
                 if self.dist.is_main and (self.step % save_every == 0 or final):
                     last_ckpt = self._save()
