@@ -176,6 +176,7 @@ def run_one(args, results: dict, name: str, seed: int) -> None:
         "run_dir": str(run_dir),
     }
     save_results(args.results, results)
+    write_table(results, args.markdown)  # the table fills in run by run
     r = results["runs"][key]
     print(f"[{key}] reproduce with: {r['reproduce']}", flush=True)
     print(f"[{key}] success {r['success_rate']:.0%} ({r['successes']}/{r['episodes']}), {r['steps']} steps in "
