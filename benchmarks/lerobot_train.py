@@ -48,17 +48,15 @@ def parse_value(text: str):
 
 def make_config(policy_type: str, meta, features: list[str], overrides: dict, device: str):
     """The LeRobot policy config: its defaults, then ``overrides``, reading only ``features``."""
-    from lerobot.configs.types import FeatureType
-    from lerobot.utils.feature_utils import dataset_to_policy_features
     from lerobot.policies.factory import make_policy_config
+    from lerobot.utils.feature_utils import dataset_to_policy_features
 
     available = dataset_to_policy_features(meta.features)
     missing = [f for f in features if f not in available]
     if missing:
         raise SystemExit(f"error: the dataset has no feature {missing[0]!r} (it has {sorted(available)})")
     cfg = make_policy_config(policy_type, device=device, push_to_hub=False, **overrides)
-    cfg.input_features = {k: available[k] for k in features}
-    cfg.output_features = {k: f for k, f in available.items() if f.type is FeatureType.ACTION}
+    cfg.input_features = {k: available[k] for k in features}  # make_policy adds the action as output
     return cfg
 
 

@@ -407,7 +407,7 @@ def pick_phases(name: str, noun: str, grasp_above_centre: float = 0.0) -> list[P
     ]
 
 
-PICK_PHASES = 4  # len(pick_phases(...)): carry_phases follows them and jumps back to their start
+PICK_PHASES = len(pick_phases("object", "the object"))  # carry_phases follows them and jumps back to their start
 
 
 def carry_phases(name: str, noun: str, place: str, preposition: str, over: Callable, down: Callable,

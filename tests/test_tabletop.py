@@ -372,7 +372,7 @@ def test_carry_and_place_go_back_to_the_pick_when_the_cube_is_lost(blind_envs):
     fallen = green + [0.06, 0.0, -0.005]
 
     def state(red, eef, gap):
-        return {"objects": {"red_cube": {"pos": red}, "green_cube": {"pos": green}}, "eef_pos": eef,
+        return {"objects": {"red_cube": {"pos": red}, "green_cube": {"pos": green, "rot": np.eye(3)}}, "eef_pos": eef,
                 "gripper_qpos": np.array([gap / 2, -gap / 2])}
 
     assert expert.phases[carry].redirect(state(on_top + [0, 0, 0.1], on_top + [0, 0, 0.1], 0.04)) == 0

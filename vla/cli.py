@@ -150,9 +150,8 @@ def cmd_eval(run, policy_cfg, args) -> None:
 def _lerobot_runtime(ckpt: str, run):
     """A LeRobot policy's runtime if ``ckpt`` is a LeRobot checkpoint, else None. The eval
     settings that reach into a vla policy have no LeRobot counterpart here: refused by name."""
-    from vla.checkpoint import resolve_model_dir
+    from vla.checkpoint import is_lerobot_checkpoint, resolve_model_dir
     from vla.config import ConfigError
-    from vla.lerobot_policy import LeRobotRuntime, is_lerobot_checkpoint, load_lerobot_policy
 
     model_dir = resolve_model_dir(ckpt)
     if not is_lerobot_checkpoint(model_dir):
@@ -161,7 +160,9 @@ def _lerobot_runtime(ckpt: str, run):
         if getattr(run.eval, key) is not None:
             raise ConfigError(f"eval.{key} applies to vla policies; a LeRobot checkpoint keeps its own "
                               f"(set it in its config.json)")
-    return LeRobotRuntime(*load_lerobot_policy(model_dir, _device(run)))
+    from vla.lerobot_policy import load_lerobot_runtime
+
+    return load_lerobot_runtime(str(model_dir), _device(run))
 
 
 def cmd_twin(run, policy_cfg, args) -> None:

@@ -27,20 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vla.checkpoint import CheckpointError, resolve_model_dir
+from vla.checkpoint import CheckpointError, is_lerobot_checkpoint, resolve_model_dir
 from vla.features import OBS_IMAGES, OBS_STATE, TASK
 
 PREPROCESSOR_FILE = "policy_preprocessor.json"
-
-
-def is_lerobot_checkpoint(model_dir: Path) -> bool:
-    """Whether a resolved model directory holds a LeRobot policy (its config names a ``type``)
-    rather than a vla one (whose config names a ``policy``)."""
-    try:
-        meta = json.loads((Path(model_dir) / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return isinstance(meta, dict) and "type" in meta and "policy" not in meta
 
 
 def load_lerobot_policy(model_dir: Path, device: str | torch.device = "cpu"):

@@ -5,10 +5,11 @@ also runs with cameras off; `phase` labels the sub-task of every action it takes
 """
 
 import gymnasium as gym
-import numpy as np
 
 from envs.scripted import ScriptedExpert, carry_phases, object_pos, pick_phases
-from envs.tabletop.tasks import BIN_SIZE, BIN_WALL, CUBE_HALF_SIZE, STACK_Z_TOLERANCE, cube_name, task_spec
+from envs.tabletop.tasks import (
+    BIN_SIZE, BIN_WALL, CUBE_HALF_SIZE, STACK_Z_TOLERANCE, cube_name, inside_bin, rests_on, task_spec,
+)
 
 
 def cube_pick_phases(colour: str):
@@ -20,10 +21,10 @@ def stack_phases(top: str, bottom: str):
     # Let go with the top cube 4 mm above its resting height: it settles without a bounce.
     drop_height = CUBE_HALF_SIZE[top] + CUBE_HALF_SIZE[bottom] + 0.004
 
-    def stacked(state):  # resting on the bottom cube's top face (the success test's geometry)
-        offset = object_pos(state, cube_name(top)) - object_pos(state, base)
-        rest = CUBE_HALF_SIZE[top] + CUBE_HALF_SIZE[bottom]
-        return bool(np.abs(offset[:2]).max() < CUBE_HALF_SIZE[bottom] and abs(offset[2] - rest) < 2 * STACK_Z_TOLERANCE)
+    def stacked(state):  # the success test's geometry; twice its height tolerance while the cube settles
+        objects = state["objects"]
+        return rests_on(objects[cube_name(top)]["pos"], objects[base]["pos"], objects[base]["rot"], top, bottom,
+                        z_tolerance=2 * STACK_Z_TOLERANCE)
 
     return [
         *cube_pick_phases(top),
@@ -42,11 +43,10 @@ def stack_phases(top: str, bottom: str):
 def place_phases(colour: str):
     # Let go with the cube's bottom 1.5 cm above the bin floor (the fingertips stay clear of it).
     centre_above_bin_centre = -BIN_SIZE[2] / 2 + BIN_WALL + CUBE_HALF_SIZE[colour] + 0.015
-    inner = BIN_SIZE[0] / 2 - BIN_WALL
 
-    def in_bin(state):  # inside the inner walls, below the rim (the success test's geometry)
-        offset = object_pos(state, cube_name(colour)) - object_pos(state, "bin")
-        return bool(np.abs(offset[:2]).max() < inner and offset[2] < BIN_SIZE[2] / 2)
+    def in_bin(state):  # the success test's geometry
+        objects = state["objects"]
+        return inside_bin(objects[cube_name(colour)]["pos"], objects["bin"]["pos"], objects["bin"]["rot"])
 
     return [
         *cube_pick_phases(colour),

@@ -29,9 +29,10 @@ from envs.tabletop.tasks import (
     CUBE_HALF_SIZE,
     CUBE_RGBA,
     LIFT_HEIGHT,
-    STACK_Z_TOLERANCE,
     TaskSpec,
     cube_name,
+    inside_bin,
+    rests_on,
 )
 
 CONTROL_FREQ = 20  # Hz, the rate of one env step
@@ -224,18 +225,11 @@ class TabletopScene(ManipulationEnv):
     def _stacked(self, top: str, bottom: str) -> bool:
         top_pos, _ = self.object_pose(cube_name(top))
         bottom_pos, bottom_rot = self.object_pose(cube_name(bottom))
-        local = bottom_rot.T @ (top_pos - bottom_pos)  # top cube's centre in the bottom cube's frame
-        over = np.all(np.abs(local[:2]) < CUBE_HALF_SIZE[bottom])
-        rest_height = CUBE_HALF_SIZE[top] + CUBE_HALF_SIZE[bottom]
-        resting = abs(local[2] - rest_height) < STACK_Z_TOLERANCE
         touching = self.check_contact(self.cubes[top], self.cubes[bottom])
-        return bool(over and resting and touching and not self.is_grasped(cube_name(top)))
+        return bool(rests_on(top_pos, bottom_pos, bottom_rot, top, bottom) and touching
+                    and not self.is_grasped(cube_name(top)))
 
     def _in_bin(self, colour: str) -> bool:
         cube_pos, _ = self.object_pose(cube_name(colour))
         bin_pos, bin_rot = self.object_pose("bin")
-        local = bin_rot.T @ (cube_pos - bin_pos)  # cube centre in the bin's frame
-        inner_half = np.array(BIN_SIZE[:2]) / 2 - BIN_WALL
-        inside = np.all(np.abs(local[:2]) < inner_half)
-        below_rim = local[2] < BIN_SIZE[2] / 2
-        return bool(inside and below_rim and not self.is_grasped(cube_name(colour)))
+        return bool(inside_bin(cube_pos, bin_pos, bin_rot) and not self.is_grasped(cube_name(colour)))

@@ -7,6 +7,8 @@ heavy: listing the tasks must not start a simulator.
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from envs.errors import EnvError
 
 # RGBA of each cube colour; saturated so the colours stay distinct at 96x96 pixels.
@@ -94,3 +96,18 @@ def task_spec(task: str) -> TaskSpec:
 def cube_name(colour: str) -> str:
     """``red`` -> ``red_cube``: the object's name in the scene and in privileged state."""
     return f"{colour}_cube"
+
+
+def rests_on(top_pos, bottom_pos, bottom_rot, top: str, bottom: str, z_tolerance: float = STACK_Z_TOLERANCE) -> bool:
+    """The geometry of a stack: the `top` cube's centre over the `bottom` cube's top face (in
+    that cube's frame) at resting height within `z_tolerance` m. Positions (3,), rotation (3, 3)."""
+    local = np.asarray(bottom_rot).T @ (np.asarray(top_pos) - np.asarray(bottom_pos))
+    over = np.all(np.abs(local[:2]) < CUBE_HALF_SIZE[bottom])
+    return bool(over and abs(local[2] - (CUBE_HALF_SIZE[top] + CUBE_HALF_SIZE[bottom])) < z_tolerance)
+
+
+def inside_bin(pos, bin_pos, bin_rot) -> bool:
+    """The geometry of a placement: a centre inside the bin's inner walls, below its rim."""
+    local = np.asarray(bin_rot).T @ (np.asarray(pos) - np.asarray(bin_pos))
+    inner_half = np.array(BIN_SIZE[:2]) / 2 - BIN_WALL
+    return bool(np.all(np.abs(local[:2]) < inner_half) and local[2] < BIN_SIZE[2] / 2)
