@@ -42,7 +42,7 @@ demo: setup
 	$(VLA) eval env=lift output_dir=$(DEMO_DIR)/run eval.episodes=$(EVAL_EPISODES)
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow

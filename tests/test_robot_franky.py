@@ -175,6 +175,17 @@ def test_connect_reads_a_plausible_state(host):
         assert obs["observation.state"].shape == (11,) and obs["observation.state"].dtype == np.float32
 
 
+def test_the_calling_thread_keeps_its_scheduling(host):
+    """franky.Robot raises its calling thread to SCHED_FIFO 99 wherever it may (here, as root). The
+    backend and the simulator's start-up give it back: otherwise the policy's thread and every
+    thread and process it starts afterwards run at top realtime priority and starve the machine."""
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # start_franky_sim has connected once already
+    with FrankyRobot(make_config(host)) as robot:
+        stream(robot, [0, 0.1, 0, 0, 0, 0, 0], 2)
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER and os.sched_getparam(0).sched_priority == 0
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
 def test_eef_delta_moves_the_tcp_by_the_commanded_step(host):
     with SafeRobot(FrankyRobot(make_config(host))) as robot:
         start = robot.read_state()

@@ -43,10 +43,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import socket
 import threading
 import time
-from typing import Any, Protocol
+from contextlib import contextmanager
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -55,6 +57,28 @@ from envs.robot.base import Command, LinkLost, NotYet, Robot, RobotError, RobotS
 from envs.robot.config import RobotConfig
 
 logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def keeps_thread_scheduling() -> Iterator[None]:
+    """Give the calling thread its scheduling policy back after a franky connection.
+
+    Constructing ``franky.Robot`` raises the calling thread to SCHED_FIFO at priority 99 wherever
+    the process may (as root, say), even under ``RealtimeConfig.Ignore``. Here that thread is
+    Python's: it runs the policy, and every thread and process it starts afterwards inherits the
+    policy, so torch's workers, a simulator stepping at 1 kHz or a second `vla` process would run
+    at top realtime priority and starve everything else on the machine (a CI run hung so). The
+    control thread libfranka runs a motion on is not this one, and keeps what libfranka gives it.
+    """
+    if not hasattr(os, "sched_getscheduler"):  # not Linux
+        yield
+        return
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)  # 0: the calling thread
+    try:
+        yield
+    finally:
+        if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, param):
+            os.sched_setscheduler(0, policy, param)
 
 
 class CameraSource(Protocol):
@@ -136,12 +160,14 @@ class FrankyRobot(Robot):
         rt_config = franky.RealtimeConfig.Enforce if realtime else franky.RealtimeConfig.Ignore
         robot = gripper = None
         try:
-            robot = franky.Robot(host, relative_dynamics_factor=cfg.franky_dynamics_factor, realtime_config=rt_config)
-            robot.relative_dynamics_factor = cfg.franky_dynamics_factor
-            if robot.has_errors and not robot.recover_from_errors():
-                raise RobotError(f"franky: the robot at {host} reports errors that automatic error recovery "
-                                 f"could not clear (check the user stop and Desk)")
-            gripper = franky.Gripper(host)
+            with keeps_thread_scheduling():
+                robot = franky.Robot(host, relative_dynamics_factor=cfg.franky_dynamics_factor,
+                                     realtime_config=rt_config)
+                robot.relative_dynamics_factor = cfg.franky_dynamics_factor
+                if robot.has_errors and not robot.recover_from_errors():
+                    raise RobotError(f"franky: the robot at {host} reports errors that automatic error recovery "
+                                     f"could not clear (check the user stop and Desk)")
+                gripper = franky.Gripper(host)
         except Exception as e:
             del robot, gripper
             raise self._error(e, f"connecting to {host}") from None

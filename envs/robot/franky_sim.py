@@ -26,6 +26,8 @@ def start_franky_sim(log: Path, timeout: float = 60.0) -> tuple[subprocess.Popen
     """Start `franky-sim -s mujoco`; wait until a client can connect. Returns (process, host)."""
     import franky
 
+    from envs.robot.franky import keeps_thread_scheduling
+
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-c", SIM_MAIN, "-s", "mujoco"], stdout=out,
@@ -43,7 +45,8 @@ def start_franky_sim(log: Path, timeout: float = 60.0) -> tuple[subprocess.Popen
                 time.sleep(0.05)
         while True:  # the server prints its address once bound; poll until the FCI answers
             try:
-                probe = franky.Robot(host, realtime_config=franky.RealtimeConfig.Ignore)
+                with keeps_thread_scheduling():
+                    probe = franky.Robot(host, realtime_config=franky.RealtimeConfig.Ignore)
                 del probe
                 return proc, host
             except Exception:
