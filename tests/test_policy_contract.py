@@ -189,3 +189,38 @@ def test_save_load_round_trip_gives_identical_actions(built, tmp_path):
         return
     noise = torch.randn(B, cfg.horizon, ACTION_DIM)
     assert torch.equal(policy.sample_actions(obs, noise=noise), restored.sample_actions(obs, noise=noise))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_inference_steps_set_the_denoising_steps_per_chunk(variant, monkeypatch):
+    """`eval.inference_steps` / `deploy.inference_steps`: a chunk denoised in fewer steps is a
+    different chunk from the same noise, made with fewer process steps; a bad count is refused."""
+    from vla.heads import NoiseProcess
+
+    torch.manual_seed(0)
+    cfg = tiny_config(variant)
+    policy = make_policy(cfg).eval()
+    if cfg.name == "omnijarvis" and cfg.stage == "vla":
+        policy.tokenizer_trained.fill_(True)
+    if not can_act(policy):
+        return
+    process = next(m.process for m in policy.modules() if isinstance(getattr(m, "process", None), NoiseProcess))
+    steps_taken = []
+    step = type(process).step
+    monkeypatch.setattr(type(process), "step", lambda self, *a: steps_taken.append(1) or step(self, *a))
+    obs, noise = raw_batch(cfg, with_actions=False), torch.randn(B, cfg.horizon, ACTION_DIM)
+
+    def sample(n):
+        policy.set_inference_steps(n)
+        steps_taken.clear()
+        torch.manual_seed(1)
+        return policy.sample_actions(obs, noise=noise), len(steps_taken)
+
+    (few, n_few), (many, n_many) = sample(2), sample(6)
+    assert cfg.noise.num_inference_steps == 6 and 0 < n_few < n_many
+    assert torch.isfinite(few).all() and not torch.allclose(few, many)
+    with pytest.raises(ValueError, match=">= 1"):
+        policy.set_inference_steps(0)
+    if cfg.noise.kind == "diffusion":
+        with pytest.raises(ValueError, match="exceeds num_train_timesteps"):
+            policy.set_inference_steps(cfg.noise.num_train_timesteps + 1)

@@ -156,7 +156,7 @@ def _lerobot_runtime(ckpt: str, run):
     model_dir = resolve_model_dir(ckpt)
     if not is_lerobot_checkpoint(model_dir):
         return None
-    for key in ("n_action_steps", "test_time_scaling", "temporal_ensemble"):
+    for key in ("n_action_steps", "inference_steps", "test_time_scaling", "temporal_ensemble"):
         if getattr(run.eval, key) is not None:
             raise ConfigError(f"eval.{key} applies to vla policies; a LeRobot checkpoint keeps its own "
                               f"(set it in its config.json)")

@@ -108,6 +108,7 @@ class EvalConfig:
     seed: int = 100_000               # episode k uses seed + k; disjoint from collection seeds
     max_videos: int = 6
     n_action_steps: int | None = None  # override the replan rate; None = the checkpoint's
+    inference_steps: int | None = None  # denoising steps per chunk (DDIM / Euler); None = the checkpoint's
     test_time_scaling: int | None = None  # DUST: vision steps per action step q (N_o = q * N_A); None = the checkpoint's
     temporal_ensemble: float | None = None  # ACT-style ensembling coefficient; None = off
     output_dir: str | None = None     # None = <output_dir>/eval
@@ -123,6 +124,7 @@ class DeployConfig:
     async_inference: bool = True
     n_action_steps: int | None = None     # actions run from each chunk; None = the checkpoint's
     temporal_ensemble: float | None = None  # ACT-style coefficient; None = off
+    inference_steps: int | None = None    # denoising steps per chunk (DDIM / Euler); None = the checkpoint's
     test_time_scaling: int | None = None  # DUST: vision steps per action step q (N_o = q * N_A)
     max_inference_seconds: float = 2.0    # the arm holds while it waits for a chunk; longer than this ends the run
     dry_run: bool = False                 # compute, check and log commands; send none

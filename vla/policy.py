@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -172,6 +172,24 @@ class Policy(nn.Module, ABC):
         """Spend ``factor`` times more compute per chunk where the policy knows how (DUST: more
         vision denoising steps per action step). Policies without such a knob refuse."""
         raise ValueError(f"policy {self.config.name!r} has no test-time scaling knob (DUST has one)")
+
+    def set_inference_steps(self, steps: int) -> None:
+        """Denoise each chunk in ``steps`` steps instead of the trained configuration's
+        ``noise.num_inference_steps`` (DDIM steps for diffusion heads, Euler steps for flow heads;
+        DUST's vision stream keeps its q steps per action step). Training is unaffected: both
+        processes train on continuous (flow) or all T (diffusion) noise levels. Policies whose
+        actions come from no noise process (a categorical decoder) refuse."""
+        from vla.heads import NoiseProcess, make_noise_process
+
+        if steps < 1:
+            raise ValueError(f"inference steps must be >= 1, got {steps}")
+        holders = [m for m in self.modules() if isinstance(getattr(m, "process", None), NoiseProcess)]
+        if not holders:
+            raise ValueError(f"policy {self.config.name!r} samples its actions without denoising steps")
+        process = make_noise_process(replace(self.config.noise, num_inference_steps=int(steps)))  # checks it
+        self.config.noise.num_inference_steps = int(steps)
+        for module in holders:
+            module.process = process
 
     def annotations(self) -> list[str] | None:
         """Text the policy produced with its latest actions, one string per batch row (a

@@ -65,15 +65,17 @@ class RuntimePolicy:
 
     @classmethod
     def from_settings(cls, policy: Policy, normalizer: Normalizer, settings, where: str) -> RuntimePolicy:
-        """A runtime from a config section with n_action_steps, temporal_ensemble and
-        test_time_scaling (``eval`` or ``deploy``); a bad value is a ConfigError naming it."""
-        if settings.test_time_scaling is not None:
-            from vla.config import ConfigError
+        """A runtime from a config section with n_action_steps, temporal_ensemble, inference_steps
+        and test_time_scaling (``eval`` or ``deploy``); a bad value is a ConfigError naming it."""
+        from vla.config import ConfigError
 
-            try:
-                policy.set_test_time_scaling(settings.test_time_scaling)
-            except ValueError as e:
-                raise ConfigError(f"{where}.test_time_scaling: {e}") from None
+        for key, setter in (("inference_steps", policy.set_inference_steps),
+                            ("test_time_scaling", policy.set_test_time_scaling)):
+            if getattr(settings, key) is not None:
+                try:
+                    setter(getattr(settings, key))
+                except ValueError as e:
+                    raise ConfigError(f"{where}.{key}: {e}") from None
         return cls(policy, normalizer, n_action_steps=settings.n_action_steps,
                    temporal_ensemble=settings.temporal_ensemble)
 
