@@ -473,12 +473,14 @@ def test_init_from_a_different_architecture_is_one_line(dust_run, lift_dataset, 
 
 
 def test_deploy_takes_test_time_scaling(dust_run, tmp_path, capsys):
-    """Issue 3's knob in deployment: `deploy.test_time_scaling` reaches the sampler on a robot."""
+    """Issue 3's knob in deployment: `deploy.test_time_scaling` (and the number of denoising steps)
+    reaches the sampler on a robot."""
     import json
 
     out = tmp_path / "deploy"
     code, _, err = run_cli(capsys, "deploy", f"deploy.checkpoint={dust_run}", f"deploy.output_dir={out}",
-                           "deploy.max_steps=3", "deploy.record=false", "deploy.test_time_scaling=4")
+                           "deploy.max_steps=3", "deploy.record=false", "deploy.test_time_scaling=4",
+                           "deploy.inference_steps=8")
     assert code == 0, err
     protocol = json.loads((out / "summary.json").read_text())["protocol"]
     assert protocol["vision_denoising_steps (N_o)"] == 32 and protocol["action_denoising_steps (N_A)"] == 8
