@@ -8,7 +8,8 @@ then is evaluated on the same seeds through vla's own rollout.
 Candidates:
 - vla recipes (``configs/recipe/``) through ``vla train`` with ``train.max_seconds`` = the budget
   (the recipe's warmup + cosine schedule then ends with the time); OmniJARVIS splits the budget
-  between its two stages;
+  between its two stages; every other recipe (an ablation such as ``dita-flow-cpu``) is a
+  candidate under its own name;
 - LeRobot policies (``configs/lerobot/<name>.yaml``) through ``benchmarks/lerobot_train.py``:
   LeRobot's classes, processors, optimizer and scheduler presets, and the changes the budget
   forces, each stated in that file.
@@ -53,10 +54,22 @@ VLA_CANDIDATES: dict[str, list[tuple[str, float]]] = {
     "omnijarvis": [("omnijarvis-cpu", 0.5), ("omnijarvis-cpu-vla", 0.5)],
 }
 LEROBOT_CONFIGS = REPO / "configs" / "lerobot"
+RECIPES = REPO / "configs" / "recipe"
+
+
+def vla_stages(name: str) -> list[tuple[str, float]] | None:
+    """A vla candidate's training stages: a named candidate above, or any other recipe of
+    ``configs/recipe/`` as one stage (an ablation is a recipe that starts from another one with
+    ``defaults: [dita-cpu]`` and changes one thing). None for a LeRobot candidate."""
+    if name in VLA_CANDIDATES:
+        return VLA_CANDIDATES[name]
+    return [(name, 1.0)] if (RECIPES / f"{name}.yaml").exists() else None
 
 
 def candidates() -> list[str]:
-    return [*VLA_CANDIDATES, *(f"lerobot-{p.stem}" for p in sorted(LEROBOT_CONFIGS.glob("*.yaml")))]
+    staged = {recipe for stages in VLA_CANDIDATES.values() for recipe, _ in stages}
+    recipes = [p.stem for p in sorted(RECIPES.glob("*.yaml")) if p.stem not in staged]
+    return [*VLA_CANDIDATES, *recipes, *(f"lerobot-{p.stem}" for p in sorted(LEROBOT_CONFIGS.glob("*.yaml")))]
 
 
 # --- running one (task, candidate, seed) -----------------------------------------------------
@@ -81,9 +94,9 @@ def run_logged(cmd: list[str], log: Path, threads: int) -> float:
 
 def vla_train_commands(args, name: str, run_dir: Path, seed: int) -> list[tuple[list[str], Path]]:
     """(command, output dir) per stage of a vla candidate."""
-    cmds, previous = [], None
-    for i, (recipe, share) in enumerate(VLA_CANDIDATES[name]):
-        out = run_dir / (f"stage{i + 1}" if len(VLA_CANDIDATES[name]) > 1 else "train")
+    cmds, previous, stages = [], None, vla_stages(name)
+    for i, (recipe, share) in enumerate(stages):
+        out = run_dir / (f"stage{i + 1}" if len(stages) > 1 else "train")
         cmd = [sys.executable, "-m", "vla.cli", "train", f"recipe={recipe}", *args.env,
                f"dataset.root={args.dataset}", f"dataset.repo_id={args.repo_id}", f"output_dir={out}",
                f"seed={seed}", f"train.steps={STEP_CAP}", f"train.max_seconds={args.budget_minutes * 60 * share:g}",
@@ -112,7 +125,7 @@ def resumable(out: Path) -> bool:
 def train(args, name: str, run_dir: Path, seed: int) -> tuple[Path, list[str], dict]:
     """Train one candidate; (checkpoint to evaluate, commands, summary of the training)."""
     log = run_dir / "train.log"
-    if name in VLA_CANDIDATES:
+    if vla_stages(name):
         stages, commands, process_s = vla_train_commands(args, name, run_dir, seed), [], 0.0
         for cmd, out in stages:
             commands.append(shell(cmd))

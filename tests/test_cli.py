@@ -122,3 +122,20 @@ def test_nan_in_a_batch_is_refused():
     norm = Normalizer(stats, {"action": "min_max"})
     with pytest.raises(TrainingError, match="'action'"):
         normalize_batch({"action": torch.tensor([[0.5, float("nan")]])}, norm)
+
+
+def test_every_recipe_composes_and_an_ablation_changes_only_what_it_says():
+    from dataclasses import asdict
+
+    from vla.cli import compose
+    from vla.config import config_dir
+
+    recipes = sorted(p.stem for p in (config_dir() / "recipe").glob("*.yaml"))
+    assert {"dita-cpu", "dust-cpu", "omnijarvis-cpu", "omnijarvis-cpu-vla", "dita-flow-cpu"} <= set(recipes)
+    for recipe in recipes:
+        run, policy = compose([f"recipe={recipe}"])
+        policy.validate()
+    (base_run, base), (run, flow) = compose(["recipe=dita-cpu"]), compose(["recipe=dita-flow-cpu"])
+    assert flow.noise.kind == "flow" and flow.noise.num_inference_steps == 4 and base.noise.kind == "diffusion"
+    flow.noise = base.noise
+    assert asdict(flow) == asdict(base) and asdict(run) == asdict(base_run)

@@ -25,3 +25,18 @@ def test_a_tiny_comparison_fills_the_results_and_the_table(lift_dataset, tmp_pat
     capsys.readouterr()
     main(args)  # a second sitting skips what is done
     assert capsys.readouterr().out.count("done before") == 2
+
+
+def test_every_other_recipe_is_a_one_stage_candidate(tmp_path):
+    """An ablation recipe (`defaults: [dita-cpu]` + one change) runs under its own name; the recipes
+    that are stages of a named candidate do not appear twice."""
+    from argparse import Namespace
+
+    from benchmarks.quality import candidates, vla_train_commands
+
+    names = candidates()
+    assert "dita-flow-cpu" in names and "dita-cpu" not in names and "omnijarvis-cpu-vla" not in names
+    args = Namespace(env=["env=lift"], dataset="data/lift", repo_id="local/lift", budget_minutes=20, vla_overrides=[])
+    [(cmd, out)] = vla_train_commands(args, "dita-flow-cpu", tmp_path, 0)
+    assert "recipe=dita-flow-cpu" in cmd and "train.max_seconds=1200" in cmd and out == tmp_path / "train"
+    assert len(vla_train_commands(args, "omnijarvis", tmp_path, 0)) == 2
