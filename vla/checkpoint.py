@@ -119,21 +119,24 @@ def _corrupt(model_dir: Path, e: Exception) -> CheckpointError:
     return CheckpointError(f"{model_dir}: corrupt or truncated checkpoint ({first})")
 
 
+def _is_lerobot_config(meta) -> bool:
+    """A LeRobot policy's config names a ``type``; a vla one names a ``policy``."""
+    return isinstance(meta, dict) and "type" in meta and "policy" not in meta
+
+
 def is_lerobot_checkpoint(model_dir: Path) -> bool:
-    """Whether a resolved model directory holds a LeRobot policy (its config names a ``type``)
-    rather than a vla one (whose config names a ``policy``)."""
+    """Whether a resolved model directory holds a LeRobot policy rather than a vla one."""
     try:
-        meta = json.loads((Path(model_dir) / "config.json").read_text())
+        return _is_lerobot_config(json.loads((Path(model_dir) / "config.json").read_text()))
     except (OSError, json.JSONDecodeError):
         return False
-    return isinstance(meta, dict) and "type" in meta and "policy" not in meta
 
 
 def _read_meta(model_dir: Path) -> dict:
     """A vla checkpoint's config.json; a LeRobot checkpoint is refused by name, since only
     ``vla eval`` runs those."""
     meta = json.loads((model_dir / "config.json").read_text())
-    if is_lerobot_checkpoint(model_dir):
+    if _is_lerobot_config(meta):
         raise CheckpointError(f"{model_dir}: a LeRobot {meta['type']!r} checkpoint; `vla eval eval.checkpoint=...` "
                               f"runs it, this command needs a checkpoint trained by vla")
     return meta
