@@ -8,9 +8,6 @@ import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ["HF_HUB_OFFLINE"] = "1"
-# transformers loads weights through a thread pool it never joins; in one long-lived pytest process
-# those threads pile up (and a thread start once hung there). The text encoder is small: load in line.
-os.environ.setdefault("HF_DEACTIVATE_ASYNC_LOAD", "1")
 # lerobot loads parquet through HF datasets, which caches arrow copies; keep them out of ~/.cache.
 os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="vla-test-hf-datasets-")
 
