@@ -139,6 +139,26 @@ def test_loss_is_action_plus_lambda_times_world_model(dust):
     policy.config.lambda_wm = 1.0
 
 
+def test_shared_prefix_noise_samples_equal_the_repeated_batch(dust):
+    """noise_samples=K: the loss and gradients of the batch repeated K times, both streams."""
+    cfg, policy = dust
+    batch = cached_batch(policy, raw_batch(cfg))
+    batch["action_is_pad"][0, -3:] = True  # padding is repeated with its sample
+    losses, grads = [], []
+    for k, b in ((3, batch), (1, tile(batch, 3))):
+        policy.config.noise_samples = k
+        policy.zero_grad()
+        torch.manual_seed(5)
+        loss, logs = policy.compute_loss(copy.deepcopy(b))
+        loss.backward()
+        losses.append(torch.tensor([logs["action_loss"], logs["wm_loss"]]))
+        grads.append(policy.action_in.weight.grad.clone())
+    policy.config.noise_samples = 1
+    policy.zero_grad()
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-3, atol=1e-6)
+
+
 def test_lambda_zero_removes_the_vision_stream():
     cfg = tiny_config("dust")
     cfg.lambda_wm = 0.0
@@ -313,7 +333,7 @@ def test_action_free_mode_trains_only_the_world_model():
 
 def test_bad_dust_configs_are_refused():
     for field, value, match in (("conditioning", "concat", "conditioning"), ("action_update", "middle", "action_update"),
-                                ("vision_ratio", 0, "vision_ratio")):
+                                ("vision_ratio", 0, "vision_ratio"), ("noise_samples", 0, "noise_samples")):
         cfg = tiny_config("dust")
         setattr(cfg, field, value)
         with pytest.raises(ValueError, match=match):

@@ -48,6 +48,10 @@ class DustConfig(PolicyConfig):
     # Video-only pretraining: no action feature is read, action tokens are pure noise
     # (t = 1) and only L_wm trains. Fine-tune afterwards with train.init_from=<checkpoint>.
     action_free: bool = False
+    # Training: denoise each observation at K noise-time pairs that share one pass over the
+    # prefix (its cross-attention keys / values), as Dita's noise_samples: K times the
+    # denoising samples for a fraction of the compute.
+    noise_samples: int = 1
     # GR00T's flow matching: Beta(1.5, 1) times with mass near the noise end, 4 Euler steps.
     noise: NoiseProcessConfig = field(
         default_factory=lambda: NoiseProcessConfig(kind="flow", num_inference_steps=4,
@@ -65,8 +69,8 @@ class DustConfig(PolicyConfig):
                 raise ValueError(f"dust {name}={value!r}; choose from {list(allowed)}")
         if self.noise.kind != "flow":
             raise ValueError(f"dust is a flow-matching policy; noise.kind must be 'flow', got {self.noise.kind!r}")
-        if self.vision_ratio < 1 or self.noise.num_inference_steps < 1:
-            raise ValueError("vision_ratio and noise.num_inference_steps must be >= 1")
+        if self.vision_ratio < 1 or self.noise.num_inference_steps < 1 or self.noise_samples < 1:
+            raise ValueError("vision_ratio, noise.num_inference_steps and noise_samples must be >= 1")
         if self.lambda_wm < 0:
             raise ValueError(f"lambda_wm must be >= 0, got {self.lambda_wm}")
         if self.action_free and self.lambda_wm == 0:

@@ -34,6 +34,17 @@ from vla.policy import Policy, masked_mse
 _STREAM_ACTION, _STREAM_VISION = 0, 1
 
 
+def _repeat(x, k: int):
+    """Every tensor in a nested tuple / list / dict repeated k times along the batch (None kept)."""
+    if k == 1 or x is None:
+        return x
+    if torch.is_tensor(x):
+        return x.repeat_interleave(k, dim=0)
+    if isinstance(x, dict):
+        return {key: _repeat(v, k) for key, v in x.items()}
+    return type(x)(_repeat(v, k) for v in x)
+
+
 class DustPolicy(Policy):
     config_class = DustConfig
 
@@ -148,27 +159,30 @@ class DustPolicy(Policy):
 
     # --- the contract --------------------------------------------------------------------------
     def compute_loss(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
-        """Decoupled flow matching: L_action + lambda_wm * L_wm (only L_wm when action-free)."""
+        """Decoupled flow matching: L_action + lambda_wm * L_wm (only L_wm when action-free).
+        With ``noise_samples = K`` each observation is denoised at K time pairs sharing one
+        prefix pass: exactly the loss of the batch repeated K times."""
         cfg = self.config
+        k = cfg.noise_samples
         prefix = self.prefix(batch)
-        state = batch[OBS_STATE]
+        ctx = _repeat(self._context(prefix), k)
+        state = _repeat(batch[OBS_STATE], k)
         b, device = state.shape[0], state.device
-        ctx = self._context(prefix)
         if cfg.action_free:
             actions = torch.zeros(b, cfg.horizon, cfg.action_dim, device=device)
             t_a = torch.ones(b, device=device)  # pure noise, no loss: the stream carries no action information
         else:
-            actions = batch[ACTION]
+            actions = _repeat(batch[ACTION], k)
             t_a = self.process.sample_time(b, device)
         noise_a = torch.randn_like(actions)
         noisy_a = self.process.add_noise(actions, noise_a, t_a)
         future = noisy_o = t_o = noise_o = None
         if cfg.world_model:
-            future, valid = self.future_tokens(batch)
+            future, valid = _repeat(self.future_tokens(batch), k)
             t_o = self.process.sample_time(b, device) if cfg.decoupled_noise else t_a
             noise_o = torch.randn_like(future)
             noisy_o = self.process.add_noise(future, noise_o, t_o)
-        is_pad = batch.get(f"{ACTION}_is_pad")
+        is_pad = _repeat(batch.get(f"{ACTION}_is_pad"), k)
         v_a, v_o = self.velocity(state, noisy_a, t_a, noisy_o, t_o, ctx, None if cfg.action_free else is_pad)
         logs: dict[str, float] = {}
         loss = torch.zeros((), device=device)
