@@ -184,7 +184,8 @@ def run_one(args, results: dict, name: str, seed: int) -> None:
         "task": args.task, "candidate": name, "seed": seed, "dataset": str(args.dataset), "env": args.env,
         "budget_minutes": args.budget_minutes, "threads": args.threads, "features": args.features,
         "episodes": report["episodes"], "successes": report["successes"], "success_rate": report["success_rate"],
-        "ci95": report["ci95"], "mean_length": report["mean_length"], **summary, "eval_seconds": round(eval_s, 1),
+        "ci95": report["ci95"], "mean_length": report["mean_length"],
+        **({"stages_reached": report["stages_reached"]} if "stages_reached" in report else {}), **summary, "eval_seconds": round(eval_s, 1),
         "reproduce": reproduce_command(args, name, seed), "commands": [*commands, eval_cmd], "machine": machine(), "load_avg_before": round(load_before, 2),
         "run_dir": str(run_dir),
     }

@@ -42,9 +42,35 @@ def test_eval_writes_report_and_videos(trained_run, tmp_path, capsys):
     assert all(r["length"] == 12 for r in report["episodes_detail"])  # an untrained policy fails and times out
     assert report["protocol"]["n_action_steps (replan every)"] == 4
     assert "lift" in report["per_task"]
+    # The env's stages are reported: an untrained policy reaches none of them on 12 steps.
+    assert report["stages_reached"] == {"grasped": 0.0, "lifted": 0.0, "success": 0.0}
+    assert "stages reached: grasped 0%, lifted 0%, success 0%" in out
     assert "Success rate" in (out_dir / "report.md").read_text()
+    assert "| lift | 0% | 0% | 0% |" in (out_dir / "report.md").read_text()
     videos = list((out_dir / "videos").glob("*.mp4"))
     assert len(videos) == 1 and videos[0].stat().st_size > 1000
+
+
+def test_report_gives_the_share_of_episodes_that_reached_each_stage(tmp_path):
+    from vla.report import summarize, write_report
+
+    def episode(task, succeeded, **stages):
+        return {"task": task, "success": succeeded, "length": 10, **({"stages": stages} if stages else {})}
+
+    records = [episode("stack", True, grasped=True, lifted=True, over_target=True, success=True),
+               episode("stack", False, grasped=True, lifted=True, over_target=False, success=False),
+               episode("stack", False, grasped=False, lifted=False, over_target=False, success=False),
+               episode("lift", False, grasped=True, lifted=False, success=False),
+               episode("other", False)]  # an env without stages
+    result = summarize(records, {})
+    assert result["per_task"]["stack"]["stages_reached"] == {"grasped": 2 / 3, "lifted": 2 / 3, "over_target": 1 / 3,
+                                                             "success": 1 / 3}
+    assert result["per_task"]["lift"]["stages_reached"] == {"grasped": 1.0, "lifted": 0.0, "success": 0.0}
+    assert "stages_reached" not in result["per_task"]["other"]
+    write_report(tmp_path, result)
+    text = (tmp_path / "report.md").read_text()
+    assert "| task | grasped | lifted | over_target | success |" in text  # success last, whatever the task order
+    assert "| stack | 67% | 67% | 33% | 33% |" in text and "| lift | 100% | 0% | - | 0% |" in text
 
 
 def test_print_config(capsys):

@@ -235,14 +235,20 @@ EXPECTED_PHASES = {
 }
 
 
+EXPECTED_STAGES = {"lift": ["grasped", "lifted", "success"],
+                   "stack": ["grasped", "lifted", "over_target", "success"],
+                   "place": ["grasped", "lifted", "over_target", "success"]}
+
+
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_expert_solves_its_task(blind_envs, task):
     env = blind_envs[task]
     expert = make_expert(task, env)
     for seed in (0, 1):
-        obs, _ = env.reset(seed=seed)
+        obs, info = env.reset(seed=seed)
+        assert not any(info["stages"].values())
         expert.reset()
-        phases, terminated, truncated = [], False, False
+        phases, terminated, truncated, first_reached = [], False, False, {}
         while not (terminated or truncated):
             action = expert.act(obs)
             assert action.shape == (7,) and np.abs(action).max() <= 1.0
@@ -250,8 +256,15 @@ def test_expert_solves_its_task(blind_envs, task):
             if not phases or phases[-1] != expert.phase:
                 phases.append(expert.phase)
             obs, reward, terminated, truncated, info = env.step(action)
+            for stage, now in info["stages"].items():
+                if now:
+                    first_reached.setdefault(stage, env.unwrapped._elapsed_steps)
         assert terminated and info["is_success"] and reward == 1.0, f"{task} seed {seed}"
         assert phases == EXPECTED_PHASES[task]
+        # The stages an evaluation reports are reached one after another, in the order listed.
+        assert list(first_reached) == EXPECTED_STAGES[task] == list(info["stages"])
+        steps = list(first_reached.values())
+        assert steps == sorted(steps) and steps[0] < steps[-1], first_reached
 
 
 def test_descent_ends_at_grasp_height_even_a_little_off_centre(blind_envs):
@@ -357,6 +370,7 @@ def test_async_vector_env_steps():
     assert obs[OBS_STATE].shape == (2, len(STATE_NAMES))
     assert obs[TASK] == (TASKS["stack"].instruction,) * 2
     assert reward.shape == (2,) and not info["is_success"].any()
+    assert info["stages"]["grasped"].shape == (2,) and not info["stages"]["over_target"].any()
 
 
 def test_carry_and_place_go_back_to_the_pick_when_the_cube_is_lost(blind_envs):

@@ -144,7 +144,10 @@ def cmd_eval(run, policy_cfg, args) -> None:
         r = evaluate_policy(*load_policy(ckpt, _device(run)), run, output_dir=out)
     lo, hi = r["ci95"]
     print(f"success rate {r['success_rate']:.1%} ({r['successes']}/{r['episodes']}), 95% CI [{lo:.1%}, {hi:.1%}], "
-          f"mean length {r['mean_length']:.1f}\nreport: {out}/report.md\nvideos: {out}/videos/")
+          f"mean length {r['mean_length']:.1f}")
+    if "stages_reached" in r:
+        print("stages reached: " + ", ".join(f"{k} {v:.0%}" for k, v in r["stages_reached"].items()))
+    print(f"report: {out}/report.md\nvideos: {out}/videos/")
 
 
 def _lerobot_runtime(ckpt: str, run):

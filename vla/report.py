@@ -24,8 +24,17 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 def _rates(records: list[dict]) -> dict:
     n, s = len(records), sum(r["success"] for r in records)
     lo, hi = wilson_interval(s, n)
-    return {"episodes": n, "successes": s, "success_rate": s / n if n else 0.0, "ci95": [lo, hi],
-            "mean_length": float(np.mean([r["length"] for r in records])) if records else 0.0}
+    out = {"episodes": n, "successes": s, "success_rate": s / n if n else 0.0, "ci95": [lo, hi],
+           "mean_length": float(np.mean([r["length"] for r in records])) if records else 0.0}
+    stages = _stage_names(records)
+    if stages:  # envs that report info["stages"]: the share of episodes that ever reached each one
+        out["stages_reached"] = {k: float(np.mean([r.get("stages", {}).get(k, False) for r in records])) for k in stages}
+    return out
+
+
+def _stage_names(records: list[dict]) -> list[str]:
+    """Every stage name the records report, in the order the env reports them."""
+    return list(dict.fromkeys(k for r in records for k in r.get("stages", {})))
 
 
 def summarize(records: list[dict], protocol: dict) -> dict:
@@ -50,6 +59,14 @@ def write_report(out_dir: Path, result: dict) -> None:
     for task, r in result["per_task"].items():
         lines.append(f"| {task} | {r['episodes']} | {r['success_rate']:.1%} | "
                      f"[{r['ci95'][0]:.1%}, {r['ci95'][1]:.1%}] | {r['mean_length']:.1f} |")
+    staged = {t: r["stages_reached"] for t, r in result["per_task"].items() if "stages_reached" in r}
+    if staged:
+        names = list(dict.fromkeys(k for reached in staged.values() for k in reached))
+        names.sort(key=lambda k: k == "success")  # stable: the envs' order, success last
+        lines += ["", "## Stages reached", "", "Where episodes end: the share that ever reached each stage of the task.", "",
+                  "| task | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        lines += [f"| {t} | " + " | ".join(f"{reached[k]:.0%}" if k in reached else "-" for k in names) + " |"
+                  for t, reached in staged.items()]
     lines += ["", "## Protocol", ""] + [f"- {k}: {v}" for k, v in result["protocol"].items()]
     videos = sorted((out_dir / "videos").glob("*.mp4")) if (out_dir / "videos").exists() else []
     if videos:

@@ -118,6 +118,7 @@ def rollout(runtime, env_cfg: EnvConfig, *, episodes: int, n_envs: int, seed: in
         obs, _ = envs.reset(seed=[seed + i for i in range(n_envs)])
         runtime.reset()
         episode_of = list(range(n_envs))           # which episode each env is running (-1 = idle)
+        reached: list[dict[str, bool]] = [{} for _ in range(n_envs)]  # stages each episode has reached so far
         next_episode, steps = n_envs, [0] * n_envs
         frames: dict[int, list[np.ndarray]] = {i: [] for i in range(min(max_videos, n_envs))}
         bar = tqdm(total=episodes, desc="eval", unit="episode", disable=not progress)
@@ -134,10 +135,14 @@ def rollout(runtime, env_cfg: EnvConfig, *, episodes: int, n_envs: int, seed: in
                 if ep < 0:
                     continue
                 steps[i] += 1
+                for name, flags in info.get("stages", {}).items():
+                    if not name.startswith("_"):  # gymnasium's per-key "_name" masks
+                        reached[i][name] = reached[i].get(name, False) or bool(flags[i])
                 if terminated[i] or truncated[i]:
                     success = bool(info["is_success"][i])
                     records.append({"episode": ep, "seed": seed + ep, "success": success, "length": steps[i],
-                                    "task": task_label(env_cfg)})
+                                    "task": task_label(env_cfg), **({"stages": reached[i]} if reached[i] else {})})
+                    reached[i] = {}
                     if ep in frames and video_dir is not None:
                         frames[ep].append(video_frame(obs, i, env_cfg.cameras, captions[i] if captions else None))
                         tag = "success" if success else "failure"

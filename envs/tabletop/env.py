@@ -108,18 +108,20 @@ class TabletopEnv(gym.Env):
         self._scene.reset()
         self._elapsed_steps = 0
         self._last_obs = self._observation()
-        return self._last_obs, {"is_success": self._scene.check_success()}
+        stages = self._scene.stages()
+        return self._last_obs, {"is_success": stages["success"], "stages": stages}
 
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
         """Apply one (7,) action for 1/20 s; reward is 1.0 on success, else 0.0."""
         action = np.clip(np.asarray(action, dtype=np.float64).reshape(ACTION_DIM), -1.0, 1.0)
         self._scene.step(action)
         self._elapsed_steps += 1
-        success = self._scene.check_success()
+        stages = self._scene.stages()  # info["stages"]: how far the task got (TabletopScene.stages)
+        success = stages["success"]
         terminated = success and self.terminate_on_success
         truncated = not terminated and self._elapsed_steps >= self.max_episode_steps
         self._last_obs = self._observation()
-        return self._last_obs, float(success), terminated, truncated, {"is_success": success}
+        return self._last_obs, float(success), terminated, truncated, {"is_success": success, "stages": stages}
 
     def render(self) -> np.ndarray | None:
         """The agentview frame (H, W, 3) uint8: the latest observation's unless `render_size` is set."""

@@ -38,6 +38,7 @@ from envs.tabletop.tasks import (
 CONTROL_FREQ = 20  # Hz, the rate of one env step
 TABLE_SIZE = (0.8, 0.8, 0.05)
 TABLE_TOP = np.array((0.0, 0.0, 0.8))  # centre of the table's top surface (m)
+STAGE_LIFT_HEIGHT = 0.02  # the "lifted" stage: the cube's bottom face this far above the table (m)
 # Objects are placed in this window around the table centre (m): inside the Panda's
 # comfortable reach and the agentview camera's field of view.
 PLACEMENT_X = (-0.12, 0.12)
@@ -217,6 +218,27 @@ class TabletopScene(ManipulationEnv):
         if self.task_spec.kind == "stack":
             return self._stacked(self.task_spec.pick, self.task_spec.target)
         return self._in_bin(self.task_spec.pick)
+
+    def stages(self) -> dict[str, bool]:
+        """The task's stages on the current state, in the order an expert reaches them:
+        ``grasped`` (both pads on the pick cube), ``lifted`` (its bottom face >= 2 cm above the
+        table), for stack / place ``over_target`` (its centre over the green cube's top face /
+        inside the bin's walls, above it), and ``success``. An evaluation reports how many
+        episodes ever reached each one: where a policy fails, not only whether."""
+        colour = self.task_spec.pick
+        pos, _ = self.object_pose(cube_name(colour))
+        out = {"grasped": self.is_grasped(cube_name(colour)),
+               "lifted": bool(pos[2] - CUBE_HALF_SIZE[colour] - TABLE_TOP[2] >= STAGE_LIFT_HEIGHT)}
+        if self.task_spec.kind == "stack":
+            target_pos, target_rot = self.object_pose(cube_name(self.task_spec.target))
+            local = target_rot.T @ (pos - target_pos)
+            out["over_target"] = bool(np.all(np.abs(local[:2]) < CUBE_HALF_SIZE[self.task_spec.target]) and local[2] > 0)
+        elif self.task_spec.kind == "place":
+            bin_pos, bin_rot = self.object_pose("bin")
+            local = bin_rot.T @ (pos - bin_pos)
+            out["over_target"] = bool(np.all(np.abs(local[:2]) < np.array(BIN_SIZE[:2]) / 2 - BIN_WALL))
+        out["success"] = self.check_success()
+        return out
 
     def _lifted(self, colour: str) -> bool:
         pos, _ = self.object_pose(cube_name(colour))
