@@ -23,16 +23,20 @@ def lift():
     env.close()
 
 
-def run_expert(env, expert, seed: int) -> tuple[bool, list[str]]:
-    """(success, the phase label of every step)."""
-    obs, _ = env.reset(seed=seed)
+def run_expert(env, expert, seed: int) -> tuple[bool, list[str], dict[str, int]]:
+    """(success, the phase label of every step, the step at which each stage was first reached)."""
+    obs, info = env.reset(seed=seed)
+    assert not any(info.get("stages", {}).values())
     expert.reset()
-    phases = []
+    phases, first_reached = [], {}
     while True:
         obs, _, terminated, truncated, info = env.step(expert.act(obs))
         phases.append(expert.phase)
+        for stage, now in info.get("stages", {}).items():
+            if now:
+                first_reached.setdefault(stage, len(phases))
         if terminated or truncated:
-            return info["is_success"], phases
+            return info["is_success"], phases, first_reached
 
 
 def test_observation_follows_the_tabletop_convention(lift):
@@ -78,10 +82,15 @@ def test_scripted_experts_solve_their_tasks(task):
         results = [run_expert(env, expert, seed) for seed in range(3)]
     finally:
         env.close()
-    assert all(success for success, _ in results), [len(p) for _, p in results]
+    assert all(success for success, _, _ in results), [len(p) for _, p, _ in results]
     noun = {"Lift": "the red cube", "Stack": "the red cube", "PickPlaceCan": "the can"}[task]
     labels = list(dict.fromkeys(results[0][1]))  # in order, once each
     assert labels[:3] == [f"reach {noun}", f"grasp {noun}", f"lift {noun}"]
+    # The stages an evaluation reports are all reached, one after another, in the order listed.
+    stages = {"Lift": ["grasped", "lifted", "success"]}.get(task, ["grasped", "lifted", "over_target", "success"])
+    for _, _, first_reached in results:
+        assert list(first_reached) == stages, first_reached
+        assert list(first_reached.values()) == sorted(first_reached.values())
 
 
 @pytest.mark.parametrize("task", ["NutAssemblySquare", "Door", "PickPlaceMilk"])
@@ -92,6 +101,7 @@ def test_other_stock_tasks_run_with_instructions(task):
         obs, reward, terminated, truncated, info = env.step(np.zeros(7, dtype=np.float32))
         assert env.observation_space.contains(obs)
         assert obs[TASK] == TASKS[task].instruction and not info["is_success"] and reward == 0.0
+        assert "stages" not in info  # no single object to pick: no stages, rather than made-up ones
     finally:
         env.close()
 

@@ -168,7 +168,7 @@ class RobosuiteEnv(gym.Env):
         raw = self._env.reset()
         self._elapsed_steps = 0
         self._last_obs = self._observation(raw)
-        return self._last_obs, {"is_success": self.is_success()}
+        return self._last_obs, self._info()
 
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
         """One control step; reward is 1.0 on success, else 0.0."""
@@ -179,11 +179,12 @@ class RobosuiteEnv(gym.Env):
         claim_gl_context(self._env.sim)
         raw, _, _, _ = self._env.step(self._to_robosuite(action))
         self._elapsed_steps += 1
-        success = self.is_success()
+        info = self._info()
+        success = info["is_success"]
         terminated = success and self.terminate_on_success
         truncated = not terminated and self._elapsed_steps >= self.max_episode_steps
         self._last_obs = self._observation(raw)
-        return self._last_obs, float(success), terminated, truncated, {"is_success": success}
+        return self._last_obs, float(success), terminated, truncated, info
 
     def render(self) -> np.ndarray | None:
         """The first camera's latest frame (H, W, 3) uint8, or a `RENDER_CAMERA` frame without cameras."""
@@ -208,6 +209,32 @@ class RobosuiteEnv(gym.Env):
     # ----------------------------------------------------------------------- privileged
     def is_success(self) -> bool:
         return bool(self._env._check_success())
+
+    def stages(self) -> dict[str, bool] | None:
+        """The stages of a pick task on the current state, as the tabletop tasks report them
+        (``grasped``, ``lifted`` >= 2 cm off the table, ``over_target`` where the object has a
+        target, ``success``); None for tasks without a single object to pick (`STAGED`)."""
+        if self.task_name not in STAGED:
+            return None
+        env, (pick, target) = self._env, STAGED[self.task_name]
+        obj = next(o for o in env.model.mujoco_objects if o.name == pick)
+        pos = env.sim.data.body_xpos[env.sim.model.body_name2id(obj.root_body)]
+        out = {"grasped": bool(env._check_grasp(gripper=env.robots[0].gripper, object_geoms=obj)),
+               "lifted": bool(pos[2] - object_half_size(obj)[2] - table_height(env) >= STAGE_LIFT_HEIGHT)}
+        if target == "bin":  # PickPlace: over (or in) the object's own bin
+            out["over_target"] = not env.not_in_bin(pos, env.object_to_id[pick.lower()])
+        elif target is not None:
+            below = next(o for o in env.model.mujoco_objects if o.name == target)
+            body = env.sim.model.body_name2id(below.root_body)
+            local = env.sim.data.body_xmat[body].reshape(3, 3).T @ (pos - env.sim.data.body_xpos[body])
+            out["over_target"] = bool(np.all(np.abs(local[:2]) < object_half_size(below)[:2]) and local[2] > 0)
+        out["success"] = self.is_success()
+        return out
+
+    def _info(self) -> dict:
+        stages = self.stages()
+        return {"is_success": stages["success"] if stages else self.is_success(),
+                **({"stages": stages} if stages else {})}
 
     @property
     def robosuite_env(self):
@@ -290,6 +317,10 @@ def table_height(env) -> float:
 
 
 BIN_FLOOR_HALF_THICKNESS = 0.02
+# Tasks with one object to pick whose stages `stages` reports: robosuite's object name and its
+# target (an object to rest on, its own "bin", or None).
+STAGED = {"Lift": ("cube", None), "Stack": ("cubeA", "cubeB"), "PickPlaceCan": ("Can", "bin")}
+STAGE_LIFT_HEIGHT = 0.02  # the "lifted" stage: the object's bottom this far above its start surface (m)
 
 
 def bin_walls(env) -> dict:
