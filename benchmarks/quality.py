@@ -237,7 +237,7 @@ def table(results: dict) -> str:
                 name, str(len(runs)), " / ".join(f"{r['success_rate']:.0%}" for r in runs),
                 f"**{s / n:.0%}** [{lo:.0%}, {hi:.0%}]", f"{mean('budget_minutes'):g}", f"{mean('train_seconds'):.0f}",
                 " / ".join(str(r["steps"]) for r in runs), f"{mean('samples_seen'):,.0f}",
-                f"{mean('final_loss'):.3g}",
+                f"{mean('final_loss'):.3g}", stages_cell(runs),
             ])
         budgets = sorted({r["budget_minutes"] for runs in rows.values() for r in runs})
         first = next(iter(rows.values()))[0]
@@ -247,8 +247,19 @@ def table(results: dict) -> str:
             f"budget {', '.join(f'{b:g}' for b in budgets)} min of training per run, {first['threads']} torch threads.\n\n"
             + markdown_table(["candidate", "seeds", "success per seed", "pooled success [95% Wilson CI]",
                               "budget min", "train s (mean)", "steps per seed", "samples seen (mean)",
-                              "final loss (mean)"], lines))
+                              "final loss (mean)", "stages reached (pooled)"], lines))
     return "\n\n".join(parts)
+
+
+def stages_cell(runs: list[dict]) -> str:
+    """The share of episodes that reached each stage of the task, over the runs that report it."""
+    staged = [r for r in runs if r.get("stages_reached")]
+    if not staged:
+        return "-"
+    n = sum(r["episodes"] for r in staged)
+    names = list(dict.fromkeys(k for r in staged for k in r["stages_reached"]))
+    return ", ".join(f"{k} {sum(r['stages_reached'].get(k, 0) * r['episodes'] for r in staged) / n:.0%}"
+                     for k in names if k != "success")
 
 
 def write_table(results: dict, path: Path = RESULTS) -> None:

@@ -18,10 +18,12 @@ def test_a_tiny_comparison_fills_the_results_and_the_table(lift_dataset, tmp_pat
         assert r["episodes"] == 2 and r["steps"] and r["train_seconds"] >= 3 and r["threads"] == 1
         assert r["features"] == ["observation.images.agentview", "observation.images.wrist", "observation.state"]
         assert "--candidates " + r["candidate"] in r["reproduce"]
+        assert set(r["stages_reached"]) == {"grasped", "lifted", "success"}  # lift's stages, from the eval report
     assert "train.max_seconds=3" in runs["tiny/dita/seed0"]["commands"][0]
     assert "--max-seconds 3" in runs["tiny/lerobot-act/seed0"]["commands"][0]
     table = markdown.read_text()
     assert "### tiny" in table and "| dita | 1 |" in table and "| lerobot-act | 1 |" in table
+    assert "stages reached (pooled)" in table and "grasped 0%, lifted 0% |" in table  # 5 steps reach nothing
     capsys.readouterr()
     main(args)  # a second sitting skips what is done
     assert capsys.readouterr().out.count("done before") == 2
