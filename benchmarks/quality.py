@@ -168,8 +168,9 @@ def evaluate(args, checkpoint: Path, run_dir: Path) -> tuple[dict, str, float]:
     return json.loads((out / "report.json").read_text()), shell(cmd), seconds
 
 
-def run_one(args, results: dict, name: str, seed: int) -> None:
+def run_one(args, name: str, seed: int) -> None:
     key = f"{args.task}/{name}/seed{seed}"
+    results = load_results(args.results)
     if key in results["runs"]:
         print(f"[{key}] done before: {results['runs'][key]['success_rate']:.0%}", flush=True)
         return
@@ -180,7 +181,7 @@ def run_one(args, results: dict, name: str, seed: int) -> None:
     checkpoint, commands, summary = train(args, name, run_dir, seed)
     print(f"[{key}] evaluating {args.episodes} episodes", flush=True)
     report, eval_cmd, eval_s = evaluate(args, checkpoint, run_dir)
-    results["runs"][key] = {
+    record = {
         "task": args.task, "candidate": name, "seed": seed, "dataset": str(args.dataset), "env": args.env,
         "budget_minutes": args.budget_minutes, "threads": args.threads, "features": args.features,
         "episodes": report["episodes"], "successes": report["successes"], "success_rate": report["success_rate"],
@@ -189,7 +190,7 @@ def run_one(args, results: dict, name: str, seed: int) -> None:
         "reproduce": reproduce_command(args, name, seed), "commands": [*commands, eval_cmd], "machine": machine(), "load_avg_before": round(load_before, 2),
         "run_dir": str(run_dir),
     }
-    save_results(args.results, results)
+    results = record_run(args.results, key, record)
     write_table(results, args.markdown)  # the table fills in run by run
     r = results["runs"][key]
     print(f"[{key}] reproduce with: {r['reproduce']}", flush=True)
@@ -211,6 +212,19 @@ def reproduce_command(args, name: str, seed: int) -> str:
 # --- results and the table ---------------------------------------------------------------------
 def load_results(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {"runs": {}}
+
+
+def record_run(path: Path, key: str, record: dict) -> dict:
+    """Add one run to the results file as it is on disk now (another sitting, or an edit, may
+    have changed it since this one started) and return the merged results."""
+    import fcntl
+
+    with open(path.with_suffix(".lock"), "w") as lock:  # two sittings finishing at once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = load_results(path)
+        results["runs"][key] = record
+        save_results(path, results)
+    return results
 
 
 def save_results(path: Path, results: dict) -> None:
@@ -292,7 +306,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--markdown", type=Path, default=RESULTS, help="the file the table is written into")
     ap.add_argument("--table", action="store_true", help="only rewrite the table from --results")
     args = ap.parse_args(argv)
-    results = load_results(args.results)
     if not args.table:
         if not (args.task and args.dataset):
             ap.error("--task and --dataset are required to run (or pass --table)")
@@ -303,11 +316,11 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds:  # seed-major: a sitting that ends early leaves every candidate comparable
             for name in args.candidates:
                 try:
-                    run_one(args, results, name, seed)
+                    run_one(args, name, seed)
                 except SystemExit as e:  # one failed run (its log is named) must not stop the sitting
                     print(f"[{args.task}/{name}/seed{seed}] {e}", flush=True)
                     failed.append(f"{name}/seed{seed}")
-    write_table(results, args.markdown)
+    write_table(load_results(args.results), args.markdown)
     if not args.table and failed:
         raise SystemExit(f"error: {len(failed)} run(s) failed: {', '.join(failed)}")
 

@@ -42,3 +42,17 @@ def test_every_other_recipe_is_a_one_stage_candidate(tmp_path):
     [(cmd, out)] = vla_train_commands(args, "dita-flow-cpu", tmp_path, 0)
     assert "recipe=dita-flow-cpu" in cmd and "train.max_seconds=1200" in cmd and out == tmp_path / "train"
     assert len(vla_train_commands(args, "omnijarvis", tmp_path, 0)) == 2
+
+
+def test_a_finished_run_keeps_what_others_wrote_since_the_sitting_began(tmp_path):
+    """Two sittings (or a hand edit) sharing one results file: each finished run is merged into
+    the file as it is then, not into the copy read at start."""
+    from benchmarks.quality import load_results, record_run, save_results
+
+    path = tmp_path / "quality.json"
+    save_results(path, {"runs": {"lift/dita/seed0": {"success_rate": 0.88}}})
+    started_with = load_results(path)
+    save_results(path, {"runs": {**started_with["runs"], "lift/dust/seed0": {"success_rate": 0.3}}})  # meanwhile
+    merged = record_run(path, "lift/dita/seed1", {"success_rate": 0.84})
+    assert sorted(merged["runs"]) == sorted(load_results(path)["runs"]) == [
+        "lift/dita/seed0", "lift/dita/seed1", "lift/dust/seed0"]
