@@ -44,7 +44,8 @@ def test_observation_follows_the_tabletop_convention(lift):
     assert lift.observation_space.contains(obs)
     assert set(obs) == {image_key("agentview"), image_key("wrist"), OBS_STATE, OBS_ENV_STATE, TASK}
     assert obs[image_key("wrist")].shape == (SIZE, SIZE, 3)
-    assert obs[TASK] == "lift the red cube" and info == {"is_success": False}
+    assert obs[TASK] == "lift the red cube"
+    assert info == {"is_success": False, "stages": {"grasped": False, "lifted": False, "success": False}}
     assert lift.action_space.shape == (7,)
     # state = robot0_eef_pos | rot6d(robot0_eef_quat) | gripper qpos, robosuite's own observables
     raw = lift.robosuite_env._get_observations(force_update=True)

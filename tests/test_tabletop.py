@@ -60,7 +60,7 @@ def test_observation_matches_its_space(camera_env):
     state = obs[OBS_STATE]
     assert state.shape == (len(STATE_NAMES),) and state.dtype == np.float32
     assert obs[TASK] == TASKS["lift"].instruction
-    assert info == {"is_success": False}
+    assert info == {"is_success": False, "stages": {"grasped": False, "lifted": False, "success": False}}
     assert camera_env.action_space.shape == (7,) and camera_env.action_space.dtype == np.float32
 
 
@@ -154,7 +154,8 @@ def test_zero_action_keeps_the_scene_still(camera_env):
     positions = object_positions(camera_env)
     for _ in range(10):
         obs, reward, terminated, truncated, info = camera_env.step(np.zeros(7, np.float32))
-        assert reward == 0.0 and not terminated and not truncated and info == {"is_success": False}
+        assert reward == 0.0 and not terminated and not truncated and not info["is_success"]
+        assert not any(info["stages"].values())
     assert np.isfinite(obs[OBS_STATE]).all()
     assert np.abs(object_positions(camera_env) - positions).max() < 0.005
 
