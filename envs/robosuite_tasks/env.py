@@ -30,6 +30,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.mujoco_render import claim_gl_context, cpu_render_settings, render_camera  # isort: skip  (before robosuite)
+from envs import stages
 from envs.errors import EnvError
 from envs.robosuite_tasks.tasks import robosuite_camera, robosuite_task
 from vla.features import OBS_ENV_STATE, OBS_STATE, TASK, image_key, rot6d
@@ -220,21 +221,22 @@ class RobosuiteEnv(gym.Env):
         obj = next(o for o in env.model.mujoco_objects if o.name == pick)
         pos = env.sim.data.body_xpos[env.sim.model.body_name2id(obj.root_body)]
         out = {"grasped": bool(env._check_grasp(gripper=env.robots[0].gripper, object_geoms=obj)),
-               "lifted": bool(pos[2] - object_half_size(obj)[2] - table_height(env) >= STAGE_LIFT_HEIGHT)}
-        if target == "bin":  # PickPlace: over (or in) the object's own bin
+               "lifted": bool(pos[2] - object_half_size(obj)[2] - table_height(env) >= stages.LIFT_HEIGHT)}
+        if target == "bin":  # PickPlace: over (or in) the object's own bin, robosuite's own test
             out["over_target"] = not env.not_in_bin(pos, env.object_to_id[pick.lower()])
         elif target is not None:
             below = next(o for o in env.model.mujoco_objects if o.name == target)
             body = env.sim.model.body_name2id(below.root_body)
-            local = env.sim.data.body_xmat[body].reshape(3, 3).T @ (pos - env.sim.data.body_xpos[body])
-            out["over_target"] = bool(np.all(np.abs(local[:2]) < object_half_size(below)[:2]) and local[2] > 0)
+            below_rot = env.sim.data.body_xmat[body].reshape(3, 3)
+            out["over_target"] = stages.over(pos, env.sim.data.body_xpos[body], below_rot, object_half_size(below)[:2])
         out["success"] = self.is_success()
         return out
 
     def _info(self) -> dict:
-        stages = self.stages()
-        return {"is_success": stages["success"] if stages else self.is_success(),
-                **({"stages": stages} if stages else {})}
+        reached = self.stages()
+        if reached is None:
+            return {"is_success": self.is_success()}
+        return {"is_success": reached["success"], "stages": reached}
 
     @property
     def robosuite_env(self):
@@ -320,7 +322,6 @@ BIN_FLOOR_HALF_THICKNESS = 0.02
 # Tasks with one object to pick whose stages `stages` reports: robosuite's object name and its
 # target (an object to rest on, its own "bin", or None).
 STAGED = {"Lift": ("cube", None), "Stack": ("cubeA", "cubeB"), "PickPlaceCan": ("Can", "bin")}
-STAGE_LIFT_HEIGHT = 0.02  # the "lifted" stage: the object's bottom this far above its start surface (m)
 
 
 def bin_walls(env) -> dict:

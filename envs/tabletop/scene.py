@@ -23,7 +23,9 @@ from robosuite.utils.placement_samplers import (
     UniformRandomSampler,
 )
 
+from envs import stages
 from envs.tabletop.tasks import (
+    BIN_INNER_HALF,
     BIN_SIZE,
     BIN_WALL,
     CUBE_HALF_SIZE,
@@ -38,7 +40,6 @@ from envs.tabletop.tasks import (
 CONTROL_FREQ = 20  # Hz, the rate of one env step
 TABLE_SIZE = (0.8, 0.8, 0.05)
 TABLE_TOP = np.array((0.0, 0.0, 0.8))  # centre of the table's top surface (m)
-STAGE_LIFT_HEIGHT = 0.02  # the "lifted" stage: the cube's bottom face this far above the table (m)
 # Objects are placed in this window around the table centre (m): inside the Panda's
 # comfortable reach and the agentview camera's field of view.
 PLACEMENT_X = (-0.12, 0.12)
@@ -225,24 +226,18 @@ class TabletopScene(ManipulationEnv):
         table), for stack / place ``over_target`` (its centre over the green cube's top face /
         inside the bin's walls, above it), and ``success``. An evaluation reports how many
         episodes ever reached each one: where a policy fails, not only whether."""
-        colour = self.task_spec.pick
-        pos, _ = self.object_pose(cube_name(colour))
-        out = {"grasped": self.is_grasped(cube_name(colour)),
-               "lifted": bool(pos[2] - CUBE_HALF_SIZE[colour] - TABLE_TOP[2] >= STAGE_LIFT_HEIGHT)}
-        if self.task_spec.kind == "stack":
-            target_pos, target_rot = self.object_pose(cube_name(self.task_spec.target))
-            local = target_rot.T @ (pos - target_pos)
-            out["over_target"] = bool(np.all(np.abs(local[:2]) < CUBE_HALF_SIZE[self.task_spec.target]) and local[2] > 0)
-        elif self.task_spec.kind == "place":
-            bin_pos, bin_rot = self.object_pose("bin")
-            local = bin_rot.T @ (pos - bin_pos)
-            out["over_target"] = bool(np.all(np.abs(local[:2]) < np.array(BIN_SIZE[:2]) / 2 - BIN_WALL))
+        colour, target = self.task_spec.pick, self.task_spec.target
+        out = {"grasped": self.is_grasped(cube_name(colour)), "lifted": self._lifted(colour, stages.LIFT_HEIGHT)}
+        if target is not None:  # over the green cube's top face, or inside the bin's walls
+            below = "bin" if target == "bin" else cube_name(target)
+            half_xy = BIN_INNER_HALF if target == "bin" else CUBE_HALF_SIZE[target]
+            out["over_target"] = stages.over(self.object_pose(cube_name(colour))[0], *self.object_pose(below), half_xy)
         out["success"] = self.check_success()
         return out
 
-    def _lifted(self, colour: str) -> bool:
+    def _lifted(self, colour: str, height: float = LIFT_HEIGHT) -> bool:
         pos, _ = self.object_pose(cube_name(colour))
-        return bool(pos[2] - CUBE_HALF_SIZE[colour] - TABLE_TOP[2] > LIFT_HEIGHT)
+        return bool(pos[2] - CUBE_HALF_SIZE[colour] - TABLE_TOP[2] > height)
 
     def _stacked(self, top: str, bottom: str) -> bool:
         top_pos, _ = self.object_pose(cube_name(top))

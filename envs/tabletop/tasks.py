@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from envs.errors import EnvError
+from envs.stages import local_offset, over
 
 # RGBA of each cube colour; saturated so the colours stay distinct at 96x96 pixels.
 CUBE_RGBA = {
@@ -101,13 +102,15 @@ def cube_name(colour: str) -> str:
 def rests_on(top_pos, bottom_pos, bottom_rot, top: str, bottom: str, z_tolerance: float = STACK_Z_TOLERANCE) -> bool:
     """The geometry of a stack: the `top` cube's centre over the `bottom` cube's top face (in
     that cube's frame) at resting height within `z_tolerance` m. Positions (3,), rotation (3, 3)."""
-    local = np.asarray(bottom_rot).T @ (np.asarray(top_pos) - np.asarray(bottom_pos))
-    over = np.all(np.abs(local[:2]) < CUBE_HALF_SIZE[bottom])
-    return bool(over and abs(local[2] - (CUBE_HALF_SIZE[top] + CUBE_HALF_SIZE[bottom])) < z_tolerance)
+    height = local_offset(top_pos, bottom_pos, bottom_rot)[2]
+    return over(top_pos, bottom_pos, bottom_rot, CUBE_HALF_SIZE[bottom]) and bool(
+        abs(height - (CUBE_HALF_SIZE[top] + CUBE_HALF_SIZE[bottom])) < z_tolerance)
+
+
+BIN_INNER_HALF = np.array(BIN_SIZE[:2]) / 2 - BIN_WALL  # half the bin's inner floor (x, y) (m)
 
 
 def inside_bin(pos, bin_pos, bin_rot) -> bool:
     """The geometry of a placement: a centre inside the bin's inner walls, below its rim."""
-    local = np.asarray(bin_rot).T @ (np.asarray(pos) - np.asarray(bin_pos))
-    inner_half = np.array(BIN_SIZE[:2]) / 2 - BIN_WALL
-    return bool(np.all(np.abs(local[:2]) < inner_half) and local[2] < BIN_SIZE[2] / 2)
+    local = local_offset(pos, bin_pos, bin_rot)
+    return bool(np.all(np.abs(local[:2]) < BIN_INNER_HALF) and local[2] < BIN_SIZE[2] / 2)
