@@ -40,7 +40,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import REPO, RESULTS, machine, markdown_table, write_section
-from vla.report import wilson_interval
+from vla.report import ordered_keys, wilson_interval
 
 DEFAULT_RESULTS = REPO / "benchmarks" / "quality.json"
 FEATURES = ["observation.images.agentview", "observation.images.wrist", "observation.state"]
@@ -186,7 +186,8 @@ def run_one(args, name: str, seed: int) -> None:
         "budget_minutes": args.budget_minutes, "threads": args.threads, "features": args.features,
         "episodes": report["episodes"], "successes": report["successes"], "success_rate": report["success_rate"],
         "ci95": report["ci95"], "mean_length": report["mean_length"],
-        **({"stages_reached": report["stages_reached"]} if "stages_reached" in report else {}), **summary, "eval_seconds": round(eval_s, 1),
+        **({"stages_reached": report["stages_reached"]} if "stages_reached" in report else {}),
+        **summary, "eval_seconds": round(eval_s, 1),
         "reproduce": reproduce_command(args, name, seed), "commands": [*commands, eval_cmd], "machine": machine(), "load_avg_before": round(load_before, 2),
         "run_dir": str(run_dir),
     }
@@ -271,7 +272,7 @@ def stages_cell(runs: list[dict]) -> str:
     if not staged:
         return "-"
     n = sum(r["episodes"] for r in staged)
-    names = list(dict.fromkeys(k for r in staged for k in r["stages_reached"]))
+    names = ordered_keys(r["stages_reached"] for r in staged)
     return ", ".join(f"{k} {sum(r['stages_reached'].get(k, 0) * r['episodes'] for r in staged) / n:.0%}"
                      for k in names if k != "success")
 

@@ -26,15 +26,15 @@ def _rates(records: list[dict]) -> dict:
     lo, hi = wilson_interval(s, n)
     out = {"episodes": n, "successes": s, "success_rate": s / n if n else 0.0, "ci95": [lo, hi],
            "mean_length": float(np.mean([r["length"] for r in records])) if records else 0.0}
-    stages = _stage_names(records)
+    stages = ordered_keys(r.get("stages", {}) for r in records)
     if stages:  # envs that report info["stages"]: the share of episodes that ever reached each one
         out["stages_reached"] = {k: float(np.mean([r.get("stages", {}).get(k, False) for r in records])) for k in stages}
     return out
 
 
-def _stage_names(records: list[dict]) -> list[str]:
-    """Every stage name the records report, in the order the env reports them."""
-    return list(dict.fromkeys(k for r in records for k in r.get("stages", {})))
+def ordered_keys(mappings) -> list[str]:
+    """Every key of the mappings, once, in the order they first appear (the env's stage order)."""
+    return list(dict.fromkeys(k for m in mappings for k in m))
 
 
 def summarize(records: list[dict], protocol: dict) -> dict:
@@ -61,7 +61,7 @@ def write_report(out_dir: Path, result: dict) -> None:
                      f"[{r['ci95'][0]:.1%}, {r['ci95'][1]:.1%}] | {r['mean_length']:.1f} |")
     staged = {t: r["stages_reached"] for t, r in result["per_task"].items() if "stages_reached" in r}
     if staged:
-        names = list(dict.fromkeys(k for reached in staged.values() for k in reached))
+        names = ordered_keys(staged.values())
         names.sort(key=lambda k: k == "success")  # stable: the envs' order, success last
         lines += ["", "## Stages reached", "", "Where episodes end: the share that ever reached each stage of the task.", "",
                   "| task | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
