@@ -56,3 +56,40 @@ def test_a_finished_run_keeps_what_others_wrote_since_the_sitting_began(tmp_path
     merged = record_run(path, "lift/dita/seed1", {"success_rate": 0.84})
     assert sorted(merged["runs"]) == sorted(load_results(path)["runs"]) == [
         "lift/dita/seed0", "lift/dita/seed1", "lift/dust/seed0"]
+
+
+def _report(wins: list[bool], first_seed: int = 100_000) -> dict:
+    return {"episodes_detail": [{"seed": first_seed + i, "success": w} for i, w in enumerate(wins)]}
+
+
+def test_paired_comparison_is_the_exact_mcnemar_test(tmp_path, capsys):
+    from scipy.stats import binomtest
+
+    from benchmarks.paired import main as paired
+
+    # 50 episodes: both win 33, only A 11, only B 3, neither 3
+    a = [True] * 33 + [True] * 11 + [False] * 3 + [False] * 3
+    b = [True] * 33 + [False] * 11 + [True] * 3 + [False] * 3
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "report.json").write_text(json.dumps(_report(a)))
+    (tmp_path / "b.json").write_text(json.dumps(_report(b)))
+    r = paired(([str(tmp_path / "a"), str(tmp_path / "b.json")]))
+    assert (r["episodes"], r["only_a"], r["only_b"]) == (50, 11, 3)
+    assert r["success_a"] == 44 / 50 and r["success_b"] == 36 / 50
+    assert abs(r["p_value"] - binomtest(3, 14, 0.5).pvalue) < 1e-12
+    assert "exact McNemar p = 0.057" in capsys.readouterr().out
+
+
+def test_paired_comparison_uses_only_shared_seeds_and_refuses_disjoint_ones(tmp_path, capsys):
+    import pytest
+
+    from benchmarks.paired import main as paired
+    from vla.report import paired_comparison
+
+    r = paired_comparison(_report([True, True, False]), _report([False, True], first_seed=100_001))
+    assert (r["episodes"], r["only_a"], r["only_b"], r["p_value"]) == (2, 1, 1, 1.0)
+    (tmp_path / "a.json").write_text(json.dumps(_report([True])))
+    (tmp_path / "b.json").write_text(json.dumps(_report([True], first_seed=5)))
+    with pytest.raises(SystemExit) as e:
+        paired([str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    assert e.value.code == 2 and "share no episode seed" in capsys.readouterr().err

@@ -21,6 +21,25 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def paired_comparison(a: dict, b: dict) -> dict:
+    """Two evaluation reports (``report.json`` contents) compared episode by episode on the
+    seeds both ran: where one checkpoint is evaluated two ways (a knob at inference), the
+    episodes are paired and most of the 50-episode noise cancels. ``p_value`` is the exact
+    two-sided McNemar test (a binomial test on the episodes that only one side won)."""
+    won_a = {r["seed"]: bool(r["success"]) for r in a["episodes_detail"]}
+    won_b = {r["seed"]: bool(r["success"]) for r in b["episodes_detail"]}
+    seeds = sorted(set(won_a) & set(won_b))
+    if not seeds:
+        raise ValueError("the two reports share no episode seed: they are not paired")
+    only_a = sum(won_a[s] and not won_b[s] for s in seeds)
+    only_b = sum(won_b[s] and not won_a[s] for s in seeds)
+    discordant = only_a + only_b
+    tail = sum(math.comb(discordant, i) for i in range(min(only_a, only_b) + 1)) / 2 ** discordant
+    return {"episodes": len(seeds), "success_a": sum(won_a[s] for s in seeds) / len(seeds),
+            "success_b": sum(won_b[s] for s in seeds) / len(seeds), "only_a": only_a, "only_b": only_b,
+            "p_value": min(1.0, 2 * tail)}
+
+
 def _rates(records: list[dict]) -> dict:
     n, s = len(records), sum(r["success"] for r in records)
     lo, hi = wilson_interval(s, n)

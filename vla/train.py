@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -120,11 +121,13 @@ class Trainer:
         self.scheduler = self.budget.scheduler(self.optimizer, cosine)
         self.ema = None
         if t.ema_decay:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+            from vla.config import ConfigError
+            from vla.ema import EMA
 
-            # use_buffers: BatchNorm running statistics (and other buffers) are averaged too; without
-            # it the EMA copy keeps their initial values and the checkpoint holds those
-            self.ema = AveragedModel(self.policy, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
+            try:  # of the trained tensors only: the frozen backbone is neither copied nor averaged
+                self.ema = EMA(self.policy, t.ema_decay)
+            except ValueError as e:
+                raise ConfigError(f"train.{e}") from None
         self.step = 0
         if resume:
             self._load_training_state()
@@ -177,7 +180,7 @@ class Trainer:
         self.step = state["step"]
 
     def _save(self) -> Path:
-        weights = self.ema.module.trainable_state_dict() if self.ema is not None else None
+        weights = self.ema.weights(self.policy.trainable_state_dict()) if self.ema is not None else None
         state = {
             "step": self.step,
             "model": self.policy.trainable_state_dict(),
@@ -205,7 +208,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
-            self.ema.update_parameters(self.policy)
+            self.ema.update()
         return {**logs, "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0]}
 
     def run(self) -> Path | None:
@@ -286,11 +289,11 @@ class Trainer:
     def _evaluate(self, writer) -> None:
         from vla.rollout import evaluate_policy
 
-        model = self.ema.module if self.ema is not None else self.policy
-        model.eval()
-        result = evaluate_policy(model, self.normalizer, self.run_cfg, episodes=self.run_cfg.train.eval_episodes,
-                                 output_dir=self.out / "eval" / f"step_{self.step:06d}", progress=False)
-        model.train()
+        self.policy.eval()
+        with self.ema.applied() if self.ema is not None else nullcontext():
+            result = evaluate_policy(self.policy, self.normalizer, self.run_cfg, episodes=self.run_cfg.train.eval_episodes,
+                                     output_dir=self.out / "eval" / f"step_{self.step:06d}", progress=False)
+        self.policy.train()
         writer.add_scalar("eval/success_rate", result["success_rate"], self.step)
 
 
