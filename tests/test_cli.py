@@ -78,6 +78,19 @@ def test_print_config(capsys):
     assert code == 0 and "steps: 7" in out and "width: 768" in out
 
 
+def test_keys_of_a_mapping_are_added_without_a_plus_and_settings_stay_strict():
+    from vla.cli import compose
+    from vla.config import ConfigError
+
+    run, _ = compose(["env.family=gym", "env.gym.images.view=render", "env.kwargs.g=9.0", "robot.topics.cameras.top=/t"])
+    assert run.env.gym.images == {"view": "render"} and run.env.kwargs == {"g": 9.0}
+    assert run.robot.topics.cameras["top"] == "/t"
+    run, _ = compose(["env=pusht", "env.gym.images.top=pixels"])  # a key the config already has is set
+    assert run.env.gym.images == {"top": "pixels"}
+    with pytest.raises(ConfigError, match="env.gym.imagez"):
+        compose(["env.gym.imagez.view=render"])
+
+
 @pytest.mark.parametrize("override, message", [
     ("train.stepz=5", "unknown config key 'train.stepz'"),
     ("policy=nope", "policy/nope"),
@@ -165,3 +178,7 @@ def test_every_recipe_composes_and_an_ablation_changes_only_what_it_says():
     assert flow.noise.kind == "flow" and flow.noise.num_inference_steps == 4 and base.noise.kind == "diffusion"
     flow.noise = base.noise
     assert asdict(flow) == asdict(base) and asdict(run) == asdict(base_run)
+    # the demo's recipe: dita-cpu's data and model, a 14-minute budget and an EMA
+    demo_run, demo = compose(["recipe=dita-ema-cpu"])
+    assert (demo_run.train.max_seconds, demo_run.train.ema_decay) == (840, 0.999)
+    assert asdict(demo) == asdict(base) and asdict(demo_run.collect) == asdict(base_run.collect)

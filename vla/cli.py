@@ -28,8 +28,17 @@ def compose(overrides: list[str]):
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from vla.config import ConfigError, RunConfig, config_dir, parse_run_config
+    from vla.config import ConfigError, RunConfig, config_dir, open_mappings, parse_run_config
     from vla.policy import available_policies, policy_config_class
+
+    mappings = open_mappings()
+
+    def adds_to_mapping(override: str) -> bool:
+        key, eq, _ = override.partition("=")
+        return bool(eq) and not key.startswith(("+", "~")) and key.rpartition(".")[0] in mappings
+
+    # a key added to a mapping (env.kwargs.<name>=...) sets or adds it, with or without a default
+    overrides = [f"++{o}" if adds_to_mapping(o) else o for o in overrides]
 
     store = ConfigStore.instance()
     store.store(name="vla_schema", node=RunConfig)

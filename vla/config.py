@@ -164,6 +164,24 @@ class RunConfig:
     seed: int = 0
 
 
+def open_mappings(schema: type = RunConfig, prefix: str = "") -> set[str]:
+    """Dotted paths of the schema's free-form mappings (its dict-typed fields, e.g. ``env.kwargs``,
+    ``env.gym.images``): keys a user adds there are data, not settings, so `vla` accepts
+    ``env.gym.images.view=render`` where Hydra's struct mode would want a leading ``++``."""
+    import dataclasses
+    import typing
+
+    found = set()
+    for f in dataclasses.fields(schema):
+        kind = typing.get_type_hints(schema)[f.name]
+        path = f"{prefix}{f.name}"
+        if typing.get_origin(kind) is dict:
+            found.add(path)
+        elif dataclasses.is_dataclass(kind):
+            found |= open_mappings(kind, f"{path}.")
+    return found
+
+
 def config_dir() -> Path:
     """The repository's ``configs/`` folder (override with $VLA_CONFIG_DIR)."""
     import os
