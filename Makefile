@@ -10,12 +10,12 @@ STAMP   := $(VENV)/.installed
 export MUJOCO_GL ?= egl
 export HF_HUB_OFFLINE ?= 1
 
-# The demo runs one measured recipe (configs/recipe/dita-ema-cpu.yaml, built on dita-cpu.yaml:
+# The demo runs one measured recipe (configs/recipe/dita-demo.yaml, built on dita-cpu.yaml:
 # its data, model and training settings, each explained there): 100 expert demos with DART
 # noise and recovered wrong grasps, collected over two workers, then a CPU-sized Dita trained
 # for 14 minutes. Add overrides with DEMO_ARGS, e.g. make demo DEMO_ARGS="train.max_seconds=1200".
 DEMO_DIR      ?= outputs/demo
-DEMO_RECIPE   ?= dita-ema-cpu
+DEMO_RECIPE   ?= dita-demo
 DEMO_ARGS     ?=
 EVAL_EPISODES ?= 50
 

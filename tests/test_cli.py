@@ -178,7 +178,9 @@ def test_every_recipe_composes_and_an_ablation_changes_only_what_it_says():
     assert flow.noise.kind == "flow" and flow.noise.num_inference_steps == 4 and base.noise.kind == "diffusion"
     flow.noise = base.noise
     assert asdict(flow) == asdict(base) and asdict(run) == asdict(base_run)
-    # the demo's recipe: dita-cpu's data and model, a 14-minute budget and an EMA
-    demo_run, demo = compose(["recipe=dita-ema-cpu"])
-    assert (demo_run.train.max_seconds, demo_run.train.ema_decay) == (840, 0.999)
+    # the demo's recipe: dita-cpu's data and model for 14 minutes
+    demo_run, demo = compose(["recipe=dita-demo"])
+    assert (demo_run.train.max_seconds, demo_run.train.ema_decay) == (840, None)
     assert asdict(demo) == asdict(base) and asdict(demo_run.collect) == asdict(base_run.collect)
+    ema_run, _ = compose(["recipe=dita-ema-cpu"])
+    assert ema_run.train.ema_decay == 0.999 and ema_run.train.max_seconds is None

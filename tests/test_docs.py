@@ -82,3 +82,98 @@ def test_every_documented_command_is_valid(argv):
     assert argv[0] == "vla", f"a documented command must be vla, make, python -m or torchrun: {argv}"
     assert argv[1] in COMMANDS, f"no such vla command: {argv[1]}"
     compose(overrides_of(argv[2:]))  # unknown keys, config groups or values raise ConfigError
+
+
+# --------------------------------------------------------------------------- running them
+# Appended to a documented command so it runs in seconds (a later Hydra override wins): the
+# command's own keys, paths and groups are what is tested.
+SHRINK = {
+    "collect": ["collect.episodes=2", "collect.n_envs=1"],
+    "train": ["train.steps=2", "train.batch_size=4", "train.warmup_steps=1", "train.num_workers=0",
+              "train.save_every=1"],
+    "eval": ["eval.episodes=1", "eval.n_envs=1", "eval.max_videos=1"],
+}
+# Commands a test here does not run, each with where the same command is exercised instead.
+NOT_RUN = {
+    "make demo": "the demo itself: run by hand, measured in docs/quality.md",
+    "make test": "the test suite itself (.ci/run runs it)",
+    "torchrun": "tests/test_train.py runs the trainer under torch.distributed.run",
+    "vla twin": "a server until Ctrl-C: tests/test_robot_ros.py and test_deploy.py drive the twin",
+    "vla deploy": "needs the twin or an arm: tests/test_deploy.py deploys to the twin over DDS and rosbridge",
+    "envs.robot.rosbridge_server": "a server: tests/test_rosbridge_server.py",
+    "vla convert": "needs a robosuite HDF5 file: tests/test_convert.py converts one through the same command",
+    "env.id=Pendulum-v1": "needs a checkpoint trained for Pendulum's 1-D action",
+}
+
+RUN_HERE = ["README.md", "policies/dust/README.md", "policies/omnijarvis/README.md", "docs/envs.md"]
+
+
+def not_run_reason(argv: list[str]) -> str | None:
+    line = " ".join(argv)
+    return next((why for pattern, why in NOT_RUN.items() if pattern in line), None)
+
+
+def runnable(argv: list[str], checkpoints: dict[str, str]) -> list[str]:
+    """The `vla` arguments to run for a documented command: placeholders filled (a LeRobot
+    checkpoint where the doc asks for one), bare `...` dropped, SHRINK appended."""
+    command, out = argv[1], []
+    for arg in argv[2:]:
+        key, eq, value = arg.partition("=")
+        if PLACEHOLDER.match(arg):
+            continue
+        out.append(f"{key}={checkpoints[key]}" if eq and PLACEHOLDER.match(value) else arg)
+    shrink = ["train.steps=3"] if "--resume" in out else SHRINK.get(command, [])
+    return [command, *out, *shrink]
+
+
+@pytest.fixture(scope="module")
+def lerobot_checkpoint(lift_dataset, tmp_path_factory):
+    """A LeRobot ACT trained 2 steps (what `eval.checkpoint=<a LeRobot pretrained_model/ ...>` needs)."""
+    from benchmarks.lerobot_train import main as lerobot_train
+    from tests.test_lerobot_policy import FEATURES, TINY_ACT
+
+    out = tmp_path_factory.mktemp("docs-lerobot") / "act"
+    lerobot_train(["--policy", "act", "--dataset-root", str(lift_dataset), "--repo-id", "local/lift", "--output-dir",
+                   str(out), "--features", *FEATURES, "--steps", "2", "--batch-size", "4", "--set", *TINY_ACT])
+    return out / "pretrained_model"
+
+
+def run_doc(path: Path, tmp_path, monkeypatch, checkpoints: dict[str, str], data: dict[str, Path] | None = None):
+    """Run every command of one doc in order, in a fresh directory (its relative paths land
+    there; `data` pre-places datasets the doc reads but does not record)."""
+    from vla.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for name, source in (data or {}).items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).symlink_to(source)
+    ran = []
+    for line, argv in doc_commands(path):
+        if not_run_reason(argv):
+            continue
+        args = runnable(argv, checkpoints)
+        assert main(args) == 0, f"{path.name}:{line} failed: vla {' '.join(args)}"
+        ran.append(line)
+    return ran
+
+
+@pytest.mark.slow  # ~3 minutes: simulator start-ups dominate
+def test_the_readme_commands_run(lift_dataset, lerobot_checkpoint, tmp_path, monkeypatch):
+    ran = run_doc(ROOT / "README.md", tmp_path, monkeypatch, {"eval.checkpoint": str(lerobot_checkpoint)})
+    assert len(ran) >= 6  # collect, train, resume, eval, eval a LeRobot checkpoint, train a recipe
+    assert (tmp_path / "data/lift/meta/info.json").exists()
+    assert (tmp_path / "outputs/lift/checkpoints/000003").exists()  # trained 2 steps, resumed to 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("doc", RUN_HERE[1:])
+def test_the_commands_of_the_other_docs_run(doc, lift_dataset, tmp_path, monkeypatch):
+    data = {"data/lift": lift_dataset, "data/videos": lift_dataset}  # DUST's action-free step reads videos only
+    assert run_doc(ROOT / doc, tmp_path, monkeypatch, {}, data if doc.startswith("policies") else None)
+
+
+def test_every_command_is_run_here_or_says_where_it_is_run():
+    for path in DOC_FILES:
+        for line, argv in doc_commands(path):
+            runs_here = str(path.relative_to(ROOT)) in RUN_HERE and argv[0] == "vla"
+            assert runs_here or not_run_reason(argv), f"{path.relative_to(ROOT)}:{line} is neither run nor excused: {argv}"
