@@ -171,9 +171,9 @@ def open_mappings(schema: type = RunConfig, prefix: str = "") -> set[str]:
     import dataclasses
     import typing
 
-    found = set()
+    found, hints = set(), typing.get_type_hints(schema)
     for f in dataclasses.fields(schema):
-        kind = typing.get_type_hints(schema)[f.name]
+        kind = hints[f.name]
         path = f"{prefix}{f.name}"
         if typing.get_origin(kind) is dict:
             found.add(path)

@@ -29,10 +29,12 @@ class EMA:
         self._live = {name: p for name, p in module.named_parameters() if p.requires_grad}
         self._live.update((name, b) for name, b in module.named_buffers() if b.is_floating_point())
         self.shadow = {name: t.detach().clone() for name, t in self._live.items()}
+        # the same tensors every step (the optimizer updates them in place): the lists are built once
+        self._pairs = (list(self.shadow.values()), [t.detach() for t in self._live.values()])
 
     @torch.no_grad()
     def update(self) -> None:
-        torch._foreach_lerp_(list(self.shadow.values()), [t.detach() for t in self._live.values()], 1.0 - self.decay)
+        torch._foreach_lerp_(*self._pairs, 1.0 - self.decay)
 
     def weights(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``state_dict`` (e.g. a policy's trainable_state_dict) with the averaged tensors in

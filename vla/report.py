@@ -33,11 +33,12 @@ def paired_comparison(a: dict, b: dict) -> dict:
         raise ValueError("the two reports share no episode seed: they are not paired")
     only_a = sum(won_a[s] and not won_b[s] for s in seeds)
     only_b = sum(won_b[s] and not won_a[s] for s in seeds)
-    discordant = only_a + only_b
-    tail = sum(math.comb(discordant, i) for i in range(min(only_a, only_b) + 1)) / 2 ** discordant
+    from scipy.stats import binomtest
+
+    p_value = binomtest(only_a, only_a + only_b).pvalue if only_a + only_b else 1.0  # no discordant pair: no evidence
     return {"episodes": len(seeds), "success_a": sum(won_a[s] for s in seeds) / len(seeds),
             "success_b": sum(won_b[s] for s in seeds) / len(seeds), "only_a": only_a, "only_b": only_b,
-            "p_value": min(1.0, 2 * tail)}
+            "p_value": p_value}
 
 
 def _rates(records: list[dict]) -> dict:
