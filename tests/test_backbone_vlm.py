@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vla.backbone.base import BackboneConfig, make_backbone
-from vla.config import ConfigError
+from vla.errors import ConfigError
 
 FAMILIES = ["idefics3", "paligemma", "qwen2_5_vl", "siglip+llama"]
 T, B = 2, 3

@@ -80,7 +80,7 @@ def test_print_config(capsys):
 
 def test_keys_of_a_mapping_are_added_without_a_plus_and_settings_stay_strict():
     from vla.cli import compose
-    from vla.config import ConfigError
+    from vla.errors import ConfigError
 
     run, _ = compose(["env.family=gym", "env.gym.images.view=render", "env.kwargs.g=9.0", "robot.topics.cameras.top=/t"])
     assert run.env.gym.images == {"view": "render"} and run.env.kwargs == {"g": 9.0}
@@ -155,7 +155,8 @@ def test_nan_in_a_batch_is_refused():
     import torch
 
     from vla.data.normalize import Normalizer
-    from vla.train import TrainingError, normalize_batch
+    from vla.errors import TrainingError
+    from vla.train import normalize_batch
 
     stats = {"action": {"min": torch.zeros(2), "max": torch.ones(2), "mean": torch.zeros(2), "std": torch.ones(2)}}
     norm = Normalizer(stats, {"action": "min_max"})

@@ -20,7 +20,8 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 from vla.data.collect import collect
 from vla.data.recorder import EpisodeRecorder, features_from_space, repair_dataset
-from vla.data.source import DatasetError, open_dataset
+from vla.data.source import open_dataset
+from vla.errors import DatasetError
 from vla.features import ACTION_NAMES, PHASE, STATE_NAMES
 
 REPO = Path(__file__).resolve().parents[1]

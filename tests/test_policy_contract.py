@@ -78,7 +78,7 @@ def built(request, tiny_vlms):
 
 def assert_refuses_to_act(policy, obs):
     """A stage-1 OmniJARVIS checkpoint has no VLA: acting is a one-line user error."""
-    from vla.checkpoint import CheckpointError
+    from vla.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="stage-1"):
         policy.sample_actions(obs)

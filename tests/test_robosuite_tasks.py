@@ -7,10 +7,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from envs.errors import EnvError
 from envs.robosuite_tasks import TASKS, gym_id, make_env
 from envs.robosuite_tasks.env import quat_xyzw_to_matrix
 from envs.robosuite_tasks.experts import EXPERTS, make_expert
+from vla.errors import EnvError
 from vla.features import OBS_ENV_STATE, OBS_STATE, TASK, image_key
 
 SIZE = 48

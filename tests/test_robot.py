@@ -7,7 +7,7 @@ import pytest
 
 from envs.robot import RobotConfig, make_backend, make_robot
 from envs.robot.config import SafetyConfig
-from envs.robot.safety import SafetyStop
+from vla.errors import SafetyStop
 from vla.features import OBS_ENV_STATE, OBS_STATE, TASK, image_key
 
 pytestmark = pytest.mark.timeout(300)

@@ -29,13 +29,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vla.data.normalize import Normalizer
+from vla.errors import CheckpointError
 from vla.policy import Policy, PolicyConfig, make_policy, policy_config_class
 
 MODEL_DIR, STATE_DIR, LAST = "pretrained_model", "training_state", "last"
 
-
-class CheckpointError(RuntimeError):
-    """A missing, corrupt or incompatible checkpoint; the message is one line."""
 
 
 def save_pretrained(directory: Path, policy: Policy, normalizer: Normalizer, state_dict: dict | None = None) -> None:

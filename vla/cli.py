@@ -18,6 +18,8 @@ import argparse
 import os
 import sys
 
+from vla.errors import USER_ERRORS, ConfigError, RobotError
+
 os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering, no display needed
 
 
@@ -28,7 +30,7 @@ def compose(overrides: list[str]):
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from vla.config import ConfigError, RunConfig, config_dir, open_mappings, parse_run_config
+    from vla.config import RunConfig, config_dir, open_mappings, parse_run_config
     from vla.policy import available_policies, policy_config_class
 
     mappings = open_mappings()
@@ -89,7 +91,6 @@ def cmd_collect(run, policy_cfg, args) -> None:
     """Run the scripted expert (or a checkpoint) in an env and record a LeRobot dataset."""
     from functools import partial
 
-    from vla.config import ConfigError
     from vla.data.collect import check_action_noise, collect
     from vla.data.recorder import EpisodeRecorder
     from vla.rollout import make_env
@@ -136,7 +137,6 @@ def cmd_train(run, policy_cfg, args) -> None:
 
 def cmd_eval(run, policy_cfg, args) -> None:
     """Roll out a checkpoint (vla's, or a LeRobot policy's) in vectorized envs; success rate, videos, report."""
-    from vla.config import ConfigError
     from vla.rollout import evaluate_policy, evaluate_runtime
 
     if run.eval.episodes < 1:  # before anything loads
@@ -163,7 +163,6 @@ def _lerobot_runtime(ckpt: str, run):
     """A LeRobot policy's runtime if ``ckpt`` is a LeRobot checkpoint, else None. The eval
     settings that reach into a vla policy have no LeRobot counterpart here: refused by name."""
     from vla.checkpoint import is_lerobot_checkpoint, resolve_model_dir
-    from vla.config import ConfigError
 
     model_dir = resolve_model_dir(ckpt)
     if not is_lerobot_checkpoint(model_dir):
@@ -199,14 +198,11 @@ def cmd_deploy(run, policy_cfg, args) -> None:
         print("stopped by Ctrl-C; the arm is holding", file=sys.stderr)
         raise KeyboardInterrupt
     if s["stopped"] and s["stopped"][-1] == "fault":  # the run ended on a fault
-        from envs.robot.base import RobotError
-
         raise RobotError(s["messages"][-1])
 
 
 def cmd_convert(run, policy_cfg, args) -> None:
     """Convert robomimic / robosuite HDF5 demos into a LeRobot dataset at dataset.root."""
-    from vla.config import ConfigError
     from vla.data.convert import convert_hdf5
 
     if not run.dataset.root:
@@ -238,9 +234,6 @@ def main(argv: list[str] | None = None) -> int:
         if name == "train":
             p.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
     args = parser.parse_args(argv)
-    from envs.robot.base import RobotError
-    from vla.errors import USER_ERRORS
-
     try:
         run, policy_cfg = compose(args.overrides)
         if args.print_config:

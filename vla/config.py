@@ -15,11 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from envs.robot.config import RobotConfig
+from vla.errors import ConfigError
 from vla.policy import PolicyConfig, policy_config_class
-
-
-class ConfigError(ValueError):
-    """A bad configuration; the message is one line meant for the user."""
 
 
 @dataclass

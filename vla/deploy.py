@@ -32,8 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.robot.base import RobotError
-from envs.robot.safety import SafeRobot, SafetyStop
+from vla.errors import RobotError
+from envs.robot.safety import SafeRobot
+from vla.errors import SafetyStop
 from vla.config import DeployConfig
 from vla.runtime import ensemble_average
 
@@ -340,8 +341,8 @@ def check_compatible(robot, policy) -> None:
 def deploy(run, *, progress: bool = True) -> dict:
     """Load the checkpoint, connect the robot, run `deploy.episodes` episodes; returns the summary."""
     from vla.checkpoint import load_policy
-    from vla.config import ConfigError
     from vla.distributed import pick_device
+    from vla.errors import ConfigError
     from vla.runtime import RuntimePolicy
 
     cfg, rcfg = run.deploy, run.robot

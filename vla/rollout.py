@@ -17,9 +17,9 @@ import gymnasium as gym
 import numpy as np
 from tqdm import tqdm
 
-from vla.config import ConfigError, EnvConfig, RunConfig
+from vla.config import EnvConfig, RunConfig
+from vla.errors import ConfigError
 from vla.features import image_key
-
 
 ENV_FAMILIES = ("tabletop", "robosuite", "robocasa", "gym")
 

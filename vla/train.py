@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import random
-import time
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -21,16 +20,13 @@ from torch import nn
 from tqdm import tqdm
 
 from vla.checkpoint import (
-    CheckpointError, STATE_DIR, clean_stale_tmp, load_policy, load_trainable_weights, save_checkpoint,
+    STATE_DIR, CheckpointError, clean_stale_tmp, load_policy, load_trainable_weights, save_checkpoint
 )
 from vla.config import RunConfig
 from vla.data.normalize import Normalizer
 from vla.distributed import Distributed
+from vla.errors import ConfigError, TrainingError
 from vla.policy import Policy, PolicyConfig, make_policy
-
-
-class TrainingError(RuntimeError):
-    """A failure the user can act on (bad data, diverged loss); one line."""
 
 
 def normalize_batch(batch: dict, normalizer: Normalizer) -> dict:
@@ -113,7 +109,6 @@ class Trainer:
         try:
             self.budget = Budget(t.steps, t.max_seconds, t.warmup_steps)
         except ValueError as e:
-            from vla.config import ConfigError
 
             raise ConfigError(f"train.{e}") from None
         # diffusers' warmup + cosine in steps; the budget remaps the step when time binds first
@@ -121,7 +116,6 @@ class Trainer:
         self.scheduler = self.budget.scheduler(self.optimizer, cosine)
         self.ema = None
         if t.ema_decay:
-            from vla.config import ConfigError
             from vla.ema import EMA
 
             try:  # of the trained tensors only: the frozen backbone is neither copied nor averaged

@@ -9,8 +9,8 @@ measures their success rates.
 import gymnasium as gym
 import numpy as np
 
-from envs.errors import EnvError
 from envs.scripted import ScriptedExpert, carry_phases, object_pos, pick_phases
+from vla.errors import EnvError
 
 # Let go of a stacked cube this far above its resting height: it settles without a bounce.
 STACK_DROP = 0.004

@@ -30,15 +30,8 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from envs.robot.config import RobotConfig
+from vla.errors import NotYet, RobotError
 from vla.features import ACTION, ACTION_NAMES, OBS_STATE, STATE_NAMES, TASK, image_key, rot6d
-
-
-class RobotError(RuntimeError):
-    """A robot-side failure the user must act on; one-line message."""
-
-
-class LinkLost(RobotError):
-    """The connection to the robot (middleware, bridge or controller) is gone."""
 
 
 @dataclass
@@ -288,10 +281,6 @@ class Robot(ABC):
 
     @abstractmethod
     def _hold(self) -> None: ...
-
-
-class NotYet(RobotError):
-    """A stream has not delivered its first message yet (only meaningful while connecting)."""
 
 
 

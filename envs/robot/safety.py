@@ -31,17 +31,10 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from envs.robot.base import Command, LinkLost, Robot, RobotError, RobotState
+from envs.robot.base import Command, Robot, RobotState
+from vla.errors import LinkLost, RobotError, SafetyStop
 
 logger = logging.getLogger(__name__)
-
-
-class SafetyStop(RobotError):
-    """The safety layer held the arm and ended the run; `reason` is one of the intervention kinds."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass

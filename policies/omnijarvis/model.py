@@ -24,6 +24,7 @@ from torch import Tensor
 from policies.omnijarvis.config import OmniJarvisConfig
 from policies.omnijarvis.decoder import BehaviorDecoder
 from policies.omnijarvis.tokenizer import BehaviorTokenizer
+from vla.errors import CheckpointError, TrainingError
 from vla.features import ACTION, OBS_STATE, PHASE, TASK
 from vla.policy import Policy
 
@@ -87,7 +88,6 @@ class OmniJarvisPolicy(Policy):
         if self.vla is None:
             return self._tokenizer_loss(batch, frames, text, state, valid)
         if not bool(self.tokenizer_trained):
-            from vla.train import TrainingError
 
             raise TrainingError("stage 'vla' needs a trained behavior tokenizer: start from the stage-1 run with "
                              "train.init_from=<stage-1 output_dir or checkpoint>")
@@ -138,7 +138,6 @@ class OmniJarvisPolicy(Policy):
         -> (B, H, D_a). Re-plans the envs whose behavior is N steps old or whose episode
         just began, then decodes every env's chunk at its step within its behavior."""
         if self.vla is None:
-            from vla.checkpoint import CheckpointError
 
             raise CheckpointError("this is a stage-1 (tokenizer) checkpoint: it has no VLA to choose behaviors; "
                              "train stage 2 with policy.stage=vla train.init_from=<this run>")

@@ -18,7 +18,8 @@ import torch
 from vla.config import DatasetConfig
 from vla.data.chunks import StringLookup
 from vla.data.normalize import Normalizer
-from vla.data.source import DatasetError, check_features, delta_timestamps, open_dataset
+from vla.data.source import check_features, delta_timestamps, open_dataset
+from vla.errors import DatasetError
 from vla.features import ACTION, OBS_ENV_STATE, OBS_STATE, is_image_key
 from vla.policy import PolicyConfig
 

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from huggingface_hub.errors import HFValidationError, HTTPError
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-from vla.features import ACTION
+from vla.errors import DatasetError, FeatureMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -33,12 +33,6 @@ STATS_FILE = Path("meta/stats.json")
 EPISODES_DIR = Path("meta/episodes")
 
 
-class DatasetError(Exception):
-    """A dataset cannot be opened or written; the message is one line and says why."""
-
-
-class FeatureMismatchError(DatasetError):
-    """The dataset lacks a feature the caller needs, or has it with another shape."""
 
 
 @cache
