@@ -82,7 +82,8 @@ def test_keys_of_a_mapping_are_added_without_a_plus_and_settings_stay_strict():
     from vla.cli import compose
     from vla.errors import ConfigError
 
-    run, _ = compose(["env.family=gym", "env.gym.images.view=render", "env.kwargs.g=9.0", "robot.topics.cameras.top=/t"])
+    run, _ = compose(["env.family=gym", "env.gym.images.view=render", "env.kwargs.g=9.0",
+                      "robot.topics.cameras.top=/t"])
     assert run.env.gym.images == {"view": "render"} and run.env.kwargs == {"g": 9.0}
     assert run.robot.topics.cameras["top"] == "/t"
     run, _ = compose(["env=pusht", "env.gym.images.top=pixels"])  # a key the config already has is set
@@ -129,7 +130,8 @@ def test_missing_dataset_is_one_line_and_writes_nothing(tmp_path, capsys):
     ("policy.state_dim=5", "observation.state"),                                # wrong shape
 ])
 def test_feature_mismatch_names_the_key(lift_dataset, tmp_path, capsys, override, key):
-    code, _, err = run_cli(capsys, "train", f"dataset.root={lift_dataset}", f"output_dir={tmp_path / 'run'}", override, *TINY)
+    code, _, err = run_cli(capsys, "train", f"dataset.root={lift_dataset}", f"output_dir={tmp_path / 'run'}",
+                           override, *TINY)
     assert code == 2 and key in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
 
@@ -146,7 +148,8 @@ def test_corrupt_checkpoint_is_one_line(trained_run, tmp_path, capsys, damage):
         (model / "config.json").write_text("{not json")
     else:
         (model / "normalization.json").unlink()
-    code, _, err = run_cli(capsys, "eval", f"eval.checkpoint={ckpt}", "eval.episodes=1", f"eval.output_dir={tmp_path / 'ev'}")
+    code, _, err = run_cli(capsys, "eval", f"eval.checkpoint={ckpt}", "eval.episodes=1",
+                           f"eval.output_dir={tmp_path / 'ev'}")
     assert code == 2 and "corrupt or truncated" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "ev").exists()
 

@@ -58,7 +58,9 @@ def test_render_as_camera_and_float_channels_first_images():
     base = gym.make(PUSHT, obs_type="pixels_agent_pos")
     chw = gym.spaces.Dict({"pixels": gym.spaces.Box(0.0, 1.0, (3, 96, 96), np.float32),
                            "agent_pos": base.observation_space["agent_pos"]})
-    to_chw = lambda o: {"pixels": o["pixels"].transpose(2, 0, 1).astype(np.float32) / 255, "agent_pos": o["agent_pos"]}
+    def to_chw(o):
+        return {"pixels": o["pixels"].transpose(2, 0, 1).astype(np.float32) / 255, "agent_pos": o["agent_pos"]}
+
     env = wrap(gym.wrappers.TransformObservation(base, to_chw, chw), PUSHT_MAPPING, cameras=["top"],
                instruction=INSTRUCTION)
     obs, _ = env.reset(seed=0)

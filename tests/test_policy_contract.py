@@ -145,7 +145,8 @@ def test_cached_features_match_raw_inputs(built):
         frames, text = policy.encode_observation(obs)
     cached = {"frames": frames, "text": text, OBS_STATE: obs[OBS_STATE], "task": obs["task"]}
     noise = torch.randn(B, cfg.horizon, ACTION_DIM)
-    assert torch.allclose(policy.sample_actions(obs, noise=noise), policy.sample_actions(cached, noise=noise), atol=1e-5)
+    assert torch.allclose(policy.sample_actions(obs, noise=noise), policy.sample_actions(cached, noise=noise),
+                          atol=1e-5)
 
 
 def test_trainable_state_dict_excludes_frozen_encoders(built):

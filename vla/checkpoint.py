@@ -105,7 +105,8 @@ def resolve_model_dir(path_or_id: str) -> Path:
 
             return Path(snapshot_download(path_or_id))
         except Exception as e:  # offline, missing repo, auth: all end the same way for the user
-            raise CheckpointError(f"{path_or_id}: not a local checkpoint and not downloadable from the hub ({type(e).__name__})") from None
+            raise CheckpointError(f"{path_or_id}: not a local checkpoint and not downloadable from the hub "
+                                  f"({type(e).__name__})") from None
     raise CheckpointError(f"{path_or_id}: no such checkpoint directory")
 
 

@@ -191,7 +191,8 @@ def cmd_deploy(run, policy_cfg, args) -> None:
     summary = deploy(run)
     s = summary
     rate = "" if s["success_rate"] is None else f"success {s['success_rate']:.0%} ({s['successes']}/{s['episodes']}); "
-    print(f"{rate}{s['steps']} steps; period p50 {s['period_ms']['p50'] or 0:.1f} ms, p99 {s['period_ms']['p99'] or 0:.1f} ms; "
+    print(f"{rate}{s['steps']} steps; "
+          f"period p50 {s['period_ms']['p50'] or 0:.1f} ms, p99 {s['period_ms']['p99'] or 0:.1f} ms; "
           f"safety changed {s['safety']['commands_changed']}/{s['safety']['commands_sent']} commands\n"
           f"report: {out}/report.md")
     if "interrupted" in s["stopped"]:
@@ -232,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.steps=1000 policy=dita-base")
         p.add_argument("--print-config", action="store_true", help="print the composed config and exit")
         if name == "train":
-            p.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
+            p.add_argument("--resume", action="store_true",
+                           help="continue the run in output_dir from its last checkpoint")
     args = parser.parse_args(argv)
     try:
         run, policy_cfg = compose(args.overrides)
@@ -241,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
 
             import yaml
 
-            print(yaml.safe_dump({**asdict(run), "policy": asdict(policy_cfg) if policy_cfg else None}, sort_keys=False))
+            print(yaml.safe_dump({**asdict(run), "policy": asdict(policy_cfg) if policy_cfg else None},
+                                 sort_keys=False))
             return 0
         COMMANDS[args.command](run, policy_cfg, args)
     except USER_ERRORS as e:

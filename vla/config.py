@@ -93,8 +93,10 @@ class CollectConfig:
     action_noise: float = 0.0         # std of Gaussian noise on executed actions; recorded ones stay clean (DART)
     noise_dims: list[int] | None = None  # action dims the noise perturbs (None: all)
     n_envs: int = 1                   # attempts run in this many subprocesses; the same episodes are saved
-    grasp_mistakes: float = 0.0       # fraction of expert episodes that execute a wrong grasp and recover (recorded: the recovery)
-    place_mistakes: float = 0.0       # fraction that let go 3-4.5 cm beside the place target and pick the object up again
+    grasp_mistakes: float = 0.0       # fraction of expert episodes that execute a wrong grasp and recover
+                                      # (recorded: the recovery)
+    place_mistakes: float = 0.0       # fraction that let go 3-4.5 cm beside the place target and pick the
+                                      # object up again
 
 
 @dataclass
@@ -106,7 +108,8 @@ class EvalConfig:
     max_videos: int = 6
     n_action_steps: int | None = None  # override the replan rate; None = the checkpoint's
     inference_steps: int | None = None  # denoising steps per chunk (DDIM / Euler); None = the checkpoint's
-    test_time_scaling: int | None = None  # DUST: vision steps per action step q (N_o = q * N_A); None = the checkpoint's
+    test_time_scaling: int | None = None  # DUST: vision steps per action step q (N_o = q * N_A);
+                                          # None = the checkpoint's
     temporal_ensemble: float | None = None  # ACT-style ensembling coefficient; None = off
     output_dir: str | None = None     # None = <output_dir>/eval
 

@@ -83,7 +83,8 @@ class Trainer:
         if resume:
             policy_cfg = self._resume_config()
         elif (self.out / "checkpoints" / "last").exists():
-            raise TrainingError(f"{self.out} already holds a run; pass --resume to continue it or pick another output_dir")
+            raise TrainingError(f"{self.out} already holds a run; "
+                                "pass --resume to continue it or pick another output_dir")
         if policy_cfg is None:
             raise TrainingError("no policy configured (e.g. policy=dita-small)")
         seed_everything(run.seed + self.dist.rank)
@@ -227,7 +228,8 @@ class Trainer:
                 if self.step % log_every == 0 or final:
                     mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
                     window, self.last_logs = [], mean
-                    bar.set_postfix(loss=f"{mean['loss']:.4f}", **({"budget": self.budget.left()} if t.max_seconds else {}))
+                    bar.set_postfix(loss=f"{mean['loss']:.4f}",
+                                    **({"budget": self.budget.left()} if t.max_seconds else {}))
                     self._log(writer, mean, self.budget.elapsed())
                 if self.dist.is_main and (self.step % save_every == 0 or final):
                     last_ckpt = self._save()
@@ -285,13 +287,15 @@ class Trainer:
 
         self.policy.eval()
         with self.ema.applied() if self.ema is not None else nullcontext():
-            result = evaluate_policy(self.policy, self.normalizer, self.run_cfg, episodes=self.run_cfg.train.eval_episodes,
+            result = evaluate_policy(self.policy, self.normalizer, self.run_cfg,
+                                     episodes=self.run_cfg.train.eval_episodes,
                                      output_dir=self.out / "eval" / f"step_{self.step:06d}", progress=False)
         self.policy.train()
         writer.add_scalar("eval/success_rate", result["success_rate"], self.step)
 
 
-def train(run: RunConfig, policy_cfg: PolicyConfig | None, *, resume: bool = False, progress: bool = True) -> Path | None:
+def train(run: RunConfig, policy_cfg: PolicyConfig | None, *, resume: bool = False,
+          progress: bool = True) -> Path | None:
     trainer = Trainer(run, policy_cfg, resume=resume, progress=progress)
     try:
         return trainer.run()

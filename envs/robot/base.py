@@ -255,7 +255,8 @@ class Robot(ABC):
 
     def to_policy_frame(self, pos_in_base: np.ndarray, rot_in_base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A TCP pose measured in the robot's base frame -> the policy frame."""
-        return np.asarray(pos_in_base) + np.asarray(self.config.base_position), np.asarray(rot_in_base) @ self._ee_offset
+        return (np.asarray(pos_in_base) + np.asarray(self.config.base_position),
+                np.asarray(rot_in_base) @ self._ee_offset)
 
     def to_base_frame(self, pos: np.ndarray, rot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Inverse of `to_policy_frame`: a target in the policy frame -> the robot's base frame."""

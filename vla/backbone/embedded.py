@@ -150,7 +150,8 @@ class EmbeddedBackbone(Backbone):
         return self
 
     def frozen_modules(self) -> list[str]:
-        return [name for name, frozen in (("vision", self.config.freeze_vision), ("text_model", self.config.freeze_text)) if frozen]
+        flags = (("vision", self.config.freeze_vision), ("text_model", self.config.freeze_text))
+        return [name for name, frozen in flags if frozen]
 
     def cache_key(self) -> str:
         c = self.config
@@ -204,7 +205,8 @@ class EmbeddedBackbone(Backbone):
             v = torch.cat([v, points.unflatten(0, (b, t)).unsqueeze(3)], dim=3)  # (B, T, n_cam, P + 1, D)
         v = v + self.camera_embed + self.patch_embed + self.frame_embed[:t]
         parts = [self.text_proj(text["text"].to(dtype)), v.flatten(1, 3)]
-        masks = [text["text_mask"].bool(), torch.ones(b, v.shape[1] * v.shape[2] * v.shape[3], dtype=torch.bool, device=v.device)]
+        masks = [text["text_mask"].bool(),
+                 torch.ones(b, v.shape[1] * v.shape[2] * v.shape[3], dtype=torch.bool, device=v.device)]
         if self.state_proj is not None:
             if state is None:
                 raise ValueError("this backbone was configured with use_state=True but got no observation.state")
