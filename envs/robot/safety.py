@@ -154,6 +154,11 @@ class SafeRobot:
             self._holding = False
             self._safe_hold()
 
+    def hold_action(self, state: RobotState) -> np.ndarray:
+        """The policy action that holding the arm at `state` corresponds to (no motion, the gripper as last
+        commanded): what a dataset records for a step where the arm held, so the episode replays."""
+        return self.robot.action_from(self.robot.hold_command(state), state)
+
     def rearm(self) -> None:
         """Clear a fault once the cause is dealt with (a simulated cell reset to a new episode)."""
         with self._lock:
