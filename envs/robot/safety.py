@@ -193,7 +193,8 @@ class SafeRobot:
             norm = float(np.linalg.norm(step))
             if norm > max_step + 1e-9:
                 command.eef_pos = state.eef_pos + step * (max_step / norm)
-                changes.append(("translation_step", f"step of {norm * 1000:.1f} mm limited to {max_step * 1000:.1f} mm"))
+                changes.append(("translation_step",
+                                f"step of {norm * 1000:.1f} mm limited to {max_step * 1000:.1f} mm"))
             rotvec = Rotation.from_matrix(command.eef_rot @ state.eef_rot.T).as_rotvec()
             angle = float(np.linalg.norm(rotvec))
             if angle > lim.max_rotation_step + 1e-9:
@@ -276,7 +277,8 @@ class SafeRobot:
 
     def summary(self) -> dict:
         return {"commands_sent": self.commands_sent, "commands_changed": self.commands_changed,
-                "interventions": dict(Counter(entry.kind for entry in self.log)), "fault": None if self.fault is None else str(self.fault)}
+                "interventions": dict(Counter(entry.kind for entry in self.log)),
+                "fault": None if self.fault is None else str(self.fault)}
 
 
 _PHYSICAL_LIMITS = {"translation_step", "rotation_step", "workspace", "joint_limit", "joint_step"}
