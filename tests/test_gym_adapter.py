@@ -127,14 +127,6 @@ def test_bad_action_and_missing_success_are_one_line_errors():
     assert "\n" not in str(e.value)
 
 
-def test_cli_bad_mapping_is_one_line_and_writes_nothing(tmp_path, capsys):
-    code = main(["collect", "env=pusht", "collect.agent=random", "env.gym.state=[agent_poz]",
-                 f"dataset.root={tmp_path / 'ds'}"])
-    err = capsys.readouterr().err
-    assert code == 2 and "agent_poz" in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "ds").exists()
-
-
 def test_pusht_collect_train_eval_through_the_cli(tmp_path, capsys):
     root, run, ev = tmp_path / "pusht", tmp_path / "run", tmp_path / "eval"
     assert main(["collect", "env=pusht", "collect.agent=random", "collect.episodes=2", "collect.success_only=false",

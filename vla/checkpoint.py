@@ -162,7 +162,17 @@ def load_policy(path_or_id: str, device: str | torch.device = "cpu") -> tuple[Po
         weights = load_file(model_dir / "model.safetensors")
     except _CORRUPT as e:
         raise _corrupt(model_dir, e) from None
-    policy = make_policy(config)
+    try:
+        policy = make_policy(config)
+    except (ValueError, AssertionError, RuntimeError) as e:  # a config.json edited into one no model can have
+        raise CheckpointError(f"{model_dir}: its config.json does not build a {meta['policy']} policy "
+                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    shapes = {k: tuple(v.shape) for k, v in policy.state_dict().items()}
+    wrong = [(k, tuple(w.shape), shapes[k]) for k, w in weights.items() if k in shapes and tuple(w.shape) != shapes[k]]
+    if wrong:
+        key, stored, expected = wrong[0]
+        raise CheckpointError(f"{model_dir}: config.json and model.safetensors disagree ({len(wrong)} tensors, "
+                              f"e.g. {key} is {stored} in the weights but {expected} for the config)")
     missing, unexpected = policy.load_state_dict(weights, strict=False)
     frozen = set(policy.state_dict()) - set(policy.trainable_state_dict())
     missing = [k for k in missing if k not in frozen]

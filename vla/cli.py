@@ -51,6 +51,10 @@ def compose(overrides: list[str]):
             cfg = hydra_compose(config_name="config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as e:
         msg = " ".join(str(e).split()).split(" Config search path")[0]
+        cause = e.__cause__
+        if msg.startswith("Error merging override") and isinstance(cause, OmegaConfBaseException):
+            # omegaconf says why (the type expected): "Value 'abc' of type 'str' could not be converted to Integer"
+            msg = f"{msg.removeprefix('Error merging override ')}: {str(cause).splitlines()[0]}"
         if msg.startswith("Could not override"):
             key = msg.split("'")[1]
             msg = f"unknown config key {key!r} (see every key with: vla <command> --print-config)"
@@ -92,7 +96,7 @@ def cmd_collect(run, policy_cfg, args) -> None:
     from functools import partial
 
     from vla.data.collect import check_action_noise, collect
-    from vla.data.recorder import EpisodeRecorder
+    from vla.data.recorder import EpisodeRecorder, check_unlocked
     from vla.rollout import make_env
 
     c = run.collect
@@ -105,6 +109,8 @@ def cmd_collect(run, policy_cfg, args) -> None:
         if p and c.agent != "expert":
             raise ConfigError(f"collect.{key} needs collect.agent=expert (a scripted expert injects them), "
                               f"got collect.agent={c.agent!r}")
+    if run.dataset.root:
+        check_unlocked(run.dataset.root)
     env = make_env(run.env)
     try:  # before the recorder exists, so a bad setting writes nothing
         check_action_noise(env.action_space, c.action_noise, c.noise_dims)

@@ -406,13 +406,19 @@ def deploy(run, *, progress: bool = True) -> dict:
     ckpt = cfg.checkpoint or run.output_dir
     policy, runtime = _load_runtime(run, ckpt)
     out = Path(cfg.output_dir or Path(run.output_dir) / "deploy")
-    out.mkdir(parents=True, exist_ok=True)
     robot = _make_compatible_robot(run, policy, out)
-    recorder = _make_recorder(run, robot, out)
     protocol = _protocol(run, ckpt, policy, runtime)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)  # before connecting: a fault while connecting is logged there
+    recorder = None
     try:
         with robot:
+            recorder = _make_recorder(run, robot, out)  # once connected: a robot never reached records nothing
             results = _run_episodes(Deployer(robot, runtime, cfg, recorder=recorder, progress=progress), progress)
+    except BaseException:
+        if created and not any(out.iterdir()):  # refused before anything happened: leave nothing behind
+            out.rmdir()
+        raise
     finally:
         if recorder is not None:
             recorder.close()

@@ -75,8 +75,11 @@ class RuntimePolicy:
                     setter(getattr(settings, key))
                 except ValueError as e:
                     raise ConfigError(f"{where}.{key}: {e}") from None
-        return cls(policy, normalizer, n_action_steps=settings.n_action_steps,
-                   temporal_ensemble=settings.temporal_ensemble)
+        try:
+            return cls(policy, normalizer, n_action_steps=settings.n_action_steps,
+                       temporal_ensemble=settings.temporal_ensemble)
+        except ValueError as e:
+            raise ConfigError(f"{where}.n_action_steps: {e}") from None
 
     def reset(self, env_ids: list[int] | None = None) -> None:
         """Forget history and queued actions (of some environments, or all)."""

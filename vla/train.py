@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import random
+import shutil
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -297,8 +298,15 @@ class Trainer:
 def train(run: RunConfig, policy_cfg: PolicyConfig | None, *, resume: bool = False,
           progress: bool = True) -> Path | None:
     trainer = Trainer(run, policy_cfg, resume=resume, progress=progress)
+    fresh = not trainer.out.exists()
     try:
         return trainer.run()
+    except Exception:
+        # a new run that fails before its first checkpoint (NaNs, a diverged loss) has nothing to
+        # resume from: it leaves no half-made run directory behind (Ctrl-C keeps its logs)
+        if fresh and trainer.dist.is_main and not (trainer.out / "checkpoints").exists():
+            shutil.rmtree(trainer.out, ignore_errors=True)
+        raise
     finally:
         trainer.dist.close()
 
