@@ -102,3 +102,23 @@ def test_a_config_error_and_print_config_do_not_load_the_dataset_stack():
     rc, _, loaded = _modules_loaded_by(["twin", "--print-config"])
     assert rc == 0
     assert not loaded & {"lerobot", "transformers", "diffusers", "datasets", "robosuite", "mujoco"}
+
+
+def test_a_policy_folder_registers_itself(tmp_path, monkeypatch):
+    """Adding a policy touches only its own folder: a package under policies/ that registers
+    itself in its __init__ is found by name, its model code unimported until built."""
+    import policies
+    import vla.policy as registry
+
+    package = tmp_path / "mirror_dita"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "from vla.policy import register_policy\n"
+        "register_policy('mirror_dita', 'policies.dita.config:DitaConfig', 'policies.dita.model:DitaPolicy')\n")
+    monkeypatch.setattr(policies, "__path__", [*policies.__path__, str(tmp_path)])
+    monkeypatch.setattr(registry, "_discovered", False)
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+    assert registry.available_policies() == ["dita", "dust", "mirror_dita", "omnijarvis"]
+    assert registry.policy_config_class("mirror_dita").__name__ == "DitaConfig"
+    folders = sorted(p.name for p in (ROOT / "policies").iterdir() if (p / "__init__.py").exists())
+    assert folders == ["dita", "dust", "omnijarvis"]

@@ -220,20 +220,36 @@ class Policy(nn.Module, ABC):
         return {k: v for k, v in self.state_dict().items() if not k.startswith(frozen)}
 
 
-# name -> "module:ConfigClass", "module:PolicyClass"; imported only when asked for.
-_REGISTRY: dict[str, tuple[str, str]] = {
-    "dita": ("policies.dita.config:DitaConfig", "policies.dita.model:DitaPolicy"),
-    "dust": ("policies.dust.config:DustConfig", "policies.dust.model:DustPolicy"),
-    "omnijarvis": ("policies.omnijarvis.config:OmniJarvisConfig", "policies.omnijarvis.model:OmniJarvisPolicy"),
-}
+# name -> "module:ConfigClass", "module:PolicyClass"; imported only when asked for. Each package
+# under policies/ registers itself in its __init__ (which imports no model code), so adding a
+# policy touches only its own folder (and its configs/policy/*.yaml).
+_REGISTRY: dict[str, tuple[str, str]] = {}
+_discovered = False
 
 
 def register_policy(name: str, config_path: str, policy_path: str) -> None:
-    """Register a policy by name; paths are ``"module:Class"`` strings, resolved lazily."""
+    """Register a policy by name; paths are ``"module:Class"`` strings, resolved lazily. Packages
+    outside ``policies/`` call this too (before composing a config that names them)."""
     _REGISTRY[name] = (config_path, policy_path)
 
 
+def _discover() -> None:
+    """Import every package under ``policies/`` once; each registers itself."""
+    global _discovered
+    if _discovered:
+        return
+    import pkgutil
+
+    import policies
+
+    for module in pkgutil.iter_modules(policies.__path__):
+        if module.ispkg:
+            importlib.import_module(f"policies.{module.name}")
+    _discovered = True
+
+
 def available_policies() -> list[str]:
+    _discover()
     return sorted(_REGISTRY)
 
 
@@ -243,6 +259,7 @@ def _resolve(path: str):
 
 
 def _entry(name: str) -> tuple[str, str]:
+    _discover()
     if name not in _REGISTRY:
         raise ValueError(f"unknown policy {name!r}; available: {available_policies()}")
     return _REGISTRY[name]
