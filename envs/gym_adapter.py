@@ -104,6 +104,12 @@ class GymAdapterError(EnvError):
     """A bad env id, mapping or action; the message is one line naming the culprit."""
 
 
+def from_config(cfg) -> GymAdapter:
+    """The env an `EnvConfig` with ``family=gym`` describes (see `envs.registry`)."""
+    return make_env(cfg.id, cfg.gym, cameras=tuple(cfg.cameras), instruction=cfg.instruction,
+                    max_episode_steps=cfg.max_episode_steps, **cfg.kwargs)
+
+
 def make_env(env_id: str, mapping, *, cameras: tuple[str, ...] | list[str] = (), instruction: str | None = None,
              max_episode_steps: int | None = None, **kwargs) -> GymAdapter:
     """``gymnasium.make(env_id, ...)`` wrapped into vla's convention (see the module docstring).

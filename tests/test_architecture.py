@@ -117,8 +117,32 @@ def test_a_policy_folder_registers_itself(tmp_path, monkeypatch):
         "register_policy('mirror_dita', 'policies.dita.config:DitaConfig', 'policies.dita.model:DitaPolicy')\n")
     monkeypatch.setattr(policies, "__path__", [*policies.__path__, str(tmp_path)])
     monkeypatch.setattr(registry, "_discovered", False)
-    monkeypatch.setattr(registry, "_REGISTRY", {})
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the real ones stay registered
     assert registry.available_policies() == ["dita", "dust", "mirror_dita", "omnijarvis"]
     assert registry.policy_config_class("mirror_dita").__name__ == "DitaConfig"
     folders = sorted(p.name for p in (ROOT / "policies").iterdir() if (p / "__init__.py").exists())
     assert folders == ["dita", "dust", "omnijarvis"]
+
+
+def test_the_data_layer_names_no_simulator():
+    """vla/data reads and writes datasets for any world: it imports no env family and no simulator
+    (the robosuite HDF5 conversion lives with the robosuite family)."""
+    graph = import_graph()
+    for module in [m for m in graph if m.startswith("vla.data")]:
+        assert not {m for m in graph[module] if m.startswith("envs")}, module
+        tree = ast.parse((ROOT / (module.replace(".", "/") + ("/__init__.py" if module == "vla.data" else ".py")))
+                         .read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not {n for n in names if n.split(".")[0] in ("robosuite", "mujoco", "envs")}, module
+
+
+def test_envs_are_built_through_the_registry_only():
+    """The engine names no env family: vla/ reaches envs/ through envs.registry (worlds) and
+    envs.robot (robot drivers) alone; the CLI also wires `vla convert` to the robosuite converter."""
+    graph = import_graph()
+    for module, imports in graph.items():
+        if module.startswith("vla"):
+            imports = imports - ({"envs.robosuite_tasks.convert"} if module == "vla.cli" else set())
+            worlds = {m for m in imports if m.startswith("envs") and not m.startswith(("envs.registry", "envs.robot"))}
+            assert not worlds, f"{module} imports {worlds}"

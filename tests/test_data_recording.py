@@ -36,6 +36,8 @@ class CountingEnv(gym.Env):
     so every recorded frame can be traced back. Succeeds at ``length`` steps when the seed is
     even (odd seeds time out), so success filtering is checkable."""
 
+    feature_names = {"observation.state": STATE_NAMES, "action": ACTION_NAMES}  # what the recorder writes
+
     def __init__(self, length: int = 6):
         self.length = length
         self.observation_space = spaces.Dict({
@@ -86,7 +88,7 @@ def _offline_and_private_cache(tmp_path, monkeypatch):
 
 def test_features_from_space_follow_the_feature_names():
     env = CountingEnv()
-    features = features_from_space(env.observation_space, env.action_space)
+    features = features_from_space(env.observation_space, env.action_space, env.feature_names)
     assert features[CAM] == {"dtype": "video", "shape": (SIZE, SIZE, 3), "names": ["height", "width", "channels"]}
     assert features["observation.state"]["names"] == STATE_NAMES
     assert features["action"] == {"dtype": "float32", "shape": (7,), "names": ACTION_NAMES}
@@ -95,6 +97,10 @@ def test_features_from_space_follow_the_feature_names():
     bad = spaces.Dict({"observation.images.x": spaces.Box(0, 1, (8, 8), np.float32)})
     with pytest.raises(ValueError, match="observation.images.x"):
         features_from_space(bad, env.action_space)
+    unnamed = features_from_space(env.observation_space, env.action_space)  # an env that names nothing
+    assert unnamed["observation.state"]["names"] is None and unnamed["action"]["names"] is None
+    with pytest.raises(ValueError, match="3 names for a vector of 7"):
+        features_from_space(env.observation_space, env.action_space, {"action": ["a", "b", "c"]})
 
 
 def test_collect_then_load_round_trip(tmp_path):
@@ -226,6 +232,7 @@ def test_append_with_other_features_names_the_key(tmp_path):
     env = CountingEnv()
     env.observation_space = spaces.Dict({**env.observation_space.spaces,
                                          "observation.state": spaces.Box(-1, 1, (9,), np.float32)})
+    env.feature_names = {"action": ACTION_NAMES}  # its 9-d state is unnamed
     with pytest.raises(DatasetError, match=r"'observation.state' differs.*\(11,\).*\(9,\)"):
         make_recorder(root, env)
     with make_recorder(root) as rec:  # the failed open released its lock

@@ -264,11 +264,11 @@ def test_replans_every_n_steps_with_memory_and_starts_over_at_step_zero(vla_poli
     for step in [[0, 0], [2, 2], [4, 3], [6, 6], [8, 0]]:
         obs["step"] = torch.tensor(step)
         assert policy.sample_actions(obs).shape == (b, cfg.horizon, 7)
-        starts.append(policy._plans["start"].tolist())
+        starts.append(policy._plans.start.tolist())
         assert len(policy.annotations()) == b
     # N = chunk_length = 4: env 0 re-plans at 4 and 8; env 1 at 6 (first call >= 4 steps after 0), then a new episode
     assert starts == [[0, 0], [0, 0], [4, 0], [4, 6], [8, 0]]
-    assert len(policy._plans["memory"][0]) == 2 and policy._plans["memory"][1] == []
+    assert len(policy._plans.memory[0]) == 2 and policy._plans.memory[1] == []
 
 
 def test_memory_text_merges_repeats():

@@ -13,7 +13,8 @@ import pytest
 from envs.tabletop import TASKS, gym_id, make_env
 from envs.tabletop.experts import make_expert
 from envs.tabletop.tasks import BIN_SIZE, BIN_WALL, CUBE_HALF_SIZE
-from vla.features import ENV_STATE_NAMES, OBS_ENV_STATE, OBS_STATE, STATE_NAMES, TASK, image_key
+from envs.tabletop.env import ENV_STATE_NAMES
+from vla.features import OBS_ENV_STATE, OBS_STATE, STATE_NAMES, TASK, image_key
 
 IMAGE_SIZE = 64
 

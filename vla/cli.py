@@ -67,7 +67,7 @@ def collect_agent(env_cfg, c, env, device: str):
     scripted expert (executing a wrong grasp / release in the fractions ``c.grasp_mistakes`` /
     ``c.place_mistakes`` of episodes), uniform random actions, or a checkpoint (path or hub id)."""
     from vla.data.collect import RandomAgent
-    from vla.rollout import make_expert
+    from envs.registry import make_expert
 
     if c.agent == "expert":
         return make_expert(env_cfg, env, mistakes=c.grasp_mistakes, place_mistakes=c.place_mistakes)
@@ -81,7 +81,7 @@ def collect_agent(env_cfg, c, env, device: str):
 
 def collect_env_and_agent(env_cfg, c, device: str, threads: int | None = None):
     """A fresh (env, agent) pair: what each parallel collection worker runs."""
-    from vla.rollout import make_env
+    from envs.registry import make_env
 
     if threads:
         import torch
@@ -97,7 +97,7 @@ def cmd_collect(run, policy_cfg, args) -> None:
 
     from vla.data.collect import check_action_noise, collect
     from vla.data.recorder import EpisodeRecorder, check_unlocked
-    from vla.rollout import make_env
+    from envs.registry import make_env
 
     c = run.collect
     if c.n_envs < 1:
@@ -210,7 +210,7 @@ def cmd_deploy(run, policy_cfg, args) -> None:
 
 def cmd_convert(run, policy_cfg, args) -> None:
     """Convert robomimic / robosuite HDF5 demos into a LeRobot dataset at dataset.root."""
-    from vla.data.convert import convert_hdf5
+    from envs.robosuite_tasks.convert import convert_hdf5
 
     if not run.dataset.root:
         raise ConfigError("dataset.root is required: the directory to write the converted dataset to")

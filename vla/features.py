@@ -12,7 +12,9 @@ One observation, as an env or a robot driver produces it (plain numpy, no batch 
 
 One action: ``action`` float32 (D_a,).
 
-Tabletop convention (robosuite Panda, OSC_POSE at 20 Hz):
+The end-effector convention (STATE_NAMES, ACTION_NAMES) of the tabletop tasks, robosuite's
+Panda tasks and the Franka drivers (OSC_POSE at 20 Hz); an env declares the names of its own
+vectors (``feature_names``), and the recorder writes what it declares:
 
     observation.state = eef_pos (3) | eef_rot6d (6, first two columns of the rotation
                         matrix: continuous, unlike quaternions) | gripper_qpos (2)
@@ -42,10 +44,6 @@ STATE_NAMES = [
     "rot6d_0", "rot6d_1", "rot6d_2", "rot6d_3", "rot6d_4", "rot6d_5",
     "gripper_qpos_0", "gripper_qpos_1",
 ]
-# Tabletop environment state: per object, position (3) and its yaw as (cos 4 yaw, sin 4 yaw),
-# which is continuous and the same for the four yaws a square footprint cannot tell apart.
-TABLETOP_OBJECTS = ["red_cube", "green_cube", "blue_cube", "bin"]
-ENV_STATE_NAMES = [f"{obj}_{q}" for obj in TABLETOP_OBJECTS for q in ("x", "y", "z", "cos4yaw", "sin4yaw")]
 ACTION_NAMES = ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"]
 
 

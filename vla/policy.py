@@ -17,6 +17,9 @@ A **Batch** (training, produced by :mod:`vla.data`, already normalized) holds
 
 An **Observation** (sampling) is the same without ``action`` / ``action_is_pad``; at run
 time it also carries ``step`` (B,) long: control steps since each env's episode began.
+Both are typed in :mod:`vla.contract` (``Batch``, ``Observation``), and their shapes are
+checked there before a policy sees them (the trainer checks every batch, the runtime every
+observation).
 
 Every policy implements
 
@@ -38,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from vla.backbone import Backbone, BackboneConfig, Prefix, make_backbone
+from vla.contract import Batch, Observation
 from vla.features import ACTION, OBS_ENV_STATE, OBS_STATE, TASK, image_key
 from vla.heads import NoiseProcessConfig
 from vla.layers import AttentionReadout
@@ -127,11 +131,11 @@ class Policy(nn.Module, ABC):
 
     # --- the contract ------------------------------------------------------------------
     @abstractmethod
-    def compute_loss(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
+    def compute_loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         """Batch (see module docstring) -> (scalar loss, logs)."""
 
     @abstractmethod
-    def sample_actions(self, obs: dict, noise: Tensor | None = None) -> Tensor:
+    def sample_actions(self, obs: Observation, noise: Tensor | None = None) -> Tensor:
         """Observation -> (B, H, D_a) normalized actions; ``noise`` (B, H, D_a) fixes the start."""
 
     def forward(self, batch: dict) -> tuple[Tensor, dict[str, float]]:

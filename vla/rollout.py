@@ -17,55 +17,9 @@ import gymnasium as gym
 import numpy as np
 from tqdm import tqdm
 
+from envs.registry import make_env, task_label  # the worlds: vla names no simulator itself
 from vla.config import EnvConfig, RunConfig
-from vla.errors import ConfigError
 from vla.features import image_key
-
-ENV_FAMILIES = ("tabletop", "robosuite", "robocasa", "gym")
-
-
-def make_env(cfg: EnvConfig) -> gym.Env:
-    """One environment of the configured family (the only place eval/collect name env code)."""
-    if cfg.family == "tabletop":
-        from envs.tabletop import make_env as make_tabletop
-
-        return make_tabletop(cfg.task, image_size=cfg.image_size, cameras=tuple(cfg.cameras), shadows=cfg.shadows,
-                             max_episode_steps=cfg.max_episode_steps, instruction=cfg.instruction)
-    if cfg.family in ("robosuite", "robocasa"):
-        import importlib
-
-        module = importlib.import_module(f"envs.{cfg.family}_tasks")
-        return module.make_env(cfg.task, robot=cfg.robot, controller=cfg.controller, cameras=tuple(cfg.cameras),
-                               image_size=cfg.image_size, shadows=cfg.shadows, control_freq=cfg.control_freq,
-                               max_episode_steps=cfg.max_episode_steps, instruction=cfg.instruction, **cfg.kwargs)
-    if cfg.family == "gym":
-        from envs.gym_adapter import make_env as make_gym
-
-        return make_gym(cfg.id, cfg.gym, cameras=tuple(cfg.cameras), instruction=cfg.instruction,
-                        max_episode_steps=cfg.max_episode_steps, **cfg.kwargs)
-    raise ConfigError(f"unknown env.family {cfg.family!r}; available: {list(ENV_FAMILIES)}")
-
-
-def task_label(cfg: EnvConfig) -> str:
-    """What reports call the configured task: its name, or a gym env's id (env.task is unused there)."""
-    return cfg.id if cfg.family == "gym" and cfg.id else cfg.task
-
-
-def make_expert(cfg: EnvConfig, env: gym.Env, mistakes: float = 0.0, place_mistakes: float = 0.0):
-    """The scripted expert of the configured task, acting in ``env`` (made by `make_env`); in a
-    fraction ``mistakes`` (``place_mistakes``) of episodes it executes a wrong grasp (release)
-    and recovers from it."""
-    if cfg.family == "tabletop":
-        from envs.tabletop.experts import make_expert as tabletop_expert
-
-        return tabletop_expert(cfg.task, env, mistakes=mistakes, place_mistakes=place_mistakes)
-    if cfg.family == "robosuite":
-        from envs.robosuite_tasks.experts import make_expert as robosuite_expert
-
-        return robosuite_expert(cfg.task, env, mistakes=mistakes, place_mistakes=place_mistakes)
-    raise ConfigError(f"no scripted expert for env.family={cfg.family!r}; collect with collect.agent=<checkpoint> "
-                     f"or collect.agent=random")
-
 
 def make_vector_env(cfg: EnvConfig, n_envs: int) -> gym.vector.VectorEnv:
     fns = [partial(make_env, cfg) for _ in range(n_envs)]

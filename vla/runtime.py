@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vla.contract import check_observation
 from vla.data.normalize import Normalizer
 from vla.errors import CheckpointError, ConfigError
 from vla.features import ACTION, OBS_STATE, TASK, image_key
@@ -206,6 +207,7 @@ class RuntimePolicy:
 
     def _sample(self, obs: dict) -> np.ndarray:
         """Policy observation -> unnormalized chunks (B, H, D_a)."""
+        check_observation(obs, self.policy.config)
         return self.normalizer.unnormalize(ACTION, self.policy.sample_actions(obs)).float().cpu().numpy()
 
     def annotations(self) -> list[str] | None:

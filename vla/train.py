@@ -24,6 +24,7 @@ from vla.checkpoint import (
     STATE_DIR, CheckpointError, clean_stale_tmp, load_policy, load_trainable_weights, save_checkpoint
 )
 from vla.config import RunConfig
+from vla.contract import check_batch
 from vla.data.normalize import Normalizer
 from vla.distributed import Distributed
 from vla.errors import ConfigError, TrainingError
@@ -193,6 +194,10 @@ class Trainer:
     # --- the loop --------------------------------------------------------------------------
     def train_step(self, batch: dict) -> dict[str, float]:
         batch = normalize_batch(to_device(batch, self.device), self.normalizer)
+        try:
+            check_batch(batch, self.policy_cfg)  # shapes the config promises, before the model sees them
+        except ValueError as e:
+            raise TrainingError(f"batch at step {self.step}: {e}") from None
         use_amp = self.run_cfg.train.amp and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
             loss, logs = self.model(batch)

@@ -104,6 +104,13 @@ def make_env(task: str, robot: str = "PandaOmron", **kwargs) -> gymnasium.Env:
     return RoboCasaEnv(task, robot=robot, kitchen=True, **kwargs)
 
 
+def from_config(cfg) -> gymnasium.Env:
+    """The env an `EnvConfig` with ``family=robocasa`` describes (see `envs.registry`)."""
+    from envs.robosuite_tasks import robosuite_kwargs
+
+    return make_env(cfg.task, **robosuite_kwargs(cfg))
+
+
 def make_stock_env(task: str = "Lift", robot: str = "PandaOmron", **kwargs) -> gymnasium.Env:
     """The adapter on a stock robosuite task (Lift, PickPlaceCan, ...) instead of a kitchen, for
     tests and for checking a policy's plumbing without RoboCasa: same class, cameras, state and

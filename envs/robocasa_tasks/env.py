@@ -8,8 +8,8 @@ follow RoboCasa's datasets (`_state`, `_to_robosuite`), not the tabletop convent
 
 from __future__ import annotations
 
-import string
 import xml.etree.ElementTree as ET
+from functools import partial
 
 import gymnasium as gym
 import numpy as np
@@ -18,12 +18,13 @@ from gymnasium import spaces
 from envs.mujoco_render import claim_gl_context, cpu_render_settings  # isort: skip  (before robosuite)
 from envs.robocasa_tasks.install import ASSETS_HINT, require_robocasa
 from envs.robocasa_tasks.layout import (
-    DEFAULT_CAMERAS, ROBOCASA_BODY_PART_ORDERING, STATE_DIM, ActionLayout, state_from_observables
+    DATASET_ACTION_LAYOUT, DEFAULT_CAMERAS, ROBOCASA_BODY_PART_ORDERING, STATE_DIM, STATE_LAYOUT, ActionLayout,
+    state_from_observables,
 )
-from envs.robosuite_tasks.env import MAX_INSTRUCTION_LENGTH, RobosuiteEnv, controller_config
+from envs.robosuite_tasks.env import RobosuiteEnv, controller_config
 from envs.robosuite_tasks.tasks import robosuite_task
 from vla.errors import EnvError
-from vla.features import OBS_STATE, TASK, image_key
+from vla.features import ACTION, OBS_STATE
 
 # RoboCasa v0.x task names -> their RoboCasa365 (v1.0) names. Both registries were read
 # (robocasa/utils/dataset_registry.py, v0.1 and v1.0 versions); either name works here.
@@ -131,6 +132,21 @@ def robocasa_controller_config(robot: str, controller: str | None) -> dict:
     return config
 
 
+
+def _make_kitchen(env_class: type, **kwargs):
+    """``env_class(**kwargs)``, with RoboCasa's known set-up failures as one-line EnvErrors."""
+    try:
+        return env_class(**kwargs)
+    except FileNotFoundError as e:  # RoboCasa with a missing asset (robocasa/robocasa#184)
+        if "models/assets" in str(e):
+            raise EnvError(f"a RoboCasa asset is missing ({e.filename or e}); {ASSETS_HINT}") from None
+        raise
+    except ValueError as e:  # no object of a sampled category in the installed registries
+        if "probabilities contain NaN" in str(e):
+            raise EnvError(f"RoboCasa found no object files for a sampled category ({e}); download the object "
+                           f"registries with download_kitchen_assets or set env.kwargs.obj_registries") from None
+        raise
+
 class RoboCasaEnv(RobosuiteEnv):
     """A RoboCasa kitchen task behind the gymnasium API, in RoboCasa's dataset layout.
 
@@ -156,24 +172,22 @@ class RoboCasaEnv(RobosuiteEnv):
             ``obj_instance_split``, ``obj_registries``, ``randomize_cameras``, ...).
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
     RENDER_CAMERA = "robot0_agentview_center"
 
-    def __init__(self, task: str = "PnPCounterToCab", *, robot: str = "PandaOmron", controller: str | None = None,
-                 cameras: tuple[str, ...] = DEFAULT_CAMERAS, image_size: int = 128, shadows: bool = False,
-                 control_freq: int = 20, max_episode_steps: int | None = None, instruction: str | None = None,
-                 terminate_on_success: bool = True, render_mode: str | None = "rgb_array", kitchen: bool = True,
-                 hard_reset: bool | None = None, **robosuite_kwargs):
+    def __init__(self, task: str = "PnPCounterToCab", *, robot: str = "PandaOmron",
+                 cameras: tuple[str, ...] = DEFAULT_CAMERAS, image_size: int = 128, instruction: str | None = None,
+                 kitchen: bool = True, hard_reset: bool | None = None, **kwargs):
         if kitchen:
             require_robocasa()  # registers the kitchens with robosuite; an EnvError with the fix if missing
-        import robosuite
+        self.kitchen = kitchen
+        self._instruction_override = instruction
+        super().__init__(task, robot=robot, cameras=cameras, image_size=image_size, instruction=instruction,
+                         hard_reset=kitchen if hard_reset is None else hard_reset, **kwargs)
+
+    def _task(self, task: str):
         from robosuite.environments.base import REGISTERED_ENVS
 
-        if robot not in robosuite.ALL_ROBOTS:
-            raise EnvError(f"unknown robosuite robot {robot!r}; RoboCasa's layout is PandaOmron's")
-        if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
-        if kitchen:
+        if self.kitchen:
             name = resolve_kitchen_task(task, REGISTERED_ENVS)
             env_class, default_instruction, horizon = REGISTERED_ENVS[name], "", kitchen_horizon(name)
             if "Kitchen" not in {c.__name__ for c in env_class.__mro__}:
@@ -182,60 +196,31 @@ class RoboCasaEnv(RobosuiteEnv):
             spec = robosuite_task(task)
             name, default_instruction, horizon = spec.name, spec.instruction, spec.max_episode_steps
             env_class = with_robocasa_cameras(REGISTERED_ENVS[name])
-        self.task_name = name
-        self.kitchen = kitchen
-        self.cameras = tuple(cameras)
-        self.image_size = image_size
-        self.shadows = shadows
-        self.max_episode_steps = max_episode_steps or horizon
-        self.terminate_on_success = terminate_on_success
-        self.render_mode = render_mode
-        self.metadata = {**self.metadata, "render_fps": control_freq}
-        self._instruction_override = instruction
         self._default_instruction = default_instruction
-        self.instruction = instruction or default_instruction
-        try:
-            self._env = env_class(
-                robots=robot,
-                controller_configs=robocasa_controller_config(robot, controller),
-                has_renderer=False,
-                has_offscreen_renderer=bool(self.cameras) or render_mode is not None,
-                use_camera_obs=False,            # the wrapper renders its cameras itself, once each
-                control_freq=control_freq,
-                horizon=10**9,
-                ignore_done=True,                # the wrapper owns truncation
-                hard_reset=kitchen if hard_reset is None else hard_reset,
-                renderer="mujoco",
-                **robosuite_kwargs,
-            )
-        except FileNotFoundError as e:  # RoboCasa with a missing asset (robocasa/robocasa#184)
-            if "models/assets" in str(e):
-                raise EnvError(f"a RoboCasa asset is missing ({e.filename or e}); {ASSETS_HINT}") from None
-            raise
-        except ValueError as e:  # no object of a sampled category in the installed registries
-            if "probabilities contain NaN" in str(e):
-                raise EnvError(f"RoboCasa found no object files for a sampled category ({e}); download the object "
-                               f"registries with download_kitchen_assets or set env.kwargs.obj_registries") from None
-            raise
-        self._elapsed_steps = 0
-        self._last_obs: dict | None = None
-        self._static_objects: dict | None = None
-        if len(self._env.robots) != 1:
-            raise EnvError(f"{name} with {robot} has {len(self._env.robots)} robots; RoboCasa's layout is one "
-                           f"PandaOmron")
-        self._check_cameras()
-        cpu_render_settings(self._env.sim, shadows)
-        self.layout = ActionLayout.from_controller(self._env.robots[0].composite_controller)
+        return name, partial(_make_kitchen, env_class), default_instruction, horizon
 
-        image_space = spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
-        features = {image_key(c): image_space for c in self.cameras}
-        features[OBS_STATE] = spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32)
-        features[TASK] = spaces.Text(max_length=MAX_INSTRUCTION_LENGTH, charset=string.printable)
-        self.observation_space = spaces.Dict(features)
+    def _controller_config(self, robot: str, controller: str | None) -> dict:
+        return robocasa_controller_config(robot, controller)
+
+    def _robots_hint(self, robosuite) -> str:
+        return "RoboCasa's layout is PandaOmron's"
+
+    def _one_arm_hint(self) -> str:
+        return "RoboCasa's layout is one PandaOmron"
+
+    def _spaces(self) -> tuple[spaces.Dict, spaces.Box]:
+        self.layout = ActionLayout.from_controller(self._env.robots[0].composite_controller)
         low, high = (self.layout.to_dataset(bound).astype(np.float32) for bound in self._env.action_spec)
-        self.action_space = spaces.Box(low, high, dtype=np.float32)
+        return self._observation_space(STATE_DIM), spaces.Box(low, high, dtype=np.float32)
 
     # ----------------------------------------------------------------------- gymnasium API
+    @property
+    def feature_names(self) -> dict[str, list[str]]:
+        """The state and action entries named by their field in RoboCasa's layout
+        (``base_position_0``, ..., ``gripper_close_0``), in the datasets' order."""
+        return {OBS_STATE: [f"{field}_{i}" for field, _, width in STATE_LAYOUT for i in range(width)],
+                ACTION: [f"{field}_{i}" for field, width in DATASET_ACTION_LAYOUT for i in range(width)]}
+
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
         """A new scene (a kitchen: layout, style, objects); the same seed gives the same scene."""
         gym.Env.reset(self, seed=seed)

@@ -30,6 +30,18 @@ def make_env(task: str, **kwargs) -> gymnasium.Env:
     return RobosuiteEnv(task, **kwargs)
 
 
+def from_config(cfg) -> gymnasium.Env:
+    """The env an `EnvConfig` with ``family=robosuite`` describes (see `envs.registry`)."""
+    return make_env(cfg.task, **robosuite_kwargs(cfg))
+
+
+def robosuite_kwargs(cfg) -> dict:
+    """The constructor arguments every robosuite-backed family (robosuite, robocasa) reads from an `EnvConfig`."""
+    return dict(robot=cfg.robot, controller=cfg.controller, cameras=tuple(cfg.cameras), image_size=cfg.image_size,
+                shadows=cfg.shadows, control_freq=cfg.control_freq, max_episode_steps=cfg.max_episode_steps,
+                instruction=cfg.instruction, **cfg.kwargs)
+
+
 for _task in TASKS:
     if gym_id(_task) not in gymnasium.registry:
         gymnasium.register(id=gym_id(_task), entry_point="envs.robosuite_tasks.env:RobosuiteEnv",

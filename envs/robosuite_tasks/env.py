@@ -23,19 +23,18 @@ step, shadows and reflections off unless asked (see `envs.mujoco_render`).
 
 from __future__ import annotations
 
-import string
+from functools import partial
 
-import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
 from envs.mujoco_render import claim_gl_context, cpu_render_settings, render_camera  # isort: skip  (before robosuite)
 from envs import stages
+from envs.sim_env import SimArmEnv
 from envs.robosuite_tasks.tasks import robosuite_camera, robosuite_task
 from vla.errors import EnvError
-from vla.features import OBS_ENV_STATE, OBS_STATE, TASK, image_key, rot6d
+from vla.features import ACTION, ACTION_NAMES, OBS_ENV_STATE, OBS_STATE, STATE_NAMES, TASK, image_key, rot6d
 
-MAX_INSTRUCTION_LENGTH = 256
 ARM_CONTROLLERS = ("OSC_POSE", "OSC_POSITION", "IK_POSE", "JOINT_POSITION", "JOINT_TORQUE")
 
 
@@ -81,7 +80,16 @@ def controller_config(robot: str, controller: str | None) -> dict:
     return config
 
 
-class RobosuiteEnv(gym.Env):
+def eef_feature_names(state_dim: int, action_dim: int) -> dict[str, list[str]]:
+    """Names of a robosuite arm's state (eef position, rot6d, its gripper's joints) and, when it
+    is 7-d, of its OSC_POSE action (`vla.features.ACTION_NAMES`); the object state stays unnamed."""
+    names = {OBS_STATE: STATE_NAMES[:9] + [f"gripper_qpos_{i}" for i in range(state_dim - 9)]}
+    if action_dim == len(ACTION_NAMES):
+        names[ACTION] = list(ACTION_NAMES)
+    return names
+
+
+class RobosuiteEnv(SimArmEnv):
     """A robosuite single-arm task (`tasks.TASKS`: Lift, Stack, PickPlace*, NutAssembly*, Door,
     Wipe, ToolHang) with a language instruction, behind the gymnasium API.
 
@@ -102,62 +110,75 @@ class RobosuiteEnv(gym.Env):
             ``single_object_mode``, ``initialization_noise``, ``camera_names`` is not needed).
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
     RENDER_CAMERA = "agentview"  # what render() shows when the env observes no camera
 
     def __init__(self, task: str = "Lift", *, robot: str = "Panda", controller: str | None = None,
                  cameras: tuple[str, ...] = ("agentview", "wrist"), image_size: int = 96, shadows: bool = False,
                  control_freq: int = 20, max_episode_steps: int | None = None, instruction: str | None = None,
-                 terminate_on_success: bool = True, render_mode: str | None = "rgb_array", **robosuite_kwargs):
+                 terminate_on_success: bool = True, render_mode: str | None = "rgb_array", hard_reset: bool = False,
+                 **robosuite_kwargs):
         import robosuite
 
-        self.spec_task = robosuite_task(task)
         if robot not in robosuite.ALL_ROBOTS:
-            raise EnvError(f"unknown robosuite robot {robot!r}; available: {sorted(robosuite.ALL_ROBOTS)}")
-        if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
-        self.task_name = task
-        self.instruction = instruction or self.spec_task.instruction
-        self.cameras = tuple(cameras)
-        self.image_size = image_size
-        self.max_episode_steps = max_episode_steps or self.spec_task.max_episode_steps
-        self.terminate_on_success = terminate_on_success
-        self.render_mode = render_mode
-        self.metadata = {**self.metadata, "render_fps": control_freq}
-        self._env = robosuite.make(
-            task,
+            raise EnvError(f"unknown robosuite robot {robot!r}; {self._robots_hint(robosuite)}")
+        name, make, default_instruction, horizon = self._task(task)
+        self.task_name, self.shadows = name, shadows
+        self._episode_settings(instruction=instruction, default_instruction=default_instruction, cameras=cameras,
+                               image_size=image_size, max_episode_steps=max_episode_steps or None,
+                               default_steps=horizon, terminate_on_success=terminate_on_success,
+                               render_mode=render_mode, control_freq=control_freq)
+        self._env = self._sim_owner = make(
             robots=robot,
-            controller_configs=controller_config(robot, controller),
+            controller_configs=self._controller_config(robot, controller),
             has_renderer=False,
             has_offscreen_renderer=bool(self.cameras) or render_mode is not None,
             use_camera_obs=False,           # the wrapper renders its cameras itself, once each
-            use_object_obs=True,
             control_freq=control_freq,
             horizon=10**9,
             ignore_done=True,               # the wrapper owns truncation
-            hard_reset=False,               # reset reuses the compiled model and render context
+            hard_reset=hard_reset,          # False: reset reuses the compiled model and render context
             renderer="mujoco",
             **robosuite_kwargs,
         )
         if len(self._env.robots) != 1:
-            raise EnvError(f"{task} with {robot} has {len(self._env.robots)} robots; vla's convention is one arm")
+            raise EnvError(f"{name} with {robot} has {len(self._env.robots)} robots; {self._one_arm_hint()}")
         self._check_cameras()
         cpu_render_settings(self._env.sim, shadows)
-        self._elapsed_steps = 0
-        self._last_obs: dict | None = None
         self._static_objects: dict | None = None  # privileged_state's static obstacles, found once
+        self.observation_space, self.action_space = self._spaces()
 
+    # What a subclass (RoboCasa) changes: which task a name means, the controller, the spaces.
+    def _task(self, task: str):
+        """(robosuite env name, a factory taking robosuite's keyword arguments, default
+        instruction, default horizon) for ``task``."""
+        import robosuite
+
+        self.spec_task = robosuite_task(task)
+        make = partial(robosuite.make, task, use_object_obs=True)
+        return task, make, self.spec_task.instruction, self.spec_task.max_episode_steps
+
+    def _controller_config(self, robot: str, controller: str | None) -> dict:
+        return controller_config(robot, controller)
+
+    def _robots_hint(self, robosuite) -> str:
+        return f"available: {sorted(robosuite.ALL_ROBOTS)}"
+
+    def _one_arm_hint(self) -> str:
+        return "vla's convention is one arm"
+
+    def _spaces(self) -> tuple[spaces.Dict, spaces.Box]:
         raw = self._env.observation_spec()
         low, high = self._env.action_spec
         state_dim = 3 + 6 + len(raw.get("robot0_gripper_qpos", ()))
-        image_space = spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
-        features = {image_key(c): image_space for c in self.cameras}
-        features[OBS_STATE] = spaces.Box(-np.inf, np.inf, (state_dim,), np.float32)
-        if "object-state" in raw:
-            features[OBS_ENV_STATE] = spaces.Box(-np.inf, np.inf, (len(raw["object-state"]),), np.float32)
-        features[TASK] = spaces.Text(max_length=MAX_INSTRUCTION_LENGTH, charset=string.printable)
-        self.observation_space = spaces.Dict(features)
-        self.action_space = spaces.Box(low.astype(np.float32), high.astype(np.float32), dtype=np.float32)
+        observation = self._observation_space(state_dim, len(raw.get("object-state", ())))
+        return observation, spaces.Box(low.astype(np.float32), high.astype(np.float32), dtype=np.float32)
+
+    @property
+    def feature_names(self) -> dict[str, list[str]]:
+        """What the vectors hold, as the recorder writes them into a dataset's features: the
+        end-effector state (eef position, rot6d, gripper joints) and, for a 7-d arm action, the
+        OSC_POSE deltas of `vla.features.ACTION_NAMES`. The object state is unnamed."""
+        return eef_feature_names(self.observation_space[OBS_STATE].shape[0], self.action_space.shape[0])
 
     # ----------------------------------------------------------------------- gymnasium API
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
@@ -196,16 +217,8 @@ class RobosuiteEnv(gym.Env):
         return render_camera(self._env.sim, self.RENDER_CAMERA, self.image_size)
 
     def close(self) -> None:
-        if getattr(self, "_env", None) is not None and self._env.sim is not None:
-            claim_gl_context(self._env.sim)  # free this env's buffers, not another env's
-            self._env.close()
+        super().close()
         self._env = None
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # at interpreter exit GL or robosuite may already be torn down
-            pass
 
     # ----------------------------------------------------------------------- privileged
     def is_success(self) -> bool:

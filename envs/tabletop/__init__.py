@@ -16,7 +16,7 @@ import gymnasium
 
 from envs.tabletop.tasks import TASKS, TaskSpec, task_spec
 
-__all__ = ["TASKS", "TaskSpec", "make_env", "gym_id"]
+__all__ = ["TASKS", "TaskSpec", "from_config", "make_env", "gym_id"]
 
 
 def gym_id(task: str) -> str:
@@ -30,6 +30,12 @@ def make_env(task: str, **kwargs) -> gymnasium.Env:
     from envs.tabletop.env import TabletopEnv
 
     return TabletopEnv(task, **kwargs)
+
+
+def from_config(cfg) -> gymnasium.Env:
+    """The env an `EnvConfig` with ``family=tabletop`` describes (see `envs.registry`)."""
+    return make_env(cfg.task, image_size=cfg.image_size, cameras=tuple(cfg.cameras), shadows=cfg.shadows,
+                    max_episode_steps=cfg.max_episode_steps, instruction=cfg.instruction)
 
 for _task in TASKS:
     if gym_id(_task) not in gymnasium.registry:

@@ -17,29 +17,31 @@ put the Text instruction in shared memory (with shared_memory=True it silently r
 "000..."), while pickled observations carry it as a tuple of strings.
 """
 
-import string
 
-import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.mujoco_render import claim_gl_context, render_camera
+from envs.mujoco_render import render_camera
+from envs.sim_env import SimArmEnv
 from envs.scripted import yaw_of
 from envs.tabletop.scene import CONTROL_FREQ, TABLE_TOP, TabletopScene
 from envs.tabletop.tasks import BIN_SIZE, CUBE_HALF_SIZE, cube_name, task_spec
 from vla.errors import EnvError
-from vla.features import (
-    ENV_STATE_NAMES, OBS_ENV_STATE, OBS_STATE, STATE_NAMES, TABLETOP_OBJECTS, TASK, image_key, rot6d
-)
+from vla.features import ACTION, ACTION_NAMES, OBS_ENV_STATE, OBS_STATE, STATE_NAMES, TASK, image_key, rot6d
 
 # Our camera names (the feature keys) -> robosuite's camera names.
 CAMERAS = {"agentview": "agentview", "wrist": "robot0_eye_in_hand"}
 ACTION_DIM = 7
 HALF_SIZES = {**{cube_name(c): np.full(3, h) for c, h in CUBE_HALF_SIZE.items()}, "bin": np.array(BIN_SIZE) / 2}
-MAX_INSTRUCTION_LENGTH = 128
 
 
-class TabletopEnv(gym.Env):
+# The environment state: per object, position (3) and its yaw as (cos 4 yaw, sin 4 yaw), which
+# is continuous and the same for the four yaws a square footprint cannot tell apart.
+TABLETOP_OBJECTS = ["red_cube", "green_cube", "blue_cube", "bin"]
+ENV_STATE_NAMES = [f"{obj}_{q}" for obj in TABLETOP_OBJECTS for q in ("x", "y", "z", "cos4yaw", "sin4yaw")]
+
+
+class TabletopEnv(SimArmEnv):
     """A language-conditioned Panda task (see `envs.tabletop.TASKS`) behind the gymnasium API.
 
     Args:
@@ -56,7 +58,10 @@ class TabletopEnv(gym.Env):
             predicate stays the task's.
     """
 
+    # what the vectors hold, as the recorder writes them into a dataset's features
+    feature_names = {OBS_STATE: STATE_NAMES, OBS_ENV_STATE: ENV_STATE_NAMES, ACTION: ACTION_NAMES}
     metadata = {"render_modes": ["rgb_array"], "render_fps": CONTROL_FREQ}
+    MAX_INSTRUCTION_LENGTH = 128
 
     def __init__(
         self,
@@ -74,32 +79,17 @@ class TabletopEnv(gym.Env):
         unknown = [c for c in cameras if c not in CAMERAS]
         if unknown:
             raise EnvError(f"unknown cameras {unknown}; valid cameras: {sorted(CAMERAS)}")
-        if render_mode not in (None, *self.metadata["render_modes"]):
-            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.task_spec = task_spec(task)
-        self.instruction = instruction or self.task_spec.instruction
-        self.image_size = image_size
-        self.cameras = tuple(cameras)
-        default_steps = self.task_spec.max_episode_steps
-        self.max_episode_steps = default_steps if max_episode_steps is None else max_episode_steps
-        self.terminate_on_success = terminate_on_success
-        self.render_mode = render_mode
+        self._episode_settings(instruction=instruction, default_instruction=self.task_spec.instruction,
+                               cameras=cameras, image_size=image_size, max_episode_steps=max_episode_steps,
+                               default_steps=self.task_spec.max_episode_steps,
+                               terminate_on_success=terminate_on_success, render_mode=render_mode,
+                               control_freq=CONTROL_FREQ)
         self.render_size = render_size
-        self._scene = TabletopScene(
+        self._scene = self._sim_owner = TabletopScene(
             self.task_spec, offscreen=bool(self.cameras) or render_mode is not None, shadows=shadows
         )
-        self._elapsed_steps = 0
-        self._last_obs: dict | None = None
-
-        image_space = spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
-        self.observation_space = spaces.Dict(
-            {
-                **{image_key(camera): image_space for camera in self.cameras},
-                OBS_STATE: spaces.Box(-np.inf, np.inf, (len(STATE_NAMES),), np.float32),
-                OBS_ENV_STATE: spaces.Box(-np.inf, np.inf, (len(ENV_STATE_NAMES),), np.float32),
-                TASK: spaces.Text(max_length=MAX_INSTRUCTION_LENGTH, charset=string.printable),
-            }
-        )
+        self.observation_space = self._observation_space(len(STATE_NAMES), len(ENV_STATE_NAMES))
         self.action_space = spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
@@ -132,17 +122,6 @@ class TabletopEnv(gym.Env):
         if self.render_size is None and "agentview" in self.cameras and self._last_obs is not None:
             return self._last_obs[image_key("agentview")].copy()
         return self._render_camera("agentview", self.render_size or self.image_size)
-
-    def close(self) -> None:
-        claim_gl_context(self._scene.sim)  # free this env's buffers, not another env's
-        self._scene.close()
-
-    def __del__(self):
-        # An env dropped without close() must free its buffers in its own context too.
-        try:
-            self.close()
-        except Exception:  # at interpreter exit GL or robosuite may already be torn down
-            pass
 
     def privileged_state(self) -> dict:
         """Simulator ground truth for scripted experts; never part of the policy observation.

@@ -76,3 +76,8 @@ def make_expert(task: str, env: gym.Env, mistakes: float = 0.0, place_mistakes: 
     else:
         phases = place_phases(spec.pick)
     return ScriptedExpert(env, phases, mistakes=mistakes, place_mistakes=place_mistakes)
+
+
+def expert_from_config(cfg, env: gym.Env, mistakes: float = 0.0, place_mistakes: float = 0.0) -> ScriptedExpert:
+    """`make_expert` for the task an `EnvConfig` names (see `envs.registry`)."""
+    return make_expert(cfg.task, env, mistakes=mistakes, place_mistakes=place_mistakes)

@@ -20,6 +20,8 @@ q spends more compute on the world model at test time (test-time scaling).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields, replace
+
 import torch
 from torch import Tensor, nn
 
@@ -43,6 +45,23 @@ def _repeat(x, k: int):
     if isinstance(x, dict):
         return {key: _repeat(v, k) for key, v in x.items()}
     return type(x)(_repeat(v, k) for v in x)
+
+
+@dataclass
+class DenoiserContext:
+    """What one chunk's denoising steps share, computed once from the prefix: the prefix tokens
+    (after the prefix blocks) and, with cross-attention conditioning, every block's keys / values
+    of them. Shapes: tokens (B, N_p, D), mask (B, N_p); the kv lists hold one (keys, values) pair
+    per block (per stream for the MMDiT blocks)."""
+    tokens: Tensor
+    mask: Tensor
+    mmdit_kv: list | None = None     # [block][stream] -> (k, v)
+    action_kv: list | None = None    # [block] -> (k, v)
+    vision_kv: list | None = None    # [block] -> (k, v); only with the world-model stream
+
+    def repeat(self, k: int) -> DenoiserContext:
+        """The context of a batch whose every row is repeated k times (K noise samples per observation)."""
+        return replace(self, **{f.name: _repeat(getattr(self, f.name), k) for f in fields(self)})
 
 
 class DustPolicy(Policy):
@@ -99,7 +118,7 @@ class DustPolicy(Policy):
         return target, valid
 
     # --- the denoiser ------------------------------------------------------------------------
-    def _context(self, prefix) -> dict:
+    def _context(self, prefix) -> DenoiserContext:
         """Per-chunk work on the prefix: cross-attention keys / values of every block (reused at
         every denoising step), or the prefix as the third stream."""
         tokens = prefix.tokens
@@ -107,16 +126,16 @@ class DustPolicy(Policy):
             keys = prefix.mask[:, None, None, :]  # (B, 1, 1, N_p): bidirectional, padding hidden
             for block in self.prefix_blocks:
                 tokens = block(tokens, self.prefix_rotary, keys)
-        ctx = {"tokens": tokens, "mask": prefix.mask}
+        ctx = DenoiserContext(tokens, prefix.mask)
         if self.config.conditioning == "cross_attention":
-            ctx["mmdit_kv"] = [[s.cross.prefix_kv(tokens) for s in block.streams] for block in self.mmdit]
-            ctx["action_kv"] = [b.prefix_kv(tokens) for b in self.action_blocks]
+            ctx.mmdit_kv = [[s.cross.prefix_kv(tokens) for s in block.streams] for block in self.mmdit]
+            ctx.action_kv = [b.prefix_kv(tokens) for b in self.action_blocks]
             if self.config.world_model:
-                ctx["vision_kv"] = [b.prefix_kv(tokens) for b in self.vision_blocks]
+                ctx.vision_kv = [b.prefix_kv(tokens) for b in self.vision_blocks]
         return ctx
 
     def velocity(self, state: Tensor, actions: Tensor, t_action: Tensor, future: Tensor | None, t_vision: Tensor | None,
-                 ctx: dict, action_is_pad: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+                 ctx: DenoiserContext, action_is_pad: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """One forward pass. state (B, T_o, D_s) normalized, noisy actions (B, H, D_a) at t_action
         (B,), noisy future tokens (B, n_future, D_vis) at t_vision (B,) -> velocities, same shapes.
         Padded actions (``action_is_pad`` (B, H), training) are hidden from every attention."""
@@ -137,25 +156,25 @@ class DustPolicy(Policy):
         stream_mode = cfg.conditioning == "stream"
         if stream_mode:
             # The context stream has no time of its own; it is modulated by the streams' mean.
-            xs, cs, masks = xs + [ctx["tokens"]], cs + [torch.stack(cs).mean(0)], masks + [ctx["mask"]]
+            xs, cs, masks = xs + [ctx.tokens], cs + [torch.stack(cs).mean(0)], masks + [ctx.mask]
         for i, block in enumerate(self.mmdit):
-            xs = block(xs, cs, masks, None if stream_mode else ctx["mmdit_kv"][i], ctx["mask"])
+            xs = block(xs, cs, masks, None if stream_mode else ctx.mmdit_kv[i], ctx.mask)
         if stream_mode:
             kv_source = xs[-1]
             kv = {"action": [b.prefix_kv(kv_source) for b in self.action_blocks]}
             if cfg.world_model:
                 kv["vision"] = [b.prefix_kv(kv_source) for b in self.vision_blocks]
         else:
-            kv = {"action": ctx["action_kv"], "vision": ctx.get("vision_kv")}
+            kv = {"action": ctx.action_kv, "vision": ctx.vision_kv}
         a = xs[_STREAM_ACTION]
         for block, block_kv in zip(self.action_blocks, kv["action"]):
-            a = block(a, c_a, block_kv, ctx["mask"], a_mask)
+            a = block(a, c_a, block_kv, ctx.mask, a_mask)
         v_action = self.action_out(a[:, cfg.n_obs_steps:], c_a)
         v_vision = None
         if cfg.world_model:
             v = xs[_STREAM_VISION]
             for block, block_kv in zip(self.vision_blocks, kv["vision"]):
-                v = block(v, c_o, block_kv, ctx["mask"])
+                v = block(v, c_o, block_kv, ctx.mask)
             v_vision = self.vision_out(v, c_o)
         return v_action, v_vision
 
@@ -167,7 +186,7 @@ class DustPolicy(Policy):
         cfg = self.config
         k = cfg.noise_samples
         prefix = self.prefix(batch)
-        ctx = _repeat(self._context(prefix), k)
+        ctx = self._context(prefix).repeat(k)
         state = _repeat(batch[OBS_STATE], k)
         b, device = state.shape[0], state.device
         if cfg.action_free:

@@ -18,6 +18,8 @@ held code, the current observation and the step within the behavior into action 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -27,6 +29,17 @@ from policies.omnijarvis.tokenizer import BehaviorTokenizer
 from vla.errors import CheckpointError, TrainingError
 from vla.features import ACTION, OBS_STATE, PHASE, TASK
 from vla.policy import Policy
+
+
+@dataclass
+class PlanState:
+    """What each env is doing while acting (B envs): the behavior it follows and since when, the
+    thought that chose it, and the thoughts of its earlier behaviors (the memory the next plan
+    is conditioned on). Reset per env when its episode starts (step 0)."""
+    start: Tensor                          # (B,) the control step each env's current behavior began
+    thought: list[str]                     # B thoughts, "" where none was generated
+    memory: list[list[str]]                # B lists of earlier thoughts, oldest first
+    code: Tensor | None = None             # (B, n_codes, code_dim) the behavior codes; None before the first plan
 
 
 class OmniJarvisPolicy(Policy):
@@ -48,7 +61,7 @@ class OmniJarvisPolicy(Policy):
             for part in (self.backbone, self.behavior_tokenizer, self.decoder):
                 part.requires_grad_(False)
             self.vla = BehaviorVLA(config, n_prefix)
-        self._plans: dict | None = None  # per-env plan state while acting
+        self._plans: PlanState | None = None  # per-env plan state while acting
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -143,52 +156,51 @@ class OmniJarvisPolicy(Policy):
         -> (B, H, D_a). Re-plans the envs whose behavior is N steps old or whose episode
         just began, then decodes every env's chunk at its step within its behavior."""
         if self.vla is None:
-
             raise CheckpointError("this is a stage-1 (tokenizer) checkpoint: it has no VLA to choose behaviors; "
-                             "train stage 2 with policy.stage=vla train.init_from=<this run>")
+                                  "train stage 2 with policy.stage=vla train.init_from=<this run>")
         frames, text = self.encode_observation(obs)
         prefix = self.backbone(frames, without_text(text), obs[OBS_STATE])
         b = prefix.tokens.shape[0]
         step = obs.get("step")
         step = torch.zeros(b, dtype=torch.long, device=prefix.tokens.device) if step is None else step.long()
         plans = self._plans
-        if plans is None or len(plans["thought"]) != b:
-            plans = self._plans = {"code": None, "start": torch.zeros_like(step), "thought": [""] * b,
-                                   "memory": [[] for _ in range(b)]}
+        if plans is None or len(plans.thought) != b:
+            plans = self._plans = PlanState(start=torch.zeros_like(step), thought=[""] * b,
+                                            memory=[[] for _ in range(b)])
         fresh = step == 0
-        due = fresh | (step - plans["start"] >= self.config.replan_steps) | (step < plans["start"])
-        if obs.get("step") is None or plans["code"] is None:
+        due = fresh | (step - plans.start >= self.config.replan_steps) | (step < plans.start)
+        if obs.get("step") is None or plans.code is None:
             due[:] = True
         if due.any():
             self._replan(obs, prefix, due, fresh, step)
-        offset = (step - plans["start"]).clamp(0, self.config.chunk_length - 1)
-        return self.decoder.sample(prefix, plans["code"], offset, noise)
+        offset = (step - plans.start).clamp(0, self.config.chunk_length - 1)
+        return self.decoder.sample(prefix, plans.code, offset, noise)
 
     def _replan(self, obs: dict, prefix, due: Tensor, fresh: Tensor, step: Tensor) -> None:
         plans = self._plans
         ids = due.nonzero()[:, 0].tolist()
         for i in ids:
             if bool(fresh[i]):
-                plans["memory"][i] = []
-            elif plans["thought"][i]:
-                plans["memory"][i].append(plans["thought"][i])
+                plans.memory[i] = []
+            elif plans.thought[i]:
+                plans.memory[i].append(plans.thought[i])
         tasks = [obs[TASK][i] for i in ids]
-        memories = [memory_text(plans["memory"][i][-self.config.memory_size:] if self.config.memory_size else [])
+        memories = [memory_text(plans.memory[i][-self.config.memory_size:] if self.config.memory_size else [])
                     for i in ids]
         sub = type(prefix)(prefix.tokens[due], prefix.mask[due])
         out = self.vla.generate(tasks, memories, sub)
         codes = self.behavior_tokenizer.fsq.digits_to_codes(out.digits).to(prefix.tokens.dtype)
-        if plans["code"] is None:
-            plans["code"] = torch.zeros(len(due), *codes.shape[1:], device=codes.device, dtype=codes.dtype)
-        plans["code"][due] = codes
-        plans["start"][due] = step[due]
+        if plans.code is None:
+            plans.code = torch.zeros(len(due), *codes.shape[1:], device=codes.device, dtype=codes.dtype)
+        plans.code[due] = codes
+        plans.start[due] = step[due]
         for i, t in zip(ids, out.thoughts):
-            plans["thought"][i] = t
+            plans.thought[i] = t
 
     def annotations(self) -> list[str] | None:
         if self._plans is None or not self.config.thoughts:
             return None
-        return list(self._plans["thought"])
+        return list(self._plans.thought)
 
     def modules_new_in_finetuning(self) -> tuple[str, ...]:
         return ("vla.",) if self.vla is not None else ()

@@ -63,19 +63,7 @@ from vla.data.source import (
     resolve_video_backend,
     scan_dataset,
 )
-from vla.features import (
-    ACTION,
-    ACTION_NAMES,
-    ENV_STATE_NAMES,
-    OBS_ENV_STATE,
-    OBS_IMAGES,
-    OBS_PREFIX,
-    OBS_STATE,
-    PHASE,
-    STATE_NAMES,
-    TASK,
-    is_image_key,
-)
+from vla.features import ACTION, OBS_IMAGES, OBS_PREFIX, PHASE, TASK, is_image_key
 
 logger = logging.getLogger(__name__)
 
@@ -86,18 +74,19 @@ ROLL_EVERY_EPISODE_MB = 1e-6
 # when its queue is full, which would desynchronise video and data; a simulator is not
 # real-time, so the queue is made large enough never to fill (96x96 RGB: 27 kB a frame).
 ENCODER_QUEUE_FRAMES = 100_000
-VECTOR_NAMES = {OBS_STATE: STATE_NAMES, OBS_ENV_STATE: ENV_STATE_NAMES}
 SIDECAR = ".vla"  # recorder.lock, and info.json as of the last committed episode
 
 
-def features_from_space(observation_space: spaces.Dict, action_space: spaces.Box) -> dict[str, dict]:
+def features_from_space(observation_space: spaces.Dict, action_space: spaces.Box,
+                        names: dict[str, list[str]] | None = None) -> dict[str, dict]:
     """lerobot ``features`` for an env's observations and actions (see vla.features).
 
     ``observation.images.<cam>`` uint8 (H, W, 3) -> "video"; other ``observation.*`` boxes and
-    the action -> float32 vectors, named with STATE_NAMES / ENV_STATE_NAMES / ACTION_NAMES when the sizes match;
-    ``task`` is not a feature (lerobot stores it per frame in its own ``task`` field); the
-    expert's phase label is added as the string feature ``annotation.phase``.
+    the action -> float32 vectors, named with ``names[key]`` (what the env declares: its
+    ``feature_names``) or unnamed; ``task`` is not a feature (lerobot stores it per frame in its
+    own ``task`` field); the expert's phase label is added as the string feature ``annotation.phase``.
     """
+    names = names or {}
     features = {}
     for key, space in observation_space.spaces.items():
         if key == TASK:
@@ -108,11 +97,11 @@ def features_from_space(observation_space: spaces.Dict, action_space: spaces.Box
                 raise ValueError(f"{key!r} must be a uint8 Box of shape (H, W, 3), got {space}")
             features[key] = {"dtype": "video", "shape": tuple(space.shape), "names": ["height", "width", "channels"]}
         elif key.startswith(OBS_PREFIX) and isinstance(space, spaces.Box):
-            features[key] = _vector_feature(key, space, VECTOR_NAMES.get(key))
+            features[key] = _vector_feature(key, space, names.get(key))
         else:
             raise ValueError(f"cannot record observation {key!r} ({space}): expected {OBS_IMAGES}<camera> "
                              f"images, a Box under {OBS_PREFIX!r}, or {TASK!r}")
-    features[ACTION] = _vector_feature(ACTION, action_space, ACTION_NAMES)
+    features[ACTION] = _vector_feature(ACTION, action_space, names.get(ACTION))
     features[PHASE] = {"dtype": "string", "shape": (1,), "names": None}
     return features
 
@@ -121,7 +110,9 @@ def _vector_feature(key: str, space: spaces.Space, names: list[str] | None) -> d
     if not isinstance(space, spaces.Box) or len(space.shape) != 1:
         raise ValueError(f"{key!r} must be a 1-D Box, got {space}")
     size = space.shape[0]
-    return {"dtype": "float32", "shape": (size,), "names": names if names and len(names) == size else None}
+    if names is not None and len(names) != size:
+        raise ValueError(f"{key!r}: {len(names)} names for a vector of {size}")
+    return {"dtype": "float32", "shape": (size,), "names": list(names) if names else None}
 
 
 class EpisodeRecorder:
@@ -166,7 +157,8 @@ class EpisodeRecorder:
         """A recorder for ``env``'s observation and action spaces; fps defaults to the env's
         ``metadata["render_fps"]`` (its control rate), else DEFAULT_FPS."""
         fps = fps or env.metadata.get("render_fps") or DEFAULT_FPS
-        return cls(root, features_from_space(env.observation_space, env.action_space), fps=fps, **kwargs)
+        names = getattr(env.unwrapped, "feature_names", None)  # an env says what its vectors hold
+        return cls(root, features_from_space(env.observation_space, env.action_space, names), fps=fps, **kwargs)
 
     def _remove_empty_root(self) -> None:
         if self.root.exists():

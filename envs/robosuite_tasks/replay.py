@@ -1,4 +1,4 @@
-"""Replaying recorded MuJoCo states in a robosuite env, for `vla.data.convert`.
+"""Replaying recorded MuJoCo states in a robosuite env, for `envs.robosuite_tasks.convert`.
 
     replayer = Replayer("Lift", env_kwargs, cameras=["agentview", "wrist"], image_size=96, offscreen=True)
     replayer.load_scene(model_xml, "demo_0", state_size)   # once per demo

@@ -14,7 +14,7 @@ Two layouts are read:
 
 Frames come from the file's ``obs/`` when it has every key needed; otherwise (no observations,
 a camera the file lacks, or ``render=True``) every frame is re-rendered by replaying ``states`` in
-the robosuite env the file describes (`vla.data.replay`). Step t's observation is that of
+the robosuite env the file describes (`envs.robosuite_tasks.replay`). Step t's observation is that of
 ``states[t]``, the state ``actions[t]`` was taken from, in both layouts.
 
 Per frame, as vla's robosuite envs (`envs.robosuite_tasks.env`) observe it, so a policy trained
@@ -49,7 +49,7 @@ import numpy as np
 from gymnasium import spaces
 from tqdm import tqdm
 
-from envs.robosuite_tasks.env import robosuite_state
+from envs.robosuite_tasks.env import eef_feature_names, robosuite_state
 from envs.robosuite_tasks.tasks import instruction_for, robosuite_camera, vla_camera
 from vla.data.recorder import EpisodeRecorder, acquire_lock, features_from_space
 from vla.data.source import INFO_FILE
@@ -248,7 +248,7 @@ class Source:
         """The robosuite env that re-renders the demos; None when the file's frames are used."""
         if not self.render:
             return None
-        from vla.data.replay import Replayer  # imports robosuite
+        from envs.robosuite_tasks.replay import Replayer  # imports robosuite
 
         if not self.env_name:
             raise DatasetError(f"{self.path} names no env (no data attr 'env_args' or 'env'): cannot replay its "
@@ -271,10 +271,7 @@ class Source:
         if env_dim:
             obs[OBS_ENV_STATE] = spaces.Box(-np.inf, np.inf, (env_dim,), np.float32)
         action = spaces.Box(-np.inf, np.inf, (first["actions"].shape[1],), np.float32)
-        features = features_from_space(spaces.Dict(obs), action)
-        if env_dim:
-            features[OBS_ENV_STATE]["names"] = None  # robosuite's object state, not the tabletop layout
-        return features
+        return features_from_space(spaces.Dict(obs), action, eef_feature_names(state_dim, action.shape[0]))
 
     @property
     def fps(self) -> int:
