@@ -1,5 +1,5 @@
 # Two commands matter:  make demo  (collect -> train -> evaluate on the embedded default)
-#                       make test  (the test suite, heavy checks excluded)
+#                       make test  (ruff, then the test suite, heavy checks excluded)
 # Both create .venv with Python 3.12 and install everything on first use.
 
 VENV    ?= .venv
@@ -24,7 +24,7 @@ DEMO_MINUTES  ?= 25
 DEMO_RESERVE  ?= 450
 EVAL_EPISODES ?= 50
 
-.PHONY: setup demo test test-slow benchmarks bench-deploy bench-envs robosuite-lift quality clean
+.PHONY: setup demo test lint test-slow benchmarks bench-deploy bench-envs robosuite-lift quality clean
 
 setup: $(STAMP)
 
@@ -48,8 +48,13 @@ demo: setup
 	    output_dir=$(DEMO_DIR)/run train.max_seconds=$$budget $(DEMO_ARGS)
 	$(VLA) eval env=lift output_dir=$(DEMO_DIR)/run eval.episodes=$(EVAL_EPISODES)
 
+# ruff first (config in pyproject.toml): a lint finding fails `make test` before pytest runs.
 test: setup
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q --durations=30
+
+lint: setup
+	$(VENV)/bin/ruff check .
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow

@@ -45,7 +45,8 @@ def run_row(task: str, data: Path, out: Path, row: str, args) -> None:
     done_steps = int(last.resolve().name) if last.exists() else 0
     if done_steps < args.steps:  # a killed row resumes from its last checkpoint
         print(f"[{task}] training {row}" + (f" from step {done_steps}" if done_steps else ""), flush=True)
-        run_vla("train", *(["--resume"] if done_steps else []), f"env={task}", f"dataset.root={data}", f"dataset.repo_id=local/{task}", f"output_dir={run / 'run'}",
+        run_vla("train", *(["--resume"] if done_steps else []), f"env={task}", f"dataset.root={data}",
+            f"dataset.repo_id=local/{task}", f"output_dir={run / 'run'}",
             f"train.steps={args.steps}", *COMMON, *ROWS[row], log=run / "train.log", threads=threads)
     evals = [("eval", [])] + ([(f"eval_q{q}", [f"eval.test_time_scaling={q}"]) for q in TTS] if row == "DUST" else [])
     for name, extra in evals:

@@ -109,7 +109,8 @@ def check_commands(commands: list[dict], limits: SafetyConfig, period: float) ->
         if not np.all(np.isfinite(pos)) or not np.all(np.isfinite(c["target_rot"])):
             bad.append(f"non-finite target {pos}")
             continue
-        if np.any(pos < np.asarray(limits.workspace_low) - 1e-6) or np.any(pos > np.asarray(limits.workspace_high) + 1e-6):
+        if (np.any(pos < np.asarray(limits.workspace_low) - 1e-6)
+                or np.any(pos > np.asarray(limits.workspace_high) + 1e-6)):
             bad.append(f"target {pos.round(3)} outside the workspace")
         # The driver limits the step relative to the state it measured, which is up to one
         # twin period older than the twin's state at receipt: allow one more step of motion.

@@ -149,8 +149,8 @@ def graphed_candidate(preset: str, device: str) -> dict:
 
 def report(times: dict[str, list[float]], args, note: str) -> str:
     med = {k: median(v) for k, v in times.items()}
-    rows = [[k, f"{med[k] * 1e3:.1f}", spread([x * 1e3 for x in v]), f"{med[DP] / med[k]:.1f}x", f"{med[ACT] / med[k]:.2f}x"]
-            for k, v in times.items()]
+    rows = [[k, f"{med[k] * 1e3:.1f}", spread([x * 1e3 for x in v]),
+             f"{med[DP] / med[k]:.1f}x", f"{med[ACT] / med[k]:.2f}x"] for k, v in times.items()]
     table = markdown_table(["candidate (batch 1, one chunk)", "median ms", "IQR ms", "speed-up vs DP DDIM-10",
                             "speed-up vs ACT"], rows)
     lines = []

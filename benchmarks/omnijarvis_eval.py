@@ -140,7 +140,8 @@ def report(tasks: list[str], out: Path) -> str:
             secs, steps = train_seconds(run)
             budget = f"{secs:.0f} s / {steps}"
         rows.append([row, *[cell(out / t / "omnijarvis" / f"{slug}_eval" / "report.json") for t in tasks], budget])
-    rows.append(["Dita (the DUST ablation's row)", *[cell(out / t / "dita" / "eval" / "report.json") for t in tasks], "-"])
+    rows.append(["Dita (the DUST ablation's row)",
+                 *[cell(out / t / "dita" / "eval" / "report.json") for t in tasks], "-"])
     quality = []
     for t in tasks:
         for name, levels in CODEBOOKS.items():
@@ -149,7 +150,8 @@ def report(tasks: list[str], out: Path) -> str:
                 q = json.loads(f.read_text())
                 quality.append([t, f"{name} {levels}", f"{q['codebook']:,}", f"{q['used']} ({q['usage']:.2%})",
                                 f"{q['perplexity']:.1f}", f"{q['mse_own_code']:.4f}", f"{q['mse_other_code']:.4f}"])
-    return (f"## OmniJARVIS behavior tokens on the tabletop tasks\n\n{machine()}. `python -m benchmarks.omnijarvis_eval`. "
+    return (f"## OmniJARVIS behavior tokens on the tabletop tasks\n\n{machine()}. "
+            "`python -m benchmarks.omnijarvis_eval`. "
             "Same demos and the same 50 held-out seeds as the DUST ablation. Stage 1: "
             f"`{' '.join(STAGE1)}`; stage 2: `{' '.join(STAGE2)}` from the e14 stage-1 run.\n\n"
             + markdown_table(header, rows)

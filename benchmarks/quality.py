@@ -188,8 +188,8 @@ def run_one(args, name: str, seed: int) -> None:
         "ci95": report["ci95"], "mean_length": report["mean_length"],
         **({"stages_reached": report["stages_reached"]} if "stages_reached" in report else {}),
         **summary, "eval_seconds": round(eval_s, 1),
-        "reproduce": reproduce_command(args, name, seed), "commands": [*commands, eval_cmd], "machine": machine(), "load_avg_before": round(load_before, 2),
-        "run_dir": str(run_dir),
+        "reproduce": reproduce_command(args, name, seed), "commands": [*commands, eval_cmd], "machine": machine(),
+        "load_avg_before": round(load_before, 2), "run_dir": str(run_dir),
     }
     results = record_run(args.results, key, record)
     write_table(results, args.markdown)  # the table fills in run by run
@@ -247,7 +247,8 @@ def table(results: dict) -> str:
             runs.sort(key=lambda r: r["seed"])
             s, n = sum(r["successes"] for r in runs), sum(r["episodes"] for r in runs)
             lo, hi = wilson_interval(s, n)
-            mean = lambda k: sum(float(r[k]) for r in runs) / len(runs)  # noqa: E731
+            def mean(k: str, runs: list[dict] = runs) -> float:  # used in this iteration only; the default binds it
+                return sum(float(r[k]) for r in runs) / len(runs)
             lines.append([
                 name, str(len(runs)), " / ".join(f"{r['success_rate']:.0%}" for r in runs),
                 f"**{s / n:.0%}** [{lo:.0%}, {hi:.0%}]", f"{mean('budget_minutes'):g}", f"{mean('train_seconds'):.0f}",
@@ -259,7 +260,8 @@ def table(results: dict) -> str:
         parts.append(
             f"### {task}\n\nData: `{first['dataset']}`; env: `{' '.join(first['env'])}`; inputs: "
             f"{', '.join(f'`{f}`' for f in first['features'])}; {first['episodes']} evaluation episodes per seed; "
-            f"budget {', '.join(f'{b:g}' for b in budgets)} min of training per run, {first['threads']} torch threads.\n\n"
+            f"budget {', '.join(f'{b:g}' for b in budgets)} min of training per run, "
+            f"{first['threads']} torch threads.\n\n"
             + markdown_table(["candidate", "seeds", "success per seed", "pooled success [95% Wilson CI]",
                               "budget min", "train s (mean)", "steps per seed", "samples seen (mean)",
                               "final loss (mean)", "stages reached (pooled)"], lines))

@@ -31,7 +31,8 @@ import time
 import torch
 
 from benchmarks.common import (
-    dataset_args, ensure_dataset, interleaved_blocks, machine, markdown_table, median, set_threads, spread, write_section,
+    dataset_args, ensure_dataset, interleaved_blocks, machine, markdown_table, median, set_threads, spread,
+    write_section,
 )
 
 

@@ -78,9 +78,9 @@ from collections.abc import Mapping
 
 import gymnasium as gym
 import numpy as np
-
-from envs.errors import EnvError
 from gymnasium import spaces
+
+from vla.errors import EnvError
 
 logger = logging.getLogger(__name__)
 

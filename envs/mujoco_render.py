@@ -5,6 +5,7 @@ Shared by every robosuite-based task family (`envs.tabletop`, `envs.robosuite_ta
 simulator itself and works on the ``sim`` it is handed.
 """
 
+import logging
 import os
 
 import numpy as np
@@ -16,6 +17,24 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 # the parent. Rendering on the calling thread is as fast at 96x96 (35 steps/s with two cameras on
 # 2 idle cores either way; 33 vs 22 on busy ones). Mesa reads this when the first GL context starts.
 os.environ.setdefault("LP_NUM_THREADS", "0")
+
+
+class _KnownHarmless(logging.Filter):
+    """Drops robosuite's start-up notes that say nothing about this setup (~10 lines before any
+    output of ours): no private macro file (the defaults are what we use), no robosuite_models /
+    mink IK (other robots, GR1's IK), the controller file it loads. Its real warnings still show."""
+
+    PREFIXES = ("No private macro file found", "It is recommended to use a private macro file", "To setup, run:",
+                "Could not import robosuite_models", "Could not load the mink-based whole-body IK",
+                "Loading controller configuration from")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.PREFIXES)
+
+
+# robosuite logs through this logger, configured when robosuite is imported; a filter on the
+# logger object survives that (getLogger returns the same object).
+logging.getLogger("robosuite_logs").addFilter(_KnownHarmless())
 
 
 def cpu_render_settings(sim, shadows: bool = False, multisamples: int = 0) -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vla.backbone.base import BackboneConfig, make_backbone
-from vla.config import ConfigError
+from vla.errors import ConfigError
 
 FAMILIES = ["idefics3", "paligemma", "qwen2_5_vl", "siglip+llama"]
 T, B = 2, 3
@@ -83,7 +83,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_vlms):
             if "lora_B" in name:
                 torch.nn.init.normal_(p, std=0.02)
         saved = []  # tensors autograd keeps for backward: checkpointed layers keep only their inputs
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, saved=saved: saved.append(t) or t, lambda t: t):
             tokens = backbone(*inputs(backbone)).tokens
         tokens.square().mean().backward()
         counts.append(len(saved))
@@ -141,8 +141,8 @@ def test_cli_trains_and_evaluates_dita_on_a_vlm(tiny_vlms, lift_dataset, tmp_pat
     from vla.cli import main
 
     out = tmp_path / "run"
-    vlm = ["policy.backbone.name=vlm", f"policy.backbone.model={tiny_vlms['idefics3']}", "policy.backbone.hidden_layer=2",
-           "policy.backbone.finetune=lora", "policy.backbone.lora_rank=4"]
+    vlm = ["policy.backbone.name=vlm", f"policy.backbone.model={tiny_vlms['idefics3']}",
+           "policy.backbone.hidden_layer=2", "policy.backbone.finetune=lora", "policy.backbone.lora_rank=4"]
     assert main(["train", f"dataset.root={lift_dataset}", f"output_dir={out}", "train.steps=2", *TINY, *vlm]) == 0
     assert main(["eval", f"output_dir={out}", "eval.episodes=1", "eval.n_envs=1", "eval.max_videos=0",
                  "env.max_episode_steps=3", f"eval.output_dir={tmp_path / 'eval'}"]) == 0

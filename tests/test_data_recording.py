@@ -20,7 +20,8 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 from vla.data.collect import collect
 from vla.data.recorder import EpisodeRecorder, features_from_space, repair_dataset
-from vla.data.source import DatasetError, open_dataset
+from vla.data.source import open_dataset
+from vla.errors import DatasetError
 from vla.features import ACTION_NAMES, PHASE, STATE_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,7 +185,8 @@ def test_action_noise_perturbs_executed_actions_but_records_clean_ones(tmp_path)
 
     again = ExecutedActionsEnv()  # the same attempt seed draws the same noise
     with make_recorder(tmp_path / "ds2") as rec:
-        collect(again, ScriptedAgent(), rec, n_episodes=1, seed=0, action_noise=0.5, noise_dims=[0, 1, 2], progress=False)
+        collect(again, ScriptedAgent(), rec, n_episodes=1, seed=0, action_noise=0.5, noise_dims=[0, 1, 2],
+                progress=False)
     np.testing.assert_array_equal(np.stack(again.executed), executed)
     with make_recorder(tmp_path / "ds3") as rec, pytest.raises(ValueError, match="noise_dims"):
         collect(CountingEnv(), ScriptedAgent(), rec, n_episodes=1, action_noise=0.1, noise_dims=[7], progress=False)

@@ -127,15 +127,3 @@ def test_ctrl_c_leaves_the_arm_holding_and_the_episode_saved(trained_run, tmp_pa
     assert summary["stopped"] == ["interrupted"] and summary["steps"] > 0
     data = LeRobotDataset("local/data", root=out / "data")
     assert data.meta.total_frames == summary["steps"]  # every step up to Ctrl-C is in the dataset
-
-
-@pytest.mark.parametrize("override, message", [
-    ("robot.cameras=[agentview]", "observation.images.wrist"),
-    ("robot.backend=ros3", "robot.backend"),
-    ("deploy.max_steps=0", "deploy.max_steps"),
-    ("robot.action_space=joint_position", "action"),
-])
-def test_bad_deploy_config_is_one_line(trained_run, tmp_path, capsys, override, message):
-    code = main(["deploy", f"deploy.checkpoint={trained_run}", f"deploy.output_dir={tmp_path}/d", override])
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vla deploy:")]
-    assert code == 2 and len(errors) == 1 and message in errors[0]

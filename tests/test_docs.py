@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "policies").glob("*/README.md"))]
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+             *sorted((ROOT / "policies").glob("*/README.md"))]
 # What a doc writes where a user fills in their own value: a `...` argument, or `<what goes here>`.
 PLACEHOLDER = re.compile(r"^(?:\.\.\.|<[^>]*>)$")
 
@@ -62,7 +63,8 @@ def make_targets() -> set[str]:
 def test_the_docs_show_commands_and_the_parser_reads_them_as_a_shell_does(tmp_path):
     assert len(all_commands()) >= 30
     doc = tmp_path / "doc.md"
-    doc.write_text('text\n```\nvla not-bash\n```\n```bash\nvla eval a=1 \\\n    "b=[\'x y\']" c=<your dir>  # note\n# only a comment\n```\n')
+    doc.write_text('text\n```\nvla not-bash\n```\n'
+                   '```bash\nvla eval a=1 \\\n    "b=[\'x y\']" c=<your dir>  # note\n# only a comment\n```\n')
     assert doc_commands(doc) == [(6, ["vla", "eval", "a=1", "b=['x y']", "c=<placeholder>"])]
 
 
@@ -176,4 +178,5 @@ def test_every_command_is_run_here_or_says_where_it_is_run():
     for path in DOC_FILES:
         for line, argv in doc_commands(path):
             runs_here = str(path.relative_to(ROOT)) in RUN_HERE and argv[0] == "vla"
-            assert runs_here or not_run_reason(argv), f"{path.relative_to(ROOT)}:{line} is neither run nor excused: {argv}"
+            where = f"{path.relative_to(ROOT)}:{line}"
+            assert runs_here or not_run_reason(argv), f"{where} is neither run nor excused: {argv}"

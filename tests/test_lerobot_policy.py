@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from vla.cli import main
 
@@ -106,7 +105,8 @@ def test_a_lerobot_checkpoint_refuses_what_does_not_fit(act_run, tmp_path, capsy
         runtime.act(obs)
     code = main(["eval", f"eval.checkpoint={act_run}", "eval.test_time_scaling=2", f"output_dir={tmp_path}"])
     assert code == 2 and "eval.test_time_scaling applies to vla policies" in capsys.readouterr().err
-    from vla.checkpoint import CheckpointError, load_policy
+    from vla.checkpoint import load_policy
+    from vla.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="LeRobot 'act' checkpoint"):
         load_policy(str(act_run / "pretrained_model"))

@@ -123,7 +123,7 @@ def test_constrained_decoding_only_emits_valid_tokens(vla_policy):
     b = 64  # untrained LM, sampled at temperature 1: anything unconstrained would show up
     out = vla.generate(["lift the red cube"] * b, [""] * b, random_prefix(b))
     k, d = vla.n_behavior, len(levels)
-    for row, thought in zip(out.tokens, out.thoughts):
+    for row, _thought in zip(out.tokens, out.thoughts):
         row = row[row >= 0]
         n = len(row) - k
         assert 0 <= n <= vla.max_thought and len(row) == n + k
@@ -148,7 +148,8 @@ def test_loss_mask_covers_exactly_the_thought_and_behavior_tokens(vla_policy):
     vla, tok = vla_policy.vla, vla_policy.vla.tokenizer
     thoughts = ["grasp the red cube", "lift"]
     digits = torch.tensor([[[1, 2, 3, 4, 0]], [[7, 7, 7, 5, 4]]])
-    seq = vla.training_sequence(["lift the red cube"] * 2, ["reach the red cube", ""], random_prefix(2), thoughts, digits)
+    seq = vla.training_sequence(["lift the red cube"] * 2, ["reach the red cube", ""], random_prefix(2), thoughts,
+                                digits)
     assert (seq.labels[:, : vla.prompt_length(6)] == -100).all(), "no loss on instruction, memory or observation"
     for i, thought in enumerate(thoughts):
         supervised = seq.labels[i][seq.labels[i] != -100]
@@ -289,9 +290,10 @@ def test_phase_annotations_arrive_at_their_offsets_on_both_data_paths(lift_datas
     batch = cached._sampler.get(torch.tensor([0, 3, 10, len(phases) - 1]))
     assert batch["task"] == ["lift the red cube"] * 4
     for row, i in zip(range(4), [0, 3, 10, len(phases) - 1]):
-        want = [phases[max(i + o, episode.index(episode[i]))] for o in (-4, -2, 0)]
+        start = episode.index(episode[i])  # the episode's first frame
+        want = [phases[max(i + o, start)] for o in (-4, -2, 0)]
         assert batch[PHASE][row] == want
-        assert batch[f"{PHASE}_is_pad"][row].tolist() == [i - 4 < episode.index(episode[i]), i - 2 < episode.index(episode[i]), False]
+        assert batch[f"{PHASE}_is_pad"][row].tolist() == [i - 4 < start, i - 2 < start, False]
     cfg.backbone.freeze_vision = False  # the raw path: LeRobot's DataLoader + a lookup by frame index
     raw = TrainingData(DatasetConfig(root=str(lift_dataset), cache_features=False), cfg, seed=0,
                        device=torch.device("cpu"), num_workers=0, batch_size=4, progress=False)

@@ -78,7 +78,7 @@ def built(request, tiny_vlms):
 
 def assert_refuses_to_act(policy, obs):
     """A stage-1 OmniJARVIS checkpoint has no VLA: acting is a one-line user error."""
-    from vla.checkpoint import CheckpointError
+    from vla.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="stage-1"):
         policy.sample_actions(obs)
@@ -145,7 +145,8 @@ def test_cached_features_match_raw_inputs(built):
         frames, text = policy.encode_observation(obs)
     cached = {"frames": frames, "text": text, OBS_STATE: obs[OBS_STATE], "task": obs["task"]}
     noise = torch.randn(B, cfg.horizon, ACTION_DIM)
-    assert torch.allclose(policy.sample_actions(obs, noise=noise), policy.sample_actions(cached, noise=noise), atol=1e-5)
+    assert torch.allclose(policy.sample_actions(obs, noise=noise), policy.sample_actions(cached, noise=noise),
+                          atol=1e-5)
 
 
 def test_trainable_state_dict_excludes_frozen_encoders(built):

@@ -8,11 +8,11 @@ import types
 import numpy as np
 import pytest
 
-from envs.errors import EnvError
 from envs.robocasa_tasks import DEFAULT_CAMERAS, INSTALL_HINT, kitchen_assets_problem, make_env, make_stock_env
 from envs.robocasa_tasks.layout import (
-    ACTION_DIM, DATASET_ACTION_LAYOUT, HDF5_ACTION_LAYOUT, STATE_LAYOUT, ActionLayout, field_slices, reorder,
+    ACTION_DIM, DATASET_ACTION_LAYOUT, HDF5_ACTION_LAYOUT, STATE_LAYOUT, ActionLayout, field_slices, reorder
 )
+from vla.errors import EnvError
 from vla.features import OBS_STATE, TASK, image_key
 
 SIZE = 32

@@ -7,7 +7,7 @@ import pytest
 
 from envs.robot import RobotConfig, make_backend, make_robot
 from envs.robot.config import SafetyConfig
-from envs.robot.safety import SafetyStop
+from vla.errors import SafetyStop
 from vla.features import OBS_ENV_STATE, OBS_STATE, TASK, image_key
 
 pytestmark = pytest.mark.timeout(300)
@@ -141,3 +141,23 @@ def test_dry_run_sends_nothing():
         assert robot.robot.env.unwrapped._elapsed_steps == 0
         np.testing.assert_array_equal(robot.read_state().eef_pos, before)
         assert robot.summary()["interventions"] == {"action_range": 5}
+
+
+def test_hold_action_replays_as_the_hold():
+    """What a dataset records for a held step, sent as an action, does what the hold did: the arm stays
+    put and the gripper keeps its last command (here opening, though the fingers still measure closed)."""
+    cfg = RobotConfig(backend="sim", cameras=[], safety=SafetyConfig(command_deadline=60.0))  # no watchdog holds
+    with make_robot(cfg) as held, make_robot(cfg) as replayed:  # the same seed: two copies of one scene
+        for robot in (held, replayed):
+            for _ in range(10):
+                robot.send_action(np.array([0, 0, 0, 0, 0, 0, 1.0]))  # close the gripper
+            robot.send_action(np.array([0.8, 0, 0, 0, 0, 0, -1.0]))  # move and start opening
+        state = replayed.read_state()
+        assert state.gripper_width < 0.5 * cfg.gripper_open_width  # still measures closed
+        action = replayed.hold_action(state)
+        np.testing.assert_allclose(action, [0, 0, 0, 0, 0, 0, -1.0], atol=1e-6)
+        held.hold()
+        replayed.send_action(action)
+        a, b = held.read_state(), replayed.read_state()
+        for field in ("eef_pos", "eef_rot", "joint_pos", "fingers"):
+            np.testing.assert_allclose(getattr(b, field), getattr(a, field), atol=1e-6, err_msg=field)

@@ -9,7 +9,6 @@ wall-clock time, headless unless given --render.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import time
@@ -22,11 +21,14 @@ from scipy.spatial.transform import Rotation
 franky = pytest.importorskip("franky")
 pytest.importorskip("franky_sim")
 
-from envs.robot.base import Command, LinkLost, RobotError  # noqa: E402
+# The project's imports come after the importorskips (hence E402): without franky or franky-sim the
+# module is skipped before it loads the robot stack.
+from envs.robot.base import Command  # noqa: E402
 from envs.robot.config import PANDA_JOINT_HIGH, PANDA_JOINT_LOW, RobotConfig, SafetyConfig  # noqa: E402
 from envs.robot.franky import FrankyRobot  # noqa: E402
 from envs.robot.franky_sim import start_franky_sim, stop_franky_sim  # noqa: E402
-from envs.robot.safety import SafeRobot, SafetyStop  # noqa: E402
+from envs.robot.safety import SafeRobot  # noqa: E402
+from vla.errors import LinkLost, RobotError, SafetyStop  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from envs.robot import RobotConfig, SafetyConfig, make_robot
-from envs.robot.safety import SafetyStop
 from tests.conftest import child_hears_ctrl_c, twin_topics
+from vla.errors import SafetyStop
 from vla.features import OBS_STATE, TASK, image_key
 
 pytestmark = pytest.mark.timeout(300)
@@ -121,7 +121,7 @@ def test_rosbridge_server_loss_stops_the_run(twin):
 
 
 def test_unreachable_bridge_is_a_clear_error(ros_domain):
-    from envs.robot.base import RobotError
+    from vla.errors import RobotError
 
     cfg = RobotConfig(backend="rosbridge", rosbridge_port=1, connect_timeout=2.0)
     with pytest.raises(RobotError, match="no rosbridge server at ws://127.0.0.1:1"):

@@ -88,7 +88,8 @@ def test_environment_state_holds_object_poses_up_to_the_square_symmetry(blind_en
         state = env.unwrapped._environment_state()
         return state[names["red_cube_cos4yaw"]], state[names["red_cube_sin4yaw"]]
 
-    np.testing.assert_allclose(yaw_features(0.3), yaw_features(0.3 + np.pi / 2), atol=1e-5)  # a quarter turn looks the same
+    # a quarter turn looks the same
+    np.testing.assert_allclose(yaw_features(0.3), yaw_features(0.3 + np.pi / 2), atol=1e-5)
     np.testing.assert_allclose(yaw_features(np.pi / 4), (-1.0, 0.0), atol=1e-5)  # 45 degrees is the far end
 
 

@@ -29,13 +29,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vla.data.normalize import Normalizer
+from vla.errors import CheckpointError
 from vla.policy import Policy, PolicyConfig, make_policy, policy_config_class
 
 MODEL_DIR, STATE_DIR, LAST = "pretrained_model", "training_state", "last"
 
-
-class CheckpointError(RuntimeError):
-    """A missing, corrupt or incompatible checkpoint; the message is one line."""
 
 
 def save_pretrained(directory: Path, policy: Policy, normalizer: Normalizer, state_dict: dict | None = None) -> None:
@@ -107,7 +105,8 @@ def resolve_model_dir(path_or_id: str) -> Path:
 
             return Path(snapshot_download(path_or_id))
         except Exception as e:  # offline, missing repo, auth: all end the same way for the user
-            raise CheckpointError(f"{path_or_id}: not a local checkpoint and not downloadable from the hub ({type(e).__name__})") from None
+            raise CheckpointError(f"{path_or_id}: not a local checkpoint and not downloadable from the hub "
+                                  f"({type(e).__name__})") from None
     raise CheckpointError(f"{path_or_id}: no such checkpoint directory")
 
 
@@ -163,7 +162,17 @@ def load_policy(path_or_id: str, device: str | torch.device = "cpu") -> tuple[Po
         weights = load_file(model_dir / "model.safetensors")
     except _CORRUPT as e:
         raise _corrupt(model_dir, e) from None
-    policy = make_policy(config)
+    try:
+        policy = make_policy(config)
+    except (ValueError, AssertionError, RuntimeError) as e:  # a config.json edited into one no model can have
+        raise CheckpointError(f"{model_dir}: its config.json does not build a {meta['policy']} policy "
+                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    shapes = {k: tuple(v.shape) for k, v in policy.state_dict().items()}
+    wrong = [(k, tuple(w.shape), shapes[k]) for k, w in weights.items() if k in shapes and tuple(w.shape) != shapes[k]]
+    if wrong:
+        key, stored, expected = wrong[0]
+        raise CheckpointError(f"{model_dir}: config.json and model.safetensors disagree ({len(wrong)} tensors, "
+                              f"e.g. {key} is {stored} in the weights but {expected} for the config)")
     missing, unexpected = policy.load_state_dict(weights, strict=False)
     frozen = set(policy.state_dict()) - set(policy.trainable_state_dict())
     missing = [k for k in missing if k not in frozen]

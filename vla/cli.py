@@ -18,6 +18,8 @@ import argparse
 import os
 import sys
 
+from vla.errors import USER_ERRORS, ConfigError, RobotError
+
 os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering, no display needed
 
 
@@ -28,7 +30,7 @@ def compose(overrides: list[str]):
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from vla.config import ConfigError, RunConfig, config_dir, open_mappings, parse_run_config
+    from vla.config import RunConfig, config_dir, open_mappings, parse_run_config
     from vla.policy import available_policies, policy_config_class
 
     mappings = open_mappings()
@@ -49,6 +51,10 @@ def compose(overrides: list[str]):
             cfg = hydra_compose(config_name="config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as e:
         msg = " ".join(str(e).split()).split(" Config search path")[0]
+        cause = e.__cause__
+        if msg.startswith("Error merging override") and isinstance(cause, OmegaConfBaseException):
+            # omegaconf says why (the type expected): "Value 'abc' of type 'str' could not be converted to Integer"
+            msg = f"{msg.removeprefix('Error merging override ')}: {str(cause).splitlines()[0]}"
         if msg.startswith("Could not override"):
             key = msg.split("'")[1]
             msg = f"unknown config key {key!r} (see every key with: vla <command> --print-config)"
@@ -89,9 +95,8 @@ def cmd_collect(run, policy_cfg, args) -> None:
     """Run the scripted expert (or a checkpoint) in an env and record a LeRobot dataset."""
     from functools import partial
 
-    from vla.config import ConfigError
     from vla.data.collect import check_action_noise, collect
-    from vla.data.recorder import EpisodeRecorder
+    from vla.data.recorder import EpisodeRecorder, check_unlocked
     from vla.rollout import make_env
 
     c = run.collect
@@ -104,6 +109,8 @@ def cmd_collect(run, policy_cfg, args) -> None:
         if p and c.agent != "expert":
             raise ConfigError(f"collect.{key} needs collect.agent=expert (a scripted expert injects them), "
                               f"got collect.agent={c.agent!r}")
+    if run.dataset.root:
+        check_unlocked(run.dataset.root)
     env = make_env(run.env)
     try:  # before the recorder exists, so a bad setting writes nothing
         check_action_noise(env.action_space, c.action_noise, c.noise_dims)
@@ -136,7 +143,6 @@ def cmd_train(run, policy_cfg, args) -> None:
 
 def cmd_eval(run, policy_cfg, args) -> None:
     """Roll out a checkpoint (vla's, or a LeRobot policy's) in vectorized envs; success rate, videos, report."""
-    from vla.config import ConfigError
     from vla.rollout import evaluate_policy, evaluate_runtime
 
     if run.eval.episodes < 1:  # before anything loads
@@ -163,7 +169,6 @@ def _lerobot_runtime(ckpt: str, run):
     """A LeRobot policy's runtime if ``ckpt`` is a LeRobot checkpoint, else None. The eval
     settings that reach into a vla policy have no LeRobot counterpart here: refused by name."""
     from vla.checkpoint import is_lerobot_checkpoint, resolve_model_dir
-    from vla.config import ConfigError
 
     model_dir = resolve_model_dir(ckpt)
     if not is_lerobot_checkpoint(model_dir):
@@ -192,21 +197,19 @@ def cmd_deploy(run, policy_cfg, args) -> None:
     summary = deploy(run)
     s = summary
     rate = "" if s["success_rate"] is None else f"success {s['success_rate']:.0%} ({s['successes']}/{s['episodes']}); "
-    print(f"{rate}{s['steps']} steps; period p50 {s['period_ms']['p50'] or 0:.1f} ms, p99 {s['period_ms']['p99'] or 0:.1f} ms; "
+    print(f"{rate}{s['steps']} steps; "
+          f"period p50 {s['period_ms']['p50'] or 0:.1f} ms, p99 {s['period_ms']['p99'] or 0:.1f} ms; "
           f"safety changed {s['safety']['commands_changed']}/{s['safety']['commands_sent']} commands\n"
           f"report: {out}/report.md")
     if "interrupted" in s["stopped"]:
         print("stopped by Ctrl-C; the arm is holding", file=sys.stderr)
         raise KeyboardInterrupt
     if s["stopped"] and s["stopped"][-1] == "fault":  # the run ended on a fault
-        from envs.robot.base import RobotError
-
         raise RobotError(s["messages"][-1])
 
 
 def cmd_convert(run, policy_cfg, args) -> None:
     """Convert robomimic / robosuite HDF5 demos into a LeRobot dataset at dataset.root."""
-    from vla.config import ConfigError
     from vla.data.convert import convert_hdf5
 
     if not run.dataset.root:
@@ -236,11 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.steps=1000 policy=dita-base")
         p.add_argument("--print-config", action="store_true", help="print the composed config and exit")
         if name == "train":
-            p.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
+            p.add_argument("--resume", action="store_true",
+                           help="continue the run in output_dir from its last checkpoint")
     args = parser.parse_args(argv)
-    from envs.robot.base import RobotError
-    from vla.errors import USER_ERRORS
-
     try:
         run, policy_cfg = compose(args.overrides)
         if args.print_config:
@@ -248,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
 
             import yaml
 
-            print(yaml.safe_dump({**asdict(run), "policy": asdict(policy_cfg) if policy_cfg else None}, sort_keys=False))
+            print(yaml.safe_dump({**asdict(run), "policy": asdict(policy_cfg) if policy_cfg else None},
+                                 sort_keys=False))
             return 0
         COMMANDS[args.command](run, policy_cfg, args)
     except USER_ERRORS as e:

@@ -15,11 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from envs.robot.config import RobotConfig
+from vla.errors import ConfigError
 from vla.policy import PolicyConfig, policy_config_class
-
-
-class ConfigError(ValueError):
-    """A bad configuration; the message is one line meant for the user."""
 
 
 @dataclass
@@ -96,8 +93,10 @@ class CollectConfig:
     action_noise: float = 0.0         # std of Gaussian noise on executed actions; recorded ones stay clean (DART)
     noise_dims: list[int] | None = None  # action dims the noise perturbs (None: all)
     n_envs: int = 1                   # attempts run in this many subprocesses; the same episodes are saved
-    grasp_mistakes: float = 0.0       # fraction of expert episodes that execute a wrong grasp and recover (recorded: the recovery)
-    place_mistakes: float = 0.0       # fraction that let go 3-4.5 cm beside the place target and pick the object up again
+    grasp_mistakes: float = 0.0       # fraction of expert episodes that execute a wrong grasp and recover
+                                      # (recorded: the recovery)
+    place_mistakes: float = 0.0       # fraction that let go 3-4.5 cm beside the place target and pick the
+                                      # object up again
 
 
 @dataclass
@@ -109,7 +108,8 @@ class EvalConfig:
     max_videos: int = 6
     n_action_steps: int | None = None  # override the replan rate; None = the checkpoint's
     inference_steps: int | None = None  # denoising steps per chunk (DDIM / Euler); None = the checkpoint's
-    test_time_scaling: int | None = None  # DUST: vision steps per action step q (N_o = q * N_A); None = the checkpoint's
+    test_time_scaling: int | None = None  # DUST: vision steps per action step q (N_o = q * N_A);
+                                          # None = the checkpoint's
     temporal_ensemble: float | None = None  # ACT-style ensembling coefficient; None = off
     output_dir: str | None = None     # None = <output_dir>/eval
 
@@ -201,6 +201,43 @@ def to_dataclass(schema: type, node: Any, where: str):
         raise ConfigError(f"bad config in '{where}'{f' at {key!r}' if key else ''}: {msg}") from None
 
 
+# Numeric settings and the range each must lie in: checked when the config is composed, so a
+# bad value is refused before any dataset, model or simulator loads. None (where a field allows
+# it) means "off" or "the checkpoint's" and is never checked.
+LIMITS: dict[str, tuple[str, float]] = {
+    "train.steps": (">=", 1), "train.batch_size": (">=", 1), "train.lr": (">", 0), "train.max_seconds": (">", 0),
+    "train.weight_decay": (">=", 0), "train.warmup_steps": (">=", 0), "train.grad_clip": (">", 0),
+    "train.ema_decay": ("in (0, 1)", 0), "train.log_every": (">=", 1), "train.save_every": (">=", 1),
+    "train.eval_every": (">=", 0), "train.eval_episodes": (">=", 1), "train.num_workers": (">=", 0),
+    "collect.episodes": (">=", 1), "collect.n_envs": (">=", 1), "collect.action_noise": (">=", 0),
+    "collect.max_attempts": (">=", 1),
+    "eval.episodes": (">=", 1), "eval.n_envs": (">=", 1), "eval.max_videos": (">=", 0),
+    "eval.n_action_steps": (">=", 1), "eval.inference_steps": (">=", 1), "eval.test_time_scaling": (">=", 1),
+    "eval.temporal_ensemble": (">=", 0),
+    "deploy.episodes": (">=", 1), "deploy.max_steps": (">=", 1), "deploy.n_action_steps": (">=", 1),
+    "deploy.inference_steps": (">=", 1), "deploy.test_time_scaling": (">=", 1),
+    "deploy.temporal_ensemble": (">=", 0), "deploy.max_inference_seconds": (">", 0),
+    "env.image_size": (">=", 8), "env.max_episode_steps": (">=", 1),
+}
+
+
+def check_limits(run: RunConfig) -> None:
+    """Raise ConfigError naming the first setting of `LIMITS` that lies outside its range."""
+    for path, (op, bound) in LIMITS.items():
+        section, name = path.split(".")
+        value = getattr(getattr(run, section), name, None)
+        if value is None:
+            continue
+        if op == ">=":
+            ok, want = value >= bound, f">= {bound:g}"
+        elif op == ">":
+            ok, want = value > bound, f"> {bound:g}"
+        else:  # "in (0, 1)"
+            ok, want = 0 < value < 1, op
+        if not ok:
+            raise ConfigError(f"{path} must be {want}, got {value}")
+
+
 def parse_run_config(cfg: DictConfig) -> tuple[RunConfig, PolicyConfig | None]:
     """Split a composed Hydra config into the typed run config and the policy's config."""
     raw = OmegaConf.to_container(cfg, resolve=True)
@@ -214,4 +251,9 @@ def parse_run_config(cfg: DictConfig) -> tuple[RunConfig, PolicyConfig | None]:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         policy = to_dataclass(schema, policy_node, "policy")
+        try:
+            policy.validate()
+        except ValueError as e:
+            raise ConfigError(f"policy ({name}): {e}") from None
+    check_limits(run)
     return run, policy

@@ -32,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.robot.base import RobotError
-from envs.robot.safety import SafeRobot, SafetyStop
+from envs.robot.base import RobotState
+from envs.robot.safety import SafeRobot
 from vla.config import DeployConfig
+from vla.errors import ConfigError, RobotError, SafetyStop
 from vla.runtime import ensemble_average
 
 logger = logging.getLogger(__name__)
@@ -150,6 +151,22 @@ class InferenceWorker:
                 self._result, self.busy = (step, chunk, time.perf_counter() - start), False
 
 
+@dataclass
+class _EpisodeLoop:
+    """The state the steps of one episode share: the plan, the recent observations, the clock."""
+    result: EpisodeResult
+    schedule: ActionSchedule
+    history: deque                       # the last n_obs_steps observations: the policy's input
+    worker: InferenceWorker | None       # None: synchronous inference
+    start: float                         # time.monotonic() at the start
+    next_tick: float                     # when the next period is due
+    bar: object = None                   # the progress bar, if any
+    step: int = 0
+    latency_ema: float = 0.0             # s; how early the next asynchronous inference starts
+    last_command: float | None = None
+    waiting_since: float | None = None   # when the chunks ran dry; None while an action is planned
+
+
 class Deployer:
     """One robot, one runtime policy, the control loop; `run_episode()` per episode."""
 
@@ -159,105 +176,150 @@ class Deployer:
         self.progress = progress
 
     def run_episode(self) -> EpisodeResult:
-        cfg, robot, runtime = self.config, self.robot, self.runtime
+        """Tick every period until max_steps, success (if it stops the run), a fault or Ctrl-C;
+        whatever ends it, the arm is left holding and the steps so far are saved."""
+        loop = self._start_episode()
+        try:
+            while loop.step < self.config.max_steps:
+                if self._tick(loop):
+                    break
+        except (RobotError, InferenceTimeout, KeyboardInterrupt) as e:  # SafetyStop is a RobotError
+            self._stopped_by(loop, e)
+        finally:
+            self._finish_episode(loop)
+        return loop.result
+
+    def _start_episode(self) -> _EpisodeLoop:
+        runtime, cfg = self.runtime, self.config
         runtime.reset()
-        result = EpisodeResult()
         schedule = ActionSchedule(runtime.horizon, runtime.n_action_steps, cfg.temporal_ensemble)
         history: deque[dict] = deque(maxlen=runtime.n_obs_steps)
         worker = InferenceWorker(runtime) if cfg.async_inference else None
-        latency_ema = 0.0
-        start = next_tick = time.monotonic()
-        last_command = waiting_since = None
-        step = 0
-        bar = None
+        now = time.monotonic()
+        loop = _EpisodeLoop(EpisodeResult(), schedule, history, worker, start=now, next_tick=now)
         if self.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=cfg.max_steps, desc="deploy", unit="step", leave=False)
-        try:
-            while step < cfg.max_steps:
-                tick = time.monotonic()
-                state = robot.read_state()
-                obs = robot.observation_from(state)
-                history.append(obs)
-                if worker is not None:
-                    ready = worker.poll()
-                    if ready is not None:
-                        s, chunk, latency = ready
-                        schedule.add(s, chunk, step)
-                        result.chunks += 1
-                        result.latencies.append(latency)
-                        latency_ema = latency if result.chunks == 1 else 0.8 * latency_ema + 0.2 * latency
-                    if not worker.busy and schedule.needs_chunk(step, math.ceil(latency_ema / self.period)):
-                        worker.submit(list(history), step)
-                elif schedule.needs_chunk(step, 0):
-                    t0 = time.perf_counter()
-                    schedule.add(step, runtime.predict_chunk(list(history), step), step)
-                    result.chunks += 1
-                    result.latencies.append(time.perf_counter() - t0)
-                action = schedule.action(step)
-                if action is None:
-                    robot.hold()
-                    result.held_steps += 1
-                    if waiting_since is None:
-                        waiting_since = tick
-                    elif tick - waiting_since > cfg.max_inference_seconds:
-                        raise InferenceTimeout(f"no action chunk for {tick - waiting_since:.1f} s "
-                                               f"(deploy.max_inference_seconds={cfg.max_inference_seconds}); "
-                                               "the arm is holding")
-                    sent = robot.robot.action_from(robot.robot.hold_command(state), state)  # what the dataset records
-                else:
-                    waiting_since = None
-                    sent = robot.send_action(action)
-                now = time.monotonic()
-                result.obs_to_command.append(now - tick)
-                if last_command is not None:
-                    result.periods.append(now - last_command)
-                last_command = now
-                if self.recorder is not None:
-                    self.recorder.add_frame(obs, sent)
-                step += 1
-                result.steps = step
-                if bar is not None:
-                    bar.update(1)
-                success = robot.task_success()
-                if success:
-                    result.success = True
-                    if cfg.stop_on_success:
-                        result.stopped = "success"
-                        break
-                elif success is not None:
-                    result.success = False
-                next_tick += self.period
-                delay = next_tick - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                else:  # late: keep the rate from here rather than bursting to catch up
-                    result.overruns += 1
-                    next_tick = time.monotonic()
-        except SafetyStop as e:
-            result.stopped, result.message = "fault", str(e)
-            result.fault_time = robot.log[-1].time if robot.log else time.monotonic()
-        except InferenceTimeout as e:
-            result.stopped, result.message = "fault", str(e)
-            result.fault_time = waiting_since  # the arm has held since the chunks ran dry
-        except RobotError as e:
-            robot.hold()
-            result.stopped, result.message = "fault", f"{e}; the arm is holding"
+            loop.bar = tqdm(total=cfg.max_steps, desc="deploy", unit="step", leave=False)
+        return loop
+
+    def _tick(self, loop: _EpisodeLoop) -> bool:
+        """One control period: observe, plan, act, record, then wait for the next; True ends the episode (success)."""
+        tick = time.monotonic()
+        state = self.robot.read_state()
+        obs = self.robot.observation_from(state)
+        loop.history.append(obs)
+        if loop.worker is not None:
+            self._infer_async(loop)
+        elif loop.schedule.needs_chunk(loop.step, 0):
+            self._infer_now(loop)
+        sent = self._act(loop, state, tick)
+        self._record(loop, obs, sent, tick)
+        if self._ends_on_success(loop.result):
+            return True
+        self._wait_for_next_period(loop)
+        return False
+
+    def _infer_async(self, loop: _EpisodeLoop) -> None:
+        """Take a chunk the worker finished; start the next one early enough (by the measured latency)
+        that it lands before the current chunk's n_action_steps run out."""
+        result, worker = loop.result, loop.worker
+        ready = worker.poll()
+        if ready is not None:
+            s, chunk, latency = ready
+            loop.schedule.add(s, chunk, loop.step)
+            result.chunks += 1
+            result.latencies.append(latency)
+            loop.latency_ema = latency if result.chunks == 1 else 0.8 * loop.latency_ema + 0.2 * latency
+        if not worker.busy and loop.schedule.needs_chunk(loop.step, math.ceil(loop.latency_ema / self.period)):
+            worker.submit(list(loop.history), loop.step)
+
+    def _infer_now(self, loop: _EpisodeLoop) -> None:
+        """Synchronous inference: the loop waits for the chunk (on the lockstep sim, `vla eval`'s rollout)."""
+        t0 = time.perf_counter()
+        loop.schedule.add(loop.step, self.runtime.predict_chunk(list(loop.history), loop.step), loop.step)
+        loop.result.chunks += 1
+        loop.result.latencies.append(time.perf_counter() - t0)
+
+    def _act(self, loop: _EpisodeLoop, state: RobotState, tick: float) -> np.ndarray:
+        """Send the action planned for this step, or hold while none is; returns what the dataset records."""
+        action = loop.schedule.action(loop.step)
+        if action is not None:
+            loop.waiting_since = None
+            return self.robot.send_action(action)
+        self.robot.hold()
+        loop.result.held_steps += 1
+        if loop.waiting_since is None:
+            loop.waiting_since = tick
+        elif tick - loop.waiting_since > self.config.max_inference_seconds:
+            raise InferenceTimeout(f"no action chunk for {tick - loop.waiting_since:.1f} s "
+                                   f"(deploy.max_inference_seconds={self.config.max_inference_seconds}); "
+                                   "the arm is holding")
+        return self.robot.hold_action(state)
+
+    def _record(self, loop: _EpisodeLoop, obs: dict, sent: np.ndarray, tick: float) -> None:
+        """Timings, the dataset frame and the step count of a step whose command has gone out."""
+        result, now = loop.result, time.monotonic()
+        result.obs_to_command.append(now - tick)
+        if loop.last_command is not None:
+            result.periods.append(now - loop.last_command)
+        loop.last_command = now
+        if self.recorder is not None:
+            self.recorder.add_frame(obs, sent)
+        loop.step += 1
+        result.steps = loop.step
+        if loop.bar is not None:
+            loop.bar.update(1)
+
+    def _ends_on_success(self, result: EpisodeResult) -> bool:
+        """Note whether the task succeeded (where something measures it); True if that stops the episode."""
+        success = self.robot.task_success()
+        if success:
+            result.success = True
+            if self.config.stop_on_success:
+                result.stopped = "success"
+                return True
+        elif success is not None:
+            result.success = False
+        return False
+
+    def _wait_for_next_period(self, loop: _EpisodeLoop) -> None:
+        loop.next_tick += self.period
+        delay = loop.next_tick - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        else:  # late: keep the rate from here rather than bursting to catch up
+            loop.result.overruns += 1
+            loop.next_tick = time.monotonic()
+
+    def _stopped_by(self, loop: _EpisodeLoop, error: BaseException) -> None:
+        """A fault or Ctrl-C ends the episode: the arm holds and the result says why and since when."""
+        result = loop.result
+        if isinstance(error, SafetyStop):  # the safety layer has already held and logged it
+            result.stopped, result.message = "fault", str(error)
+            result.fault_time = self.robot.log[-1].time if self.robot.log else time.monotonic()
+        elif isinstance(error, InferenceTimeout):
+            result.stopped, result.message = "fault", str(error)
+            result.fault_time = loop.waiting_since  # the arm has held since the chunks ran dry
+        elif isinstance(error, RobotError):
+            self.robot.hold()
+            result.stopped, result.message = "fault", f"{error}; the arm is holding"
             result.fault_time = time.monotonic()
-        except KeyboardInterrupt:
-            robot.hold()
+        else:  # KeyboardInterrupt
+            self.robot.hold()
             result.stopped, result.message = "interrupted", "stopped by Ctrl-C; the arm is holding"
-        finally:
-            if bar is not None:
-                bar.close()
-            if worker is not None:
-                worker.close()
-            result.stale_skipped = schedule.stale_skipped
-            result.seconds = time.monotonic() - start
-            if self.recorder is not None and self.recorder.frames_in_episode > 0:
-                result.dataset_episode = self.recorder.save_episode()
-        return result
+
+    def _finish_episode(self, loop: _EpisodeLoop) -> None:
+        """Stop the bar and the worker, fill in the totals, save the episode's frames (if any)."""
+        if loop.bar is not None:
+            loop.bar.close()
+        if loop.worker is not None:
+            loop.worker.close()
+        loop.result.stale_skipped = loop.schedule.stale_skipped
+        loop.result.seconds = time.monotonic() - loop.start
+        if self.recorder is not None and self.recorder.frames_in_episode > 0:
+            loop.result.dataset_episode = self.recorder.save_episode()
+
 
 def percentiles_ms(seconds: list[float], qs=(50, 99)) -> dict[str, float | None]:
     """{"p50": ms, "p99": ms} of durations given in seconds; None where there are none."""
@@ -339,65 +401,105 @@ def check_compatible(robot, policy) -> None:
 
 def deploy(run, *, progress: bool = True) -> dict:
     """Load the checkpoint, connect the robot, run `deploy.episodes` episodes; returns the summary."""
-    from vla.checkpoint import load_policy
-    from vla.config import ConfigError
-    from vla.distributed import pick_device
-    from vla.runtime import RuntimePolicy
-
-    cfg, rcfg = run.deploy, run.robot
-    if cfg.episodes < 1 or cfg.max_steps < 1:
-        raise ConfigError("deploy.episodes and deploy.max_steps must be >= 1")
-    try:
-        rcfg.check()
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    cfg = run.deploy
+    _check_settings(run)
     ckpt = cfg.checkpoint or run.output_dir
-    policy, normalizer = load_policy(ckpt, pick_device(run.device))
-    runtime = RuntimePolicy.from_settings(policy, normalizer, cfg, "deploy")
+    policy, runtime = _load_runtime(run, ckpt)
     out = Path(cfg.output_dir or Path(run.output_dir) / "deploy")
-    out.mkdir(parents=True, exist_ok=True)
-    from envs.robot import make_robot
-
-    try:
-        robot = make_robot(rcfg, log_path=out / "interventions.jsonl", dry_run=cfg.dry_run)
-        check_compatible(robot, policy)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    robot = _make_compatible_robot(run, policy, out)
+    protocol = _protocol(run, ckpt, policy, runtime)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)  # before connecting: a fault while connecting is logged there
     recorder = None
-    if cfg.record:
-        from vla.data.recorder import EpisodeRecorder
-
-        features = {**robot.observation_features, **robot.action_features}
-        recorder = EpisodeRecorder(cfg.dataset_root or out / "data", features, fps=round(rcfg.control_hz),
-                                   robot_type=f"franka_{rcfg.backend}", task=rcfg.task)
-    protocol = {"checkpoint": ckpt, "backend": rcfg.backend, "action_space": rcfg.action_space,
-                "control_hz": rcfg.control_hz, "dry_run": cfg.dry_run, "async_inference": cfg.async_inference,
-                "n_action_steps": runtime.n_action_steps, "temporal_ensemble": cfg.temporal_ensemble,
-                "episodes": cfg.episodes, "max_steps": cfg.max_steps, "seeds": f"{cfg.seed} .. {cfg.seed + cfg.episodes - 1}",
-                "policy": policy.config.name, **policy.sampling_protocol(), "safety": asdict(rcfg.safety)}
-    results = []
     try:
         with robot:
-            deployer = Deployer(robot, runtime, cfg, recorder=recorder, progress=progress)
-            for k in range(cfg.episodes):
-                resettable = robot.reset_episode(cfg.seed + k)
-                if not resettable and k > 0:
-                    input(f"episode {k + 1}/{cfg.episodes}: reset the scene, then press Enter ")
-                robot.rearm()  # a fault in a simulated cell ended only its episode (see below)
-                result = deployer.run_episode()
-                results.append(result)
-                if progress:
-                    print(f"episode {k + 1}/{cfg.episodes}: {result.stopped} after {result.steps} steps"
-                          f"{'' if result.success is None else f', success={result.success}'}"
-                          f"{f' - {result.message}' if result.message else ''}")
-                # A fault ends the run on a real arm. A simulated cell (sim, the twin) starts the
-                # next episode from a fresh scene, unless the link itself is gone.
-                link_gone = robot.fault is not None and robot.fault.reason in ("link_lost", "read_error")
-                if result.stopped == "interrupted" or (result.stopped == "fault" and (not resettable or link_gone)):
-                    break
+            recorder = _make_recorder(run, robot, out)  # once connected: a robot never reached records nothing
+            results = _run_episodes(Deployer(robot, runtime, cfg, recorder=recorder, progress=progress), progress)
+    except BaseException:
+        if created and not any(out.iterdir()):  # refused before anything happened: leave nothing behind
+            out.rmdir()
+        raise
     finally:
         if recorder is not None:
             recorder.close()
     summary = summarize(results, robot, protocol)
     write_report(out, summary)
     return summary
+
+
+def _check_settings(run) -> None:
+    """The deploy and robot settings, checked before anything loads (ConfigError names the field)."""
+    if run.deploy.episodes < 1 or run.deploy.max_steps < 1:
+        raise ConfigError("deploy.episodes and deploy.max_steps must be >= 1")
+    try:
+        run.robot.check()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _load_runtime(run, ckpt) -> tuple:
+    """(policy, the RuntimePolicy that deploy drives) from the checkpoint."""
+    from vla.checkpoint import load_policy
+    from vla.distributed import pick_device
+    from vla.runtime import RuntimePolicy
+
+    policy, normalizer = load_policy(ckpt, pick_device(run.device))
+    return policy, RuntimePolicy.from_settings(policy, normalizer, run.deploy, "deploy")
+
+
+def _make_compatible_robot(run, policy, out: Path) -> SafeRobot:
+    """The robot (not yet connected) behind its safety layer, with the features the policy consumes."""
+    from envs.robot import make_robot
+
+    try:
+        robot = make_robot(run.robot, log_path=out / "interventions.jsonl", dry_run=run.deploy.dry_run)
+        check_compatible(robot, policy)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return robot
+
+
+def _make_recorder(run, robot: SafeRobot, out: Path):
+    """The dataset every step goes into (deploy.record), else None."""
+    if not run.deploy.record:
+        return None
+    from vla.data.recorder import EpisodeRecorder
+
+    rcfg = run.robot
+    features = {**robot.observation_features, **robot.action_features}
+    return EpisodeRecorder(run.deploy.dataset_root or out / "data", features, fps=round(rcfg.control_hz),
+                           robot_type=f"franka_{rcfg.backend}", task=rcfg.task)
+
+
+def _protocol(run, ckpt, policy, runtime) -> dict:
+    """What the report's numbers were measured under."""
+    cfg, rcfg = run.deploy, run.robot
+    return {"checkpoint": ckpt, "backend": rcfg.backend, "action_space": rcfg.action_space,
+            "control_hz": rcfg.control_hz, "dry_run": cfg.dry_run, "async_inference": cfg.async_inference,
+            "n_action_steps": runtime.n_action_steps, "temporal_ensemble": cfg.temporal_ensemble,
+            "episodes": cfg.episodes, "max_steps": cfg.max_steps,
+            "seeds": f"{cfg.seed} .. {cfg.seed + cfg.episodes - 1}",
+            "policy": policy.config.name, **policy.sampling_protocol(), "safety": asdict(rcfg.safety)}
+
+
+def _run_episodes(deployer: Deployer, progress: bool) -> list[EpisodeResult]:
+    """deploy.episodes episodes on a connected robot, each from a reset scene, until one ends the run."""
+    robot, cfg = deployer.robot, deployer.config
+    results = []
+    for k in range(cfg.episodes):
+        resettable = robot.reset_episode(cfg.seed + k)
+        if not resettable and k > 0:
+            input(f"episode {k + 1}/{cfg.episodes}: reset the scene, then press Enter ")
+        robot.rearm()  # a fault in a simulated cell ended only its episode (see below)
+        result = deployer.run_episode()
+        results.append(result)
+        if progress:
+            print(f"episode {k + 1}/{cfg.episodes}: {result.stopped} after {result.steps} steps"
+                  f"{'' if result.success is None else f', success={result.success}'}"
+                  f"{f' - {result.message}' if result.message else ''}")
+        # A fault ends the run on a real arm. A simulated cell (sim, the twin) starts the
+        # next episode from a fresh scene, unless the link itself is gone.
+        link_gone = robot.fault is not None and robot.fault.reason in ("link_lost", "read_error")
+        if result.stopped == "interrupted" or (result.stopped == "fault" and (not resettable or link_gone)):
+            break
+    return results

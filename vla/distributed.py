@@ -14,13 +14,18 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from vla.errors import ConfigError
+
 
 def pick_device(spec: str, local_rank: int = 0) -> torch.device:
     if spec == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={spec!r} requested but CUDA is not available; use device=cpu")
-    return torch.device(spec)
+        raise ConfigError(f"device={spec!r} requested but CUDA is not available; use device=cpu")
+    try:
+        return torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"device={spec!r} is not a torch device; use auto, cpu, cuda or cuda:<index>") from None
 
 
 @dataclass

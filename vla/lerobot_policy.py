@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vla.checkpoint import CheckpointError, is_lerobot_checkpoint, resolve_model_dir
+from vla.checkpoint import is_lerobot_checkpoint, resolve_model_dir
+from vla.errors import CheckpointError
 from vla.features import OBS_IMAGES, OBS_STATE, TASK
 
 PREPROCESSOR_FILE = "policy_preprocessor.json"

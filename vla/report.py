@@ -48,7 +48,8 @@ def _rates(records: list[dict]) -> dict:
            "mean_length": float(np.mean([r["length"] for r in records])) if records else 0.0}
     stages = ordered_keys(r.get("stages", {}) for r in records)
     if stages:  # envs that report info["stages"]: the share of episodes that ever reached each one
-        out["stages_reached"] = {k: float(np.mean([r.get("stages", {}).get(k, False) for r in records])) for k in stages}
+        out["stages_reached"] = {k: float(np.mean([r.get("stages", {}).get(k, False) for r in records]))
+                                 for k in stages}
     return out
 
 
@@ -83,7 +84,8 @@ def write_report(out_dir: Path, result: dict) -> None:
     if staged:
         names = ordered_keys(staged.values())
         names.sort(key=lambda k: k == "success")  # stable: the envs' order, success last
-        lines += ["", "## Stages reached", "", "Where episodes end: the share that ever reached each stage of the task.", "",
+        lines += ["", "## Stages reached", "",
+                  "Where episodes end: the share that ever reached each stage of the task.", "",
                   "| task | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         lines += [f"| {t} | " + " | ".join(f"{reached[k]:.0%}" if k in reached else "-" for k in names) + " |"
                   for t, reached in staged.items()]

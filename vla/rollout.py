@@ -17,9 +17,9 @@ import gymnasium as gym
 import numpy as np
 from tqdm import tqdm
 
-from vla.config import ConfigError, EnvConfig, RunConfig
+from vla.config import EnvConfig, RunConfig
+from vla.errors import ConfigError
 from vla.features import image_key
-
 
 ENV_FAMILIES = ("tabletop", "robosuite", "robocasa", "gym")
 
@@ -202,7 +202,8 @@ def evaluate_runtime(runtime, about: dict, run: RunConfig, *, episodes: int | No
     records = rollout(runtime, run.env, episodes=episodes, n_envs=ev.n_envs, seed=ev.seed, video_dir=out / "videos",
                       max_videos=ev.max_videos, progress=progress)
     protocol = {
-        "episodes": episodes, "n_envs": ev.n_envs, "seeds": f"{ev.seed} .. {ev.seed + episodes - 1} (episode k: seed + k)",
+        "episodes": episodes, "n_envs": ev.n_envs,
+        "seeds": f"{ev.seed} .. {ev.seed + episodes - 1} (episode k: seed + k)",
         "n_action_steps (replan every)": runtime.n_action_steps, "temporal_ensemble": ev.temporal_ensemble,
         "env": asdict(run.env), "checkpoint": ev.checkpoint, **about,
     }

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from vla.data.normalize import Normalizer
+from vla.errors import CheckpointError, ConfigError
 from vla.features import ACTION, OBS_STATE, TASK, image_key
 from vla.policy import Policy
 
@@ -48,7 +49,6 @@ class RuntimePolicy:
     def __init__(self, policy: Policy, normalizer: Normalizer, *, n_action_steps: int | None = None,
                  temporal_ensemble: float | None = None):
         if ACTION not in normalizer.keys():
-            from vla.checkpoint import CheckpointError
 
             raise CheckpointError("this checkpoint has no action statistics: it was trained without actions "
                                   "(action-free pretraining); fine-tune it on data with actions (train.init_from=...)")
@@ -67,7 +67,6 @@ class RuntimePolicy:
     def from_settings(cls, policy: Policy, normalizer: Normalizer, settings, where: str) -> RuntimePolicy:
         """A runtime from a config section with n_action_steps, temporal_ensemble, inference_steps
         and test_time_scaling (``eval`` or ``deploy``); a bad value is a ConfigError naming it."""
-        from vla.config import ConfigError
 
         for key, setter in (("inference_steps", policy.set_inference_steps),
                             ("test_time_scaling", policy.set_test_time_scaling)):
@@ -76,8 +75,11 @@ class RuntimePolicy:
                     setter(getattr(settings, key))
                 except ValueError as e:
                     raise ConfigError(f"{where}.{key}: {e}") from None
-        return cls(policy, normalizer, n_action_steps=settings.n_action_steps,
-                   temporal_ensemble=settings.temporal_ensemble)
+        try:
+            return cls(policy, normalizer, n_action_steps=settings.n_action_steps,
+                       temporal_ensemble=settings.temporal_ensemble)
+        except ValueError as e:
+            raise ConfigError(f"{where}.n_action_steps: {e}") from None
 
     def reset(self, env_ids: list[int] | None = None) -> None:
         """Forget history and queued actions (of some environments, or all)."""

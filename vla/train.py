@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import random
-import time
+import shutil
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -21,16 +21,13 @@ from torch import nn
 from tqdm import tqdm
 
 from vla.checkpoint import (
-    CheckpointError, STATE_DIR, clean_stale_tmp, load_policy, load_trainable_weights, save_checkpoint,
+    STATE_DIR, CheckpointError, clean_stale_tmp, load_policy, load_trainable_weights, save_checkpoint
 )
 from vla.config import RunConfig
 from vla.data.normalize import Normalizer
 from vla.distributed import Distributed
+from vla.errors import ConfigError, TrainingError
 from vla.policy import Policy, PolicyConfig, make_policy
-
-
-class TrainingError(RuntimeError):
-    """A failure the user can act on (bad data, diverged loss); one line."""
 
 
 def normalize_batch(batch: dict, normalizer: Normalizer) -> dict:
@@ -87,7 +84,8 @@ class Trainer:
         if resume:
             policy_cfg = self._resume_config()
         elif (self.out / "checkpoints" / "last").exists():
-            raise TrainingError(f"{self.out} already holds a run; pass --resume to continue it or pick another output_dir")
+            raise TrainingError(f"{self.out} already holds a run; "
+                                "pass --resume to continue it or pick another output_dir")
         if policy_cfg is None:
             raise TrainingError("no policy configured (e.g. policy=dita-small)")
         seed_everything(run.seed + self.dist.rank)
@@ -113,7 +111,6 @@ class Trainer:
         try:
             self.budget = Budget(t.steps, t.max_seconds, t.warmup_steps)
         except ValueError as e:
-            from vla.config import ConfigError
 
             raise ConfigError(f"train.{e}") from None
         # diffusers' warmup + cosine in steps; the budget remaps the step when time binds first
@@ -121,7 +118,6 @@ class Trainer:
         self.scheduler = self.budget.scheduler(self.optimizer, cosine)
         self.ema = None
         if t.ema_decay:
-            from vla.config import ConfigError
             from vla.ema import EMA
 
             try:  # of the trained tensors only: the frozen backbone is neither copied nor averaged
@@ -233,7 +229,8 @@ class Trainer:
                 if self.step % log_every == 0 or final:
                     mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
                     window, self.last_logs = [], mean
-                    bar.set_postfix(loss=f"{mean['loss']:.4f}", **({"budget": self.budget.left()} if t.max_seconds else {}))
+                    bar.set_postfix(loss=f"{mean['loss']:.4f}",
+                                    **({"budget": self.budget.left()} if t.max_seconds else {}))
                     self._log(writer, mean, self.budget.elapsed())
                 if self.dist.is_main and (self.step % save_every == 0 or final):
                     last_ckpt = self._save()
@@ -291,16 +288,25 @@ class Trainer:
 
         self.policy.eval()
         with self.ema.applied() if self.ema is not None else nullcontext():
-            result = evaluate_policy(self.policy, self.normalizer, self.run_cfg, episodes=self.run_cfg.train.eval_episodes,
+            result = evaluate_policy(self.policy, self.normalizer, self.run_cfg,
+                                     episodes=self.run_cfg.train.eval_episodes,
                                      output_dir=self.out / "eval" / f"step_{self.step:06d}", progress=False)
         self.policy.train()
         writer.add_scalar("eval/success_rate", result["success_rate"], self.step)
 
 
-def train(run: RunConfig, policy_cfg: PolicyConfig | None, *, resume: bool = False, progress: bool = True) -> Path | None:
+def train(run: RunConfig, policy_cfg: PolicyConfig | None, *, resume: bool = False,
+          progress: bool = True) -> Path | None:
     trainer = Trainer(run, policy_cfg, resume=resume, progress=progress)
+    fresh = not trainer.out.exists()
     try:
         return trainer.run()
+    except Exception:
+        # a new run that fails before its first checkpoint (NaNs, a diverged loss) has nothing to
+        # resume from: it leaves no half-made run directory behind (Ctrl-C keeps its logs)
+        if fresh and trainer.dist.is_main and not (trainer.out / "checkpoints").exists():
+            shutil.rmtree(trainer.out, ignore_errors=True)
+        raise
     finally:
         trainer.dist.close()
 

@@ -16,11 +16,13 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.mujoco_render import claim_gl_context, cpu_render_settings  # isort: skip  (before robosuite)
-from envs.errors import EnvError
-from envs.robocasa_tasks import ASSETS_HINT, DEFAULT_CAMERAS
-from envs.robocasa_tasks.layout import ROBOCASA_BODY_PART_ORDERING, STATE_DIM, ActionLayout, state_from_observables
+from envs.robocasa_tasks.install import ASSETS_HINT, require_robocasa
+from envs.robocasa_tasks.layout import (
+    DEFAULT_CAMERAS, ROBOCASA_BODY_PART_ORDERING, STATE_DIM, ActionLayout, state_from_observables
+)
 from envs.robosuite_tasks.env import MAX_INSTRUCTION_LENGTH, RobosuiteEnv, controller_config
 from envs.robosuite_tasks.tasks import robosuite_task
+from vla.errors import EnvError
 from vla.features import OBS_STATE, TASK, image_key
 
 # RoboCasa v0.x task names -> their RoboCasa365 (v1.0) names. Both registries were read
@@ -163,8 +165,6 @@ class RoboCasaEnv(RobosuiteEnv):
                  terminate_on_success: bool = True, render_mode: str | None = "rgb_array", kitchen: bool = True,
                  hard_reset: bool | None = None, **robosuite_kwargs):
         if kitchen:
-            from envs.robocasa_tasks import require_robocasa
-
             require_robocasa()  # registers the kitchens with robosuite; an EnvError with the fix if missing
         import robosuite
         from robosuite.environments.base import REGISTERED_ENVS

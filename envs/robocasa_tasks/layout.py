@@ -43,7 +43,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from envs.errors import EnvError
+from vla.errors import EnvError
+
+# the cameras RoboCasa's datasets record (two over the shoulders, one in the hand)
+DEFAULT_CAMERAS = ("robot0_agentview_left", "robot0_agentview_right", "robot0_eye_in_hand")
 
 # observation.state: (dataset field, robosuite observable, width), in dataset order
 STATE_LAYOUT: tuple[tuple[str, str, int], ...] = (

@@ -32,4 +32,5 @@ def make_env(task: str, **kwargs) -> gymnasium.Env:
 
 for _task in TASKS:
     if gym_id(_task) not in gymnasium.registry:
-        gymnasium.register(id=gym_id(_task), entry_point="envs.robosuite_tasks.env:RobosuiteEnv", kwargs={"task": _task})
+        gymnasium.register(id=gym_id(_task), entry_point="envs.robosuite_tasks.env:RobosuiteEnv",
+                           kwargs={"task": _task})

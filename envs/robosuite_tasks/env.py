@@ -31,8 +31,8 @@ from gymnasium import spaces
 
 from envs.mujoco_render import claim_gl_context, cpu_render_settings, render_camera  # isort: skip  (before robosuite)
 from envs import stages
-from envs.errors import EnvError
 from envs.robosuite_tasks.tasks import robosuite_camera, robosuite_task
+from vla.errors import EnvError
 from vla.features import OBS_ENV_STATE, OBS_STATE, TASK, image_key, rot6d
 
 MAX_INSTRUCTION_LENGTH = 256

@@ -9,8 +9,8 @@ measures their success rates.
 import gymnasium as gym
 import numpy as np
 
-from envs.errors import EnvError
 from envs.scripted import ScriptedExpert, carry_phases, object_pos, pick_phases
+from vla.errors import EnvError
 
 # Let go of a stacked cube this far above its resting height: it settles without a bounce.
 STACK_DROP = 0.004
@@ -56,8 +56,8 @@ def pick_place_phases(state: dict, name: str, noun: str):
     return [
         # grasp above the centre: the hand then clears bin 1's 8 cm walls
         *pick_phases(name, noun, grasp_above_centre=GRASP_ABOVE_CENTRE),
-        *carry_phases(name, noun, "its bin", "into",
-                      over=drop_xy, down=lambda s: [*drop_xy(s), floor + height], grasp_above_centre=GRASP_ABOVE_CENTRE),
+        *carry_phases(name, noun, "its bin", "into", over=drop_xy, down=lambda s: [*drop_xy(s), floor + height],
+                      grasp_above_centre=GRASP_ABOVE_CENTRE),
     ]
 
 

@@ -7,8 +7,7 @@ start a simulator.
 
 from dataclasses import dataclass
 
-from envs.errors import EnvError
-
+from vla.errors import EnvError
 
 # Camera names as vla's features call them -> robosuite's camera names. Any other name is
 # robosuite's own (agentview, frontview, birdview, sideview, ...) and passes through unchanged,

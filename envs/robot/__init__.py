@@ -22,8 +22,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from envs.robot.base import Command, LinkLost, NotYet, Robot, RobotError, RobotState
+from envs.robot.base import Command, Robot, RobotState
 from envs.robot.config import RobotConfig, SafetyConfig
+from vla.errors import LinkLost, NotYet, RobotError
 
 __all__ = ["Command", "LinkLost", "NotYet", "Robot", "RobotConfig", "RobotError", "RobotState", "SafetyConfig",
            "make_backend", "make_robot"]

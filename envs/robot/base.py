@@ -30,15 +30,8 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from envs.robot.config import RobotConfig
+from vla.errors import NotYet, RobotError
 from vla.features import ACTION, ACTION_NAMES, OBS_STATE, STATE_NAMES, TASK, image_key, rot6d
-
-
-class RobotError(RuntimeError):
-    """A robot-side failure the user must act on; one-line message."""
-
-
-class LinkLost(RobotError):
-    """The connection to the robot (middleware, bridge or controller) is gone."""
 
 
 @dataclass
@@ -262,7 +255,8 @@ class Robot(ABC):
 
     def to_policy_frame(self, pos_in_base: np.ndarray, rot_in_base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A TCP pose measured in the robot's base frame -> the policy frame."""
-        return np.asarray(pos_in_base) + np.asarray(self.config.base_position), np.asarray(rot_in_base) @ self._ee_offset
+        return (np.asarray(pos_in_base) + np.asarray(self.config.base_position),
+                np.asarray(rot_in_base) @ self._ee_offset)
 
     def to_base_frame(self, pos: np.ndarray, rot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Inverse of `to_policy_frame`: a target in the policy frame -> the robot's base frame."""
@@ -288,10 +282,6 @@ class Robot(ABC):
 
     @abstractmethod
     def _hold(self) -> None: ...
-
-
-class NotYet(RobotError):
-    """A stream has not delivered its first message yet (only meaningful while connecting)."""
 
 
 

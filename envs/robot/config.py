@@ -91,7 +91,8 @@ class RosTopics:
 @dataclass
 class RobotConfig:
     backend: str = "sim"                  # sim | ros2 | rosbridge | franky
-    action_space: str = "eef_delta"       # eef_delta: dpos (3) | daxis-angle (3) | gripper; joint_position: q (7) | gripper
+    action_space: str = "eef_delta"       # eef_delta: dpos (3) | daxis-angle (3) | gripper;
+                                          # joint_position: q (7) | gripper
     control_hz: float = 20.0
     cameras: list[str] = field(default_factory=lambda: ["agentview", "wrist"])
     image_size: int = 96                  # images are resized to this square size
@@ -130,13 +131,15 @@ class RobotConfig:
         for name in ("workspace_low", "workspace_high", "base_position", "ee_rotation_offset"):
             value = getattr(s, name, None) if name.startswith("workspace") else getattr(self, name)
             if len(value) != 3:
-                raise ValueError(f"robot.{'safety.' if name.startswith('workspace') else ''}{name} needs 3 values, got {value}")
+                raise ValueError(f"robot.{'safety.' if name.startswith('workspace') else ''}{name} "
+                                 f"needs 3 values, got {value}")
         if any(lo >= hi for lo, hi in zip(s.workspace_low, s.workspace_high)):
-            raise ValueError(f"robot.safety.workspace_low {s.workspace_low} must be below workspace_high {s.workspace_high}")
+            raise ValueError(f"robot.safety.workspace_low {s.workspace_low} "
+                             f"must be below workspace_high {s.workspace_high}")
         for name in ("joint_low", "joint_high", "max_joint_velocity"):
             if len(getattr(s, name)) != 7:
                 raise ValueError(f"robot.safety.{name} needs 7 values (one per Panda joint)")
-        for name in ("max_translation_step", "max_rotation_step", "max_joint_step", "max_eef_speed", "max_consecutive_limited",
-                     "observation_deadline", "command_deadline"):
+        for name in ("max_translation_step", "max_rotation_step", "max_joint_step", "max_eef_speed",
+                     "max_consecutive_limited", "observation_deadline", "command_deadline"):
             if getattr(s, name) <= 0:
                 raise ValueError(f"robot.safety.{name} must be > 0")

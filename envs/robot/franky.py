@@ -53,8 +53,9 @@ from typing import Any, Iterator, Protocol
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from envs.robot.base import Command, LinkLost, NotYet, Robot, RobotError, RobotState, square_image
+from envs.robot.base import Command, Robot, RobotState, square_image
 from envs.robot.config import RobotConfig
+from vla.errors import LinkLost, NotYet, RobotError
 
 logger = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ import threading
 
 import numpy as np
 
-from envs.robot.base import RobotError
 from envs.robot.config import RobotConfig
 from envs.robot.ros_common import TopicRobot, decode_image
+from vla.errors import RobotError
 
 _node_ids = itertools.count()
 

@@ -18,8 +18,9 @@ from abc import abstractmethod
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from envs.robot.base import Command, LinkLost, NotYet, Robot, RobotError, RobotState, square_image
+from envs.robot.base import Command, Robot, RobotState, square_image
 from envs.robot.config import RobotConfig
+from vla.errors import LinkLost, NotYet, RobotError
 
 # sensor_msgs/Image encodings we decode (what ROS camera drivers publish for colour).
 _CHANNEL_ORDER = {"rgb8": (0, 1, 2), "bgr8": (2, 1, 0), "rgba8": (0, 1, 2), "bgra8": (2, 1, 0)}

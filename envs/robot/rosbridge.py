@@ -17,9 +17,9 @@ import time
 
 import numpy as np
 
-from envs.robot.base import LinkLost, RobotError
 from envs.robot.config import RobotConfig
 from envs.robot.ros_common import TopicRobot, decode_image
+from vla.errors import LinkLost, RobotError
 
 
 class RosbridgeRobot(TopicRobot):

@@ -49,7 +49,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from envs.robot.base import RobotError
+from vla.errors import RobotError
 
 SUPPORTED_DISTROS = ("humble", "jazzy")
 DEFAULT_RMW = "rmw_fastrtps_cpp"

@@ -31,17 +31,10 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from envs.robot.base import Command, LinkLost, Robot, RobotError, RobotState
+from envs.robot.base import Command, Robot, RobotState
+from vla.errors import LinkLost, RobotError, SafetyStop
 
 logger = logging.getLogger(__name__)
-
-
-class SafetyStop(RobotError):
-    """The safety layer held the arm and ended the run; `reason` is one of the intervention kinds."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass
@@ -161,6 +154,11 @@ class SafeRobot:
             self._holding = False
             self._safe_hold()
 
+    def hold_action(self, state: RobotState) -> np.ndarray:
+        """The policy action that holding the arm at `state` corresponds to (no motion, the gripper as last
+        commanded): what a dataset records for a step where the arm held, so the episode replays."""
+        return self.robot.action_from(self.robot.hold_command(state), state)
+
     def rearm(self) -> None:
         """Clear a fault once the cause is dealt with (a simulated cell reset to a new episode)."""
         with self._lock:
@@ -195,7 +193,8 @@ class SafeRobot:
             norm = float(np.linalg.norm(step))
             if norm > max_step + 1e-9:
                 command.eef_pos = state.eef_pos + step * (max_step / norm)
-                changes.append(("translation_step", f"step of {norm * 1000:.1f} mm limited to {max_step * 1000:.1f} mm"))
+                changes.append(("translation_step",
+                                f"step of {norm * 1000:.1f} mm limited to {max_step * 1000:.1f} mm"))
             rotvec = Rotation.from_matrix(command.eef_rot @ state.eef_rot.T).as_rotvec()
             angle = float(np.linalg.norm(rotvec))
             if angle > lim.max_rotation_step + 1e-9:
@@ -278,7 +277,8 @@ class SafeRobot:
 
     def summary(self) -> dict:
         return {"commands_sent": self.commands_sent, "commands_changed": self.commands_changed,
-                "interventions": dict(Counter(entry.kind for entry in self.log)), "fault": None if self.fault is None else str(self.fault)}
+                "interventions": dict(Counter(entry.kind for entry in self.log)),
+                "fault": None if self.fault is None else str(self.fault)}
 
 
 _PHYSICAL_LIMITS = {"translation_step", "rotation_step", "workspace", "joint_limit", "joint_step"}

@@ -307,7 +307,8 @@ def run_twin(config: RobotConfig) -> None:
                 time.sleep(5.0)
                 recent = twin.step_seconds[-100:]
                 if recent:
-                    print(f"  {twin.steps} steps, compute {1000 * np.mean(recent):.1f} ms/period, success={twin.success}", flush=True)
+                    print(f"  {twin.steps} steps, compute {1000 * np.mean(recent):.1f} ms/period, "
+                          f"success={twin.success}", flush=True)
         except KeyboardInterrupt:
             pass
 

@@ -23,12 +23,14 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.errors import EnvError
 from envs.mujoco_render import claim_gl_context, render_camera
 from envs.scripted import yaw_of
 from envs.tabletop.scene import CONTROL_FREQ, TABLE_TOP, TabletopScene
 from envs.tabletop.tasks import BIN_SIZE, CUBE_HALF_SIZE, cube_name, task_spec
-from vla.features import ENV_STATE_NAMES, OBS_ENV_STATE, OBS_STATE, STATE_NAMES, TABLETOP_OBJECTS, TASK, image_key, rot6d
+from vla.errors import EnvError
+from vla.features import (
+    ENV_STATE_NAMES, OBS_ENV_STATE, OBS_STATE, STATE_NAMES, TABLETOP_OBJECTS, TASK, image_key, rot6d
+)
 
 # Our camera names (the feature keys) -> robosuite's camera names.
 CAMERAS = {"agentview": "agentview", "wrist": "robot0_eye_in_hand"}

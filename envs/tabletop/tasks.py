@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.errors import EnvError
 from envs.stages import local_offset, over
+from vla.errors import EnvError
 
 # RGBA of each cube colour; saturated so the colours stay distinct at 96x96 pixels.
 CUBE_RGBA = {

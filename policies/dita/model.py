@@ -107,7 +107,8 @@ class DitaPolicy(Policy):
         )
         mask = self._full_mask(prefix.mask)
         use_cache = self.config.use_prefix_cache if use_cache is None else use_cache
-        return self._sample_cached(prefix.tokens, mask, x) if use_cache else self._sample_uncached(prefix.tokens, mask, x)
+        sample = self._sample_cached if use_cache else self._sample_uncached
+        return sample(prefix.tokens, mask, x)
 
     def _sample_uncached(self, prefix_tokens: Tensor, mask: Tensor, x: Tensor) -> Tensor:
         times = self.process.sampling_times()

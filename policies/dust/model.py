@@ -63,7 +63,8 @@ class DustPolicy(Policy):
             self.vision_dim = self.backbone.vision_feature_dim
             self.n_future = n_cam * rows * cols
             # DUST: a 3-layer SiLU MLP encoder with a 2-D sinusoidal position table, a 2-layer ReLU decoder.
-            self.vision_in = nn.Sequential(nn.Linear(self.vision_dim, w), nn.SiLU(), nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
+            self.vision_in = nn.Sequential(nn.Linear(self.vision_dim, w), nn.SiLU(), nn.Linear(w, w), nn.SiLU(),
+                                           nn.Linear(w, w))
             pos = sincos_2d(rows, cols, w).repeat(n_cam, 1)  # (n_cam * rows * cols, w)
             self.register_buffer("vision_pos", pos, persistent=False)
             self.camera_embed = nn.Parameter(torch.randn(n_cam, 1, w) * 0.02)
@@ -93,7 +94,8 @@ class DustPolicy(Policy):
         if self.config.target_norm == "layer":
             target = nn.functional.layer_norm(target, target.shape[-1:])
         is_pad = batch.get("future_is_pad")
-        valid = ~is_pad[:, -1] if is_pad is not None else torch.ones(target.shape[0], dtype=torch.bool, device=target.device)
+        valid = (~is_pad[:, -1] if is_pad is not None
+                 else torch.ones(target.shape[0], dtype=torch.bool, device=target.device))
         return target, valid
 
     # --- the denoiser ------------------------------------------------------------------------
@@ -113,8 +115,8 @@ class DustPolicy(Policy):
                 ctx["vision_kv"] = [b.prefix_kv(tokens) for b in self.vision_blocks]
         return ctx
 
-    def velocity(self, state: Tensor, actions: Tensor, t_action: Tensor, future: Tensor | None,
-                 t_vision: Tensor | None, ctx: dict, action_is_pad: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def velocity(self, state: Tensor, actions: Tensor, t_action: Tensor, future: Tensor | None, t_vision: Tensor | None,
+                 ctx: dict, action_is_pad: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """One forward pass. state (B, T_o, D_s) normalized, noisy actions (B, H, D_a) at t_action
         (B,), noisy future tokens (B, n_future, D_vis) at t_vision (B,) -> velocities, same shapes.
         Padded actions (``action_is_pad`` (B, H), training) are hidden from every attention."""
@@ -223,7 +225,8 @@ class DustPolicy(Policy):
         state = obs[OBS_STATE].to(prefix.tokens.dtype)
         b, device, dtype = state.shape[0], state.device, prefix.tokens.dtype
         ctx = self._context(prefix)
-        actions = noise if noise is not None else torch.randn(b, cfg.horizon, cfg.action_dim, device=device, dtype=dtype)
+        actions = (noise if noise is not None
+                   else torch.randn(b, cfg.horizon, cfg.action_dim, device=device, dtype=dtype))
         n_a, q = cfg.noise.num_inference_steps, cfg.vision_ratio
         n_o = n_a * q
         future = None

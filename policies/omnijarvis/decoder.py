@@ -35,7 +35,8 @@ class BehaviorDecoder(nn.Module):
         self.code_in = nn.Linear(len(config.fsq_levels), w)
         self.code_pos = nn.Parameter(torch.randn(config.n_codes, w) * 0.02)
         self.step_embed = nn.Embedding(config.chunk_length, w)
-        self.blocks = nn.ModuleList(DecoderBlock(w, config.heads, default_ffn_dim(w)) for _ in range(config.decoder_depth))
+        self.blocks = nn.ModuleList(DecoderBlock(w, config.heads, default_ffn_dim(w))
+                                    for _ in range(config.decoder_depth))
         self.norm = RMSNorm(w)
         self.flow = config.decoder_head == "flow"
         if self.flow:
@@ -50,7 +51,8 @@ class BehaviorDecoder(nn.Module):
 
     def _run(self, prefix: Prefix, codes: Tensor, step: Tensor, suffix: Tensor) -> Tensor:
         """Hidden states of the last H positions, (B, H, D)."""
-        cond = torch.cat([self.code_in(codes.to(prefix.tokens.dtype)) + self.code_pos, self.step_embed(step)[:, None]], 1)
+        cond = torch.cat([self.code_in(codes.to(prefix.tokens.dtype)) + self.code_pos,
+                          self.step_embed(step)[:, None]], 1)
         x = torch.cat([prefix.tokens, cond, suffix], dim=1)
         ones = torch.ones(x.shape[0], cond.shape[1] + suffix.shape[1], dtype=torch.bool, device=x.device)
         mask = causal_mask(torch.cat([prefix.mask, ones], dim=1))
@@ -71,7 +73,8 @@ class BehaviorDecoder(nn.Module):
         if self.flow:
             noise = torch.randn_like(actions)
             t = self.process.sample_time(actions.shape[0], actions.device)
-            pred = self.action_out(self._run(prefix, codes, step, self._flow_suffix(self.process.add_noise(actions, noise, t), t)))
+            pred = self.action_out(self._run(prefix, codes, step,
+                                             self._flow_suffix(self.process.add_noise(actions, noise, t), t)))
             err = (pred - self.process.target(actions, noise, t)).pow(2).mean(-1)  # (B, H)
         else:
             logits = self._bins(self._run(prefix, codes, step, self.queries.expand(actions.shape[0], -1, -1)))
@@ -84,13 +87,15 @@ class BehaviorDecoder(nn.Module):
         """(B, H, D_a) normalized actions; ``noise`` fixes the flow sampler's start."""
         b, cfg = codes.shape[0], self.config
         if not self.flow:
-            return self.bin_center(self._bins(self._run(prefix, codes, step, self.queries.expand(b, -1, -1))).argmax(-1))
+            hidden = self._run(prefix, codes, step, self.queries.expand(b, -1, -1))
+            return self.bin_center(self._bins(hidden).argmax(-1))
         x = noise if noise is not None else torch.randn(b, cfg.horizon, cfg.action_dim, device=codes.device)
         x = x.to(prefix.tokens.dtype)
         times = self.process.sampling_times()
         for t, t_next in zip(times[:-1], times[1:]):
             tt = torch.full((b,), t, device=x.device)
-            x = self.process.step(x, self.action_out(self._run(prefix, codes, step, self._flow_suffix(x, tt))), t, t_next)
+            velocity = self.action_out(self._run(prefix, codes, step, self._flow_suffix(x, tt)))
+            x = self.process.step(x, velocity, t, t_next)
         return x
 
     def bin_of(self, actions: Tensor) -> Tensor:

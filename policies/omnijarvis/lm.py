@@ -81,7 +81,8 @@ class EmbeddedLM(nn.Module):
         self.hidden_size, self.depth, self.heads = cfg.width, cfg.depth, cfg.heads
         self.tokens = nn.Embedding(vocab_size, cfg.width)
         nn.init.normal_(self.tokens.weight, std=0.02)
-        self.blocks = nn.ModuleList(DecoderBlock(cfg.width, cfg.heads, default_ffn_dim(cfg.width)) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(DecoderBlock(cfg.width, cfg.heads, default_ffn_dim(cfg.width))
+                                    for _ in range(cfg.depth))
         self.norm = RMSNorm(cfg.width)
         self.rotary = Rotary(cfg.width // cfg.heads, max_len)
 
@@ -101,7 +102,8 @@ class EmbeddedLM(nn.Module):
 
     def prefill(self, embeds: Tensor, key_mask: Tensor, n_new: int):
         b, n = key_mask.shape
-        cache = StaticKVCache(self.depth, b, self.heads, n + n_new, self.hidden_size // self.heads, embeds.device, embeds.dtype)
+        cache = StaticKVCache(self.depth, b, self.heads, n + n_new, self.hidden_size // self.heads,
+                              embeds.device, embeds.dtype)
         h = self._run(embeds, causal_mask(key_mask), 0, cache)
         return self.logits(h[:, -1]), (cache, key_mask)
 
@@ -140,7 +142,8 @@ class TransformersLM(nn.Module):
     def step(self, embeds: Tensor, state):
         past, keys = state
         keys = torch.cat([keys, torch.ones_like(keys[:, :1])], dim=1)
-        out = self.model.base_model(inputs_embeds=embeds, attention_mask=keys.long(), past_key_values=past, use_cache=True)
+        out = self.model.base_model(inputs_embeds=embeds, attention_mask=keys.long(), past_key_values=past,
+                                    use_cache=True)
         return self.logits(out.last_hidden_state[:, -1]), (out.past_key_values, keys)
 
 

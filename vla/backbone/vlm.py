@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from vla.backbone.base import Backbone, BackboneConfig, Prefix, camera_batch
-from vla.config import ConfigError
+from vla.errors import ConfigError
 
 FAMILIES = ("idefics3", "smolvlm", "paligemma", "qwen2_5_vl")
 # Qwen2.5-VL's processor normalizes with CLIP's statistics (the others with SigLIP's 0.5 / 0.5).

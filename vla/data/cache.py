@@ -4,11 +4,14 @@ With a frozen backbone the expensive part of a training step (video decoding plu
 pretrained encoders) is the same at every epoch, so it is done once per (dataset, backbone)
 pair. The cache file is named by the backbone's ``cache_key()`` and a fingerprint of the
 dataset, so adding episodes or changing the image size builds a new one. Writes are atomic.
+A cache serves any subset of the frames it holds (``dataset.episodes=[...]``): rows are matched
+by the dataset's global frame ``index``. A subset no cache covers gets a file of its own.
 
 Contents (safetensors, float16 features):
     frames.<name>     (N_frames, ...)   Backbone.encode_frames output for every frame
     text.<name>       (N_tasks, ...)    Backbone.encode_text output for every task
     task_index        (N_frames,)       which task row each frame uses
+    index             (N_frames,)       the dataset's global frame index of each row
 """
 
 from __future__ import annotations
@@ -44,9 +47,35 @@ def dataset_fingerprint(dataset) -> str:
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def cache_path(dataset, backbone: Backbone, cache_dir: Path | None = None) -> Path:
-    name = f"{Path(dataset.root).name}-{dataset_fingerprint(dataset)}-{backbone.cache_key()}.safetensors"
+def cache_path(dataset, backbone: Backbone, cache_dir: Path | None = None, rows: np.ndarray | None = None) -> Path:
+    """The cache file of the whole dataset, or (``rows``: the global frame indices of a subset)
+    of that subset."""
+    subset = "" if rows is None else "-rows" + hashlib.sha1(np.ascontiguousarray(rows).tobytes()).hexdigest()[:8]
+    name = f"{Path(dataset.root).name}-{dataset_fingerprint(dataset)}-{backbone.cache_key()}{subset}.safetensors"
     return Path(cache_dir or default_cache_dir()) / name
+
+
+def dataset_rows(dataset) -> np.ndarray:
+    """The global frame index of every row of an opened dataset (a subset of episodes has fewer)."""
+    return np.asarray(dataset.hf_dataset.with_format("numpy")["index"]).astype(np.int64)
+
+
+def select_rows(cached: dict[str, Tensor], rows: np.ndarray) -> dict[str, Tensor] | None:
+    """The cached per-frame tensors for ``rows`` (global frame indices), in that order; None if the
+    cache lacks any of them. A cache without an ``index`` (older files) holds the whole dataset."""
+    index = cached["index"].numpy() if "index" in cached else np.arange(len(cached["task_index"]))
+    if len(rows) and (rows.min() < 0 or rows.max() > index.max(initial=-1)):
+        return None
+    position = np.full(int(index.max(initial=-1)) + 1, -1, dtype=np.int64)
+    position[index] = np.arange(len(index))
+    take = position[rows]
+    if (take < 0).any():
+        return None
+    if len(take) == len(index) and (take == np.arange(len(index))).all():
+        return cached
+    take_t = torch.from_numpy(take)
+    per_frame = {k for k in cached if k.startswith("frames.")} | {"task_index", "index"}
+    return {k: v[take_t] if k in per_frame else v for k, v in cached.items()}
 
 
 def iter_episode_frames(dataset, keys: list[str]):
@@ -86,9 +115,14 @@ def build_feature_cache(dataset, backbone: Backbone, *, cache_dir: Path | None =
     ``batch_size`` frames go through the vision encoder at once. Small batches are faster on
     CPU: EfficientNet-Lite0's activations then stay in cache (2 cores, 96 px, two cameras:
     120-180 frames/s at 8 against ~95 at 64)."""
-    path = cache_path(dataset, backbone, cache_dir)
-    if path.exists():
-        return load_file(path)
+    rows = dataset_rows(dataset)
+    whole = len(rows) == dataset.meta.total_frames
+    path = cache_path(dataset, backbone, cache_dir, None if whole else rows)
+    for candidate in dict.fromkeys([cache_path(dataset, backbone, cache_dir), path]):  # the whole dataset's first
+        if candidate.exists():
+            selected = select_rows(load_file(candidate), rows)
+            if selected is not None:
+                return selected
     if not backbone.frozen:
         raise ValueError("feature caching needs a frozen backbone (freeze_vision and freeze_text)")
     cams = backbone.config.cameras
@@ -108,6 +142,7 @@ def build_feature_cache(dataset, backbone: Backbone, *, cache_dir: Path | None =
     # LeRobot's task table: task strings indexed by task_index.
     tasks = dataset.meta.tasks.sort_values("task_index").index.tolist()
     out["task_index"] = torch.from_numpy(np.asarray(dataset.hf_dataset.with_format("numpy")["task_index"])).long()
+    out["index"] = torch.from_numpy(rows)
     for name, value in backbone.encode_text(tasks).items():
         out[f"text.{name}"] = value.half().cpu() if value.is_floating_point() else value.cpu()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -223,7 +223,8 @@ class _ParallelAttempts:
 
         self.recorder, self.workers = recorder, workers
         self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_init_worker, initargs=(make_env_and_agent, action_noise, noise_dims))
+                                        initializer=_init_worker,
+                                        initargs=(make_env_and_agent, action_noise, noise_dims))
         self.pending: deque = deque()  # futures of the submitted attempts not yet recorded, oldest first
         self.next_attempt = 0  # the first attempt not yet submitted
 

@@ -52,9 +52,9 @@ from tqdm import tqdm
 from envs.robosuite_tasks.env import robosuite_state
 from envs.robosuite_tasks.tasks import instruction_for, robosuite_camera, vla_camera
 from vla.data.recorder import EpisodeRecorder, acquire_lock, features_from_space
-from vla.data.source import INFO_FILE, DatasetError
+from vla.data.source import INFO_FILE
+from vla.errors import DatasetError
 from vla.features import OBS_ENV_STATE, OBS_STATE, TASK, image_key
-
 
 EEF_POS, EEF_QUAT = "robot0_eef_pos", "robot0_eef_quat"
 GRIPPER_QPOS, OBJECT = "robot0_gripper_qpos", "object"
@@ -106,7 +106,7 @@ def convert_hdf5(cfg, root: str | Path, repo_id: str | None = None, *, progress:
 
 
 def _check_settings(cfg) -> None:
-    from vla.config import ConfigError
+    from vla.errors import ConfigError
 
     if not cfg.input:
         raise ConfigError("convert.input is required: the robomimic / robosuite HDF5 file to convert")

@@ -18,7 +18,8 @@ import torch
 from vla.config import DatasetConfig
 from vla.data.chunks import StringLookup
 from vla.data.normalize import Normalizer
-from vla.data.source import DatasetError, check_features, delta_timestamps, open_dataset
+from vla.data.source import check_features, check_finite, delta_timestamps, open_dataset
+from vla.errors import DatasetError
 from vla.features import ACTION, OBS_ENV_STATE, OBS_STATE, is_image_key
 from vla.policy import PolicyConfig
 
@@ -92,6 +93,7 @@ class TrainingData:
         # Only features the dataset has (required ones were checked above): a video-only
         # dataset has no action statistics, and its checkpoint gets them when fine-tuned.
         modes = {k: m for k, m in self.policy_cfg.normalization.items() if k in meta_ds.meta.features}
+        check_finite(meta_ds, list(modes))  # before any statistics, cache or step is computed from them
         self.normalizer = Normalizer(meta_ds.meta.stats, modes)
         frozen = self.policy_cfg.backbone.freeze_vision and self.policy_cfg.backbone.freeze_text
         self.cached = ds_cfg.cache_features and frozen

@@ -400,6 +400,21 @@ def acquire_lock(root: Path) -> int:
     return fd
 
 
+def check_unlocked(root: str | Path) -> None:
+    """Refuse a dataset another recorder is writing, creating nothing: `vla collect` asks before it
+    builds a simulator (which takes a minute) rather than when the recorder opens the dataset."""
+    path = Path(root) / SIDECAR / "recorder.lock"
+    if not path.exists():
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise DatasetError(f"{root} is being written by another recorder (lock {path})") from None
+    finally:
+        os.close(fd)  # also releases the lock just taken
+
+
 def _snapshot_info(root: Path) -> None:
     _atomic_write(root / SIDECAR / "info.json", lambda tmp: shutil.copyfile(root / INFO_FILE, tmp))
 

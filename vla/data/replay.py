@@ -18,7 +18,7 @@ import numpy as np
 from envs.mujoco_render import claim_gl_context, cpu_render_settings, render_camera  # isort: skip  (before robosuite)
 from envs.robosuite_tasks.env import robosuite_state
 from envs.robosuite_tasks.tasks import robosuite_camera, vla_camera
-from vla.data.source import DatasetError
+from vla.errors import DatasetError
 from vla.features import OBS_ENV_STATE, OBS_STATE, image_key
 
 # robosuite.make kwargs the file may carry that the replay sets itself (or that name another machine's GPU).
@@ -43,8 +43,7 @@ class Replayer:
     def __init__(self, env_name: str, env_kwargs: dict, cameras: list[str], image_size: int):
         import robosuite
         from robosuite.controllers.composite.composite_controller_factory import (
-            is_part_controller_config,
-            refactor_composite_controller_config,
+            is_part_controller_config, refactor_composite_controller_config
         )
 
         kwargs = {k: v for k, v in env_kwargs.items() if k not in REPLAY_OWNED}

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from huggingface_hub.errors import HFValidationError, HTTPError
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-from vla.features import ACTION
+from vla.errors import DatasetError, FeatureMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -33,12 +33,6 @@ STATS_FILE = Path("meta/stats.json")
 EPISODES_DIR = Path("meta/episodes")
 
 
-class DatasetError(Exception):
-    """A dataset cannot be opened or written; the message is one line and says why."""
-
-
-class FeatureMismatchError(DatasetError):
-    """The dataset lacks a feature the caller needs, or has it with another shape."""
 
 
 @cache
@@ -89,14 +83,18 @@ def open_dataset(
         if not (path / INFO_FILE).exists():
             raise DatasetError(f"{path} is not a LeRobot dataset (it has no {INFO_FILE})")
         require_consistent(path)
+        _check_episodes(path, episodes)
         try:
             return LeRobotDataset(f"local/{path.name}", root=path, **kwargs)
         except (OSError, HTTPError) as e:  # lerobot falls back to the hub when local files are missing
             raise DatasetError(f"{path}: lerobot could not load it from disk ({_one_line(e)})") from None
+    if path.exists():
+        raise DatasetError(f"{path} is a file, not a LeRobot dataset directory")
     if isinstance(source, Path) or _looks_like_path(source):
         raise DatasetError(f"no dataset at {path}: the path does not exist")
     if root is not None and (Path(root) / INFO_FILE).exists():
         require_consistent(Path(root))
+        _check_episodes(Path(root), episodes)
     try:
         return LeRobotDataset(str(source), root=root, **kwargs)
     except (OSError, HTTPError, HFValidationError) as e:
@@ -105,6 +103,18 @@ def open_dataset(
             f"{source!r} is neither {where} nor reachable on the Hugging Face Hub "
             f"({type(e).__name__}: {_one_line(e)})"
         ) from None
+
+
+def _check_episodes(root: Path, episodes: list[int] | None) -> None:
+    """Refuse a selection of episodes the dataset does not have (lerobot would warn, then fail
+    with "corresponds to no data" or train on fewer episodes than asked for)."""
+    if episodes is None:
+        return
+    total = (_read_json(root / INFO_FILE) or {}).get("total_episodes", 0)
+    missing = sorted({e for e in episodes if not 0 <= e < total})
+    if not episodes or missing:
+        raise DatasetError(f"dataset.episodes={list(episodes)}: {root} has episodes 0..{total - 1}"
+                           + (f"; no episode {missing}" if missing else ""))
 
 
 def _looks_like_path(source: str) -> bool:
@@ -140,6 +150,35 @@ def check_features(meta, required: dict[str, tuple[int, ...] | None]) -> None:
             raise FeatureMismatchError(
                 f"feature {key!r}: the policy expects shape {tuple(shape)}, the dataset has {actual}"
             )
+
+
+def check_finite(dataset, keys: list[str]) -> None:
+    """Refuse NaN or inf in the numeric features ``keys`` of an opened LeRobotDataset, naming the
+    first episode and frame that has one. One pass over those parquet columns (milliseconds for
+    thousands of frames); without it a training run stops at whichever batch happens to sample
+    such a frame, or never notices."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = dataset.hf_dataset.data
+    for key in keys:
+        if key not in table.column_names:
+            continue
+        column = table.column(key)
+        if pa.types.is_floating(column.type):
+            values = column.to_numpy().reshape(len(column), -1)
+        elif pa.types.is_fixed_size_list(column.type) and pa.types.is_floating(column.type.value_type):
+            values = pc.list_flatten(column).to_numpy(zero_copy_only=False).reshape(len(column), -1)
+        else:
+            continue
+        bad = ~np.isfinite(values).all(axis=1)
+        if bad.any():
+            row = int(np.argmax(bad))
+            episode, frame = table.column("episode_index")[row].as_py(), table.column("frame_index")[row].as_py()
+            raise DatasetError(f"{dataset.root}: non-finite values (NaN or inf) in {key!r} in {int(bad.sum())} "
+                               f"frame(s), the first at episode {episode}, frame {frame}; fix them or leave those "
+                               f"episodes out with dataset.episodes=[...]")
 
 
 def _frame_shape(feature: dict) -> tuple[int, ...]:

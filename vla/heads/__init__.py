@@ -1,8 +1,24 @@
 """Noise processes for action heads: DDPM/DDIM diffusion and flow matching.
 
-Every process follows the one time convention of :mod:`vla.heads.base`.
+Every process follows the one time convention of :mod:`vla.heads.base`; the concrete processes
+import the base, never the other way round, and load here only when asked for (diffusion
+imports diffusers).
 """
 
-from vla.heads.base import NoiseProcess, NoiseProcessConfig, make_noise_process, sinusoidal_embedding
+from vla.errors import ConfigError
+from vla.heads.base import NoiseProcess, NoiseProcessConfig, sinusoidal_embedding
 
 __all__ = ["NoiseProcess", "NoiseProcessConfig", "make_noise_process", "sinusoidal_embedding"]
+
+
+def make_noise_process(cfg: NoiseProcessConfig) -> NoiseProcess:
+    """The process ``cfg.kind`` names: ``diffusion`` (diffusers' DDPM / DDIM) or ``flow``."""
+    if cfg.kind == "diffusion":
+        from vla.heads.diffusion import DiffusionProcess
+
+        return DiffusionProcess(cfg)
+    if cfg.kind == "flow":
+        from vla.heads.flow import FlowMatchingProcess
+
+        return FlowMatchingProcess(cfg)
+    raise ConfigError(f"unknown noise process kind {cfg.kind!r}; expected 'diffusion' or 'flow'")

@@ -78,15 +78,3 @@ def sinusoidal_embedding(time: Tensor, dim: int, max_period: float = 10000.0) ->
     if dim % 2:
         emb = torch.nn.functional.pad(emb, (0, 1))
     return emb
-
-
-def make_noise_process(cfg: NoiseProcessConfig) -> NoiseProcess:
-    if cfg.kind == "diffusion":
-        from vla.heads.diffusion import DiffusionProcess
-
-        return DiffusionProcess(cfg)
-    if cfg.kind == "flow":
-        from vla.heads.flow import FlowMatchingProcess
-
-        return FlowMatchingProcess(cfg)
-    raise ValueError(f"unknown noise process kind {cfg.kind!r}; expected 'diffusion' or 'flow'")
