@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE ?= 1
 # noise and recovered wrong grasps, collected over two workers, then a CPU-sized Dita. It keeps
 # to DEMO_MINUTES whatever the machine's speed that day: training gets what is left after the
 # collection, less DEMO_RESERVE seconds for its start-up (the feature cache) and the evaluation
-# (~6.5 minutes on 2 cores), at most the recipe's 14 minutes and at least 8.
+# (~6.5 minutes on 2 cores), at most the recipe's train.max_seconds (14 minutes) and at least 8.
 # Add overrides with DEMO_ARGS, e.g. make demo DEMO_ARGS="train.max_seconds=1200".
 DEMO_DIR      ?= outputs/demo
 DEMO_RECIPE   ?= dita-demo
@@ -43,7 +43,9 @@ demo: setup
 	rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR) && date +%s > $(DEMO_DIR)/started  # always from scratch
 	$(VLA) collect recipe=$(DEMO_RECIPE) env=lift dataset.root=$(DEMO_DIR)/data dataset.repo_id=local/lift $(DEMO_ARGS)
 	left=$$(( $(DEMO_MINUTES) * 60 - $(DEMO_RESERVE) - $$(date +%s) + $$(cat $(DEMO_DIR)/started) )); \
-	budget=$$(( left > 840 ? 840 : (left < 480 ? 480 : left) )); echo "training for $$budget s"; \
+	cap=$$($(VLA) train recipe=$(DEMO_RECIPE) $(DEMO_ARGS) --print-config | awk '$$1 == "max_seconds:" && !n {print int($$2); n = 1}'); \
+	[ "$${cap:-0}" -gt 0 ] || cap=$$left; \
+	budget=$$(( left > cap ? cap : (left < 480 ? 480 : left) )); echo "training for $$budget s (the recipe's cap: $$cap s)"; \
 	$(VLA) train recipe=$(DEMO_RECIPE) env=lift dataset.root=$(DEMO_DIR)/data dataset.repo_id=local/lift \
 	    output_dir=$(DEMO_DIR)/run train.max_seconds=$$budget $(DEMO_ARGS)
 	$(VLA) eval env=lift output_dir=$(DEMO_DIR)/run eval.episodes=$(EVAL_EPISODES)
