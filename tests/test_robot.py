@@ -132,6 +132,25 @@ def test_watchdog_holds_when_commands_stop():
         assert robot.robot.env.unwrapped._elapsed_steps == steps + 2
 
 
+def test_a_hold_that_fails_does_not_kill_the_watchdog(monkeypatch):
+    """A backend whose hold raises something unexpected (the sim rendering from the watchdog's
+    thread in a GL context the control thread holds: EGL_BAD_ACCESS) leaves the watchdog running."""
+    import time
+
+    from envs.robot.sim import SimRobot
+
+    def broken_hold(self):
+        raise RuntimeError("EGL_BAD_ACCESS")
+
+    cfg = RobotConfig(backend="sim", cameras=[], safety=SafetyConfig(command_deadline=0.1))
+    with make_robot(cfg) as robot:
+        monkeypatch.setattr(SimRobot, "_hold", broken_hold)
+        robot.send_action(np.array([1.0, 0, 0, 0, 0, 0, -1]))
+        time.sleep(0.5)
+        assert robot._watchdog.is_alive()
+        assert robot.summary()["interventions"].get("command_timeout", 0) >= 2  # it kept watching and retrying
+
+
 def test_dry_run_sends_nothing():
     with make_robot(RobotConfig(backend="sim", cameras=[]), dry_run=True) as robot:
         before = robot.read_state().eef_pos

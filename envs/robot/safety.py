@@ -32,7 +32,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from envs.robot.base import Command, Robot, RobotState
-from vla.errors import LinkLost, RobotError, SafetyStop
+from vla.errors import LinkLost, SafetyStop
 
 logger = logging.getLogger(__name__)
 
@@ -244,8 +244,8 @@ class SafeRobot:
         try:
             self.robot.hold()
             self._holding = True
-        except RobotError as e:
-            logger.warning("hold failed: %s", e)
+        except Exception as e:  # a backend's failure must not kill the watchdog thread that called it
+            logger.warning("hold failed: %s: %s", type(e).__name__, e)
 
     def _record(self, kind: str, detail: str, at: float | None = None) -> None:
         entry = Intervention(time.monotonic() if at is None else at, self.commands_sent, kind, detail)
