@@ -99,9 +99,7 @@ def cmd_collect(run, policy_cfg, args) -> None:
     from vla.data.recorder import EpisodeRecorder, check_unlocked
     from envs.registry import make_env
 
-    c = run.collect
-    if c.n_envs < 1:
-        raise ConfigError(f"collect.n_envs must be >= 1, got {c.n_envs}")
+    c = run.collect  # its ranges (episodes, n_envs, action_noise) were checked when composed (LIMITS)
     for key in ("grasp_mistakes", "place_mistakes"):
         p = getattr(c, key)
         if not 0.0 <= p <= 1.0:
@@ -145,8 +143,6 @@ def cmd_eval(run, policy_cfg, args) -> None:
     """Roll out a checkpoint (vla's, or a LeRobot policy's) in vectorized envs; success rate, videos, report."""
     from vla.rollout import evaluate_policy, evaluate_runtime
 
-    if run.eval.episodes < 1:  # before anything loads
-        raise ConfigError("eval.episodes must be >= 1")
     ckpt = run.eval.checkpoint or run.output_dir
     run.eval.checkpoint = ckpt
     out = run.eval.output_dir or os.path.join(run.output_dir, "eval")
