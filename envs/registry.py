@@ -5,7 +5,7 @@ simulator itself; a family's code is imported only when its name is asked for.
 A family is registered with two ``"module:function"`` paths:
 
     from_config(cfg)                                     -> a gymnasium env in vla's convention
-    expert_from_config(cfg, env, mistakes, place_mistakes) -> an object with ``act(obs)``
+    expert_from_config(cfg, env, **mistakes)             -> an object with ``act(obs)``
 
 ``cfg`` is an `EnvConfig` (vla.config): family, task, id, cameras, image_size, robot, ... .
 Another family (a simulator of your own) registers the same way before a config names it.
@@ -47,15 +47,15 @@ def make_env(cfg):
     return _resolve(_FAMILIES[cfg.family][0])(cfg)
 
 
-def make_expert(cfg, env, mistakes: float = 0.0, place_mistakes: float = 0.0):
-    """The scripted expert of the configured task, acting in ``env`` (made by `make_env`); in a
-    fraction ``mistakes`` (``place_mistakes``) of episodes it executes a wrong grasp (release)
-    and recovers from it."""
+def make_expert(cfg, env, **mistakes: float):
+    """The scripted expert of the configured task, acting in ``env`` (made by `make_env`).
+    ``mistakes`` (``mistakes``, ``place_mistakes``, ``align_mistakes``: fractions of episodes)
+    make it execute a wrong grasp, release or descent and recover from it (`envs.scripted`)."""
     expert = _FAMILIES.get(cfg.family, (None, None))[1]
     if expert is None:
         raise ConfigError(f"no scripted expert for env.family={cfg.family!r}; collect with "
                           f"collect.agent=<checkpoint> or collect.agent=random")
-    return _resolve(expert)(cfg, env, mistakes=mistakes, place_mistakes=place_mistakes)
+    return _resolve(expert)(cfg, env, **mistakes)
 
 
 def task_label(cfg) -> str:

@@ -24,6 +24,10 @@ sends the expert back to pick it up from wherever it fell, and so does an object
 not end up placed (a task's ``placed`` test) once the fingers have let go. ``place_mistakes``
 > 0 makes the expert *execute* a release 3-4.5 cm beside the place target in that fraction of
 episodes: the object falls off, and the record shows it picked up again and placed.
+``align_mistakes`` > 0 makes it *execute* a descent that ends 1.5-3 cm beside the place target
+and 0.5-3 cm above it, still holding: the state a cloned policy stalls in when it stacks (it
+corrects ~1 mm per step because the expert is never seen there), followed by the expert's own
+sideways correction at that height and its release.
 """
 
 from dataclasses import dataclass
@@ -67,6 +71,13 @@ MISTAKE_TRIGGER_HEIGHT = 0.05  # starts once the descent is this close above the
 # An injected wrong placement (see `WrongMove`) lets go this far beside the place target: far
 # enough that a cube stacked there falls off the one below (whose half size is 2.5 cm).
 PLACE_MISTAKE_XY = (0.03, 0.045)
+# An injected misaligned descent (see `WrongMove`) stops this far beside and above the place
+# target with the object still held: inside the target's footprint, off its centre by more
+# than the release needs (the traced failures of cloned stacking policies: 1.5-2.5 cm off
+# centre, 0-4 cm above the resting height).
+ALIGN_MISTAKE_XY, ALIGN_MISTAKE_Z = (0.02, 0.035), (0.005, 0.03)
+ALIGN_MISTAKE_HOLD = 3  # steps it stays there: the approach stops within 8 mm of its goal, and the
+                        # record's labels from the stalled state are what the policy lacks
 
 
 @dataclass(frozen=True)
@@ -169,15 +180,18 @@ class WrongMove:
 
     From the moment it starts, the executed motion goes to `goal` with the fingers at
     `approach_gripper` (at most `APPROACH_STEPS`), switches them to `then_gripper` there for
-    `hold_steps`, and rises `RISE` m for `RISE_STEPS`; then it is over. `grasp` and `place`
-    draw the two kinds: closing 2-5 cm sideways and 0-3 cm above the right grasp point, and
-    letting go 3-4.5 cm beside the right place.
+    `hold_steps`, and rises `RISE` m for `RISE_STEPS` (when `rise`); then it is over. `grasp`,
+    `place` and `align` draw the three kinds: closing 2-5 cm sideways and 0-3 cm above the right
+    grasp point, letting go 3-4.5 cm beside the right place, and stopping the descent 1.5-3 cm
+    beside and 0.5-3 cm above it with the object still held.
     """
 
     APPROACH_STEPS, RISE, RISE_STEPS = 25, 0.05, 6
 
-    def __init__(self, goal: np.ndarray, approach_gripper: float, then_gripper: float, hold_steps: int):
+    def __init__(self, goal: np.ndarray, approach_gripper: float, then_gripper: float, hold_steps: int,
+                 rise: bool = True):
         self.goal, self.grippers, self.hold_steps = goal, (approach_gripper, then_gripper), hold_steps
+        self.rise = rise
         self.stage, self.steps = "approach", 0
 
     @classmethod
@@ -188,12 +202,20 @@ class WrongMove:
     def place(cls, rng: np.random.Generator, release_point: np.ndarray) -> "WrongMove":
         return cls(release_point + [*_sideways(rng, PLACE_MISTAKE_XY), 0.01], CLOSE, OPEN, RELEASE_STEPS)
 
+    @classmethod
+    def align(cls, rng: np.random.Generator, release_point: np.ndarray) -> "WrongMove":
+        # `release_point` is where the end effector lets go; the offset moves it and the held object alike
+        offset = [*_sideways(rng, ALIGN_MISTAKE_XY), rng.uniform(*ALIGN_MISTAKE_Z)]
+        return cls(release_point + offset, CLOSE, CLOSE, hold_steps=ALIGN_MISTAKE_HOLD, rise=False)
+
     def next_goal(self, state: dict) -> tuple[np.ndarray, float] | None:
         """(end-effector goal, gripper command) for this step; None once the mistake is over."""
         if self.stage == "approach" and (self.steps >= self.APPROACH_STEPS
                                          or np.linalg.norm(self.goal - state["eef_pos"]) < 0.008):
             self.stage, self.steps, self.goal = "act", 0, state["eef_pos"].copy()
         elif self.stage == "act" and self.steps >= self.hold_steps:
+            if not self.rise:
+                return None
             self.stage, self.steps, self.goal = "rise", 0, self.goal + [0.0, 0.0, self.RISE]
         elif self.stage == "rise" and self.steps >= self.RISE_STEPS:
             return None
@@ -213,37 +235,50 @@ class ScriptedExpert:
     act(obs) -> (7,) float32 action in [-1, 1]; `phase` is the label of the phase that chose
     the latest action. After the last phase ends the expert keeps holding its goal.
     With ``mistakes`` = p, a fraction p of episodes (drawn per `reseed`) executes one wrong
-    grasp (`WrongMove.grasp`), and with ``place_mistakes`` = q a fraction q one wrong release
-    (`WrongMove.place`): `execute(action)` then returns the mistaken action to run while `act`
-    keeps returning the expert's own, which is what gets recorded.
+    grasp (`WrongMove.grasp`), with ``place_mistakes`` = q a fraction q one wrong release
+    (`WrongMove.place`), and with ``align_mistakes`` = r a fraction r of the episodes without a
+    wrong release one misaligned descent (`WrongMove.align`): `execute(action)` then returns
+    the mistaken action to run while `act` keeps returning the expert's own, which is what gets
+    recorded.
     """
 
-    def __init__(self, env: gym.Env, phases: list[Phase], mistakes: float = 0.0, place_mistakes: float = 0.0):
-        for name, p in (("mistakes", mistakes), ("place_mistakes", place_mistakes)):
+    def __init__(self, env: gym.Env, phases: list[Phase], mistakes: float = 0.0, place_mistakes: float = 0.0,
+                 align_mistakes: float = 0.0):
+        for name, p in (("mistakes", mistakes), ("place_mistakes", place_mistakes),
+                        ("align_mistakes", align_mistakes)):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be a fraction of episodes in [0, 1], got {p}")
         self.env = env.unwrapped
         self.phases = phases
-        self.mistakes, self.place_mistakes = mistakes, place_mistakes
+        self.mistakes, self.place_mistakes, self.align_mistakes = mistakes, place_mistakes, align_mistakes
         self._rng = np.random.default_rng(0)
+        # misaligned descents draw from their own stream, so turning them on leaves every other
+        # draw (which grasps and releases go wrong, and where) as it was: a paired data ablation
+        self._align_rng = np.random.default_rng([0, 1])
         self.reset()
 
     def reseed(self, seed: int) -> None:
         """Draw whether (and how) this episode's grasp or release goes wrong from `seed`: the
         same attempt seed gives the same episode in whichever process runs it."""
         self._rng = np.random.default_rng(seed)
+        self._align_rng = np.random.default_rng([seed, 1])
         self._pending = self._draw_mistakes()
 
     def _draw_mistakes(self) -> set[str]:
         """The kinds of mistake this episode makes. The grasp coin is drawn first, and the place
         coin only when place mistakes are on and a phase places something (not for `lift`), so
-        datasets collected before place mistakes existed are reproduced draw for draw."""
+        datasets collected before place mistakes existed are reproduced draw for draw. The align
+        coin comes from its own stream; an episode that releases beside the target does not
+        also misalign (both happen on the same descent)."""
         pending = set()
         if self.mistakes > 0 and self._rng.random() < self.mistakes:
             pending.add("grasp")
         places = any(p.places for p in self.phases)
         if self.place_mistakes > 0 and places and self._rng.random() < self.place_mistakes:
             pending.add("place")
+        if (self.align_mistakes > 0 and places and self._align_rng.random() < self.align_mistakes
+                and "place" not in pending):
+            pending.add("align")
         return pending
 
     def reset(self) -> None:
@@ -291,14 +326,19 @@ class ScriptedExpert:
     def _mistaken_action(self, phase: Phase, state: dict, goal: np.ndarray) -> np.ndarray | None:
         if self._mistake is None:
             # a pending mistake starts once the descent to the grasp (or to the place) is close
-            kind = "grasp" if phase.grasps else "place" if phase.places else None
+            kind = None
+            if phase.grasps:
+                kind = "grasp"
+            elif phase.places:
+                kind = "align" if "align" in self._pending else "place"
             if not (kind in self._pending and state["eef_pos"][2] - goal[2] < MISTAKE_TRIGGER_HEIGHT):
                 self._executed_arm = self._arm_action
                 return None
-            self._mistake = getattr(WrongMove, kind)(self._rng, goal)
+            self._mistake = getattr(WrongMove, kind)(self._align_rng if kind == "align" else self._rng, goal)
             self._pending.discard(kind)
         step = self._mistake.next_goal(state)
-        if step is None:  # over: the expert's own actions run again
+        if step is None:  # over: the expert's own actions run again, and another pending kind may start
+            self._mistake = None
             self._executed_arm = self._arm_action
             return None
         self._executed_arm = self._servo(state, step[0], self._executed_arm)

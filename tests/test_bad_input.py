@@ -132,6 +132,7 @@ CASES = [
     Case("collect-place-fraction", COLLECT + " collect.place_mistakes=-0.1", "collect.place_mistakes"),
     Case("collect-place-needs-expert", COLLECT + " collect.agent=random collect.place_mistakes=0.5",
          "collect.agent=expert"),
+    Case("collect-align-fraction", COLLECT + " collect.align_mistakes=2", "collect.align_mistakes"),
     Case("collect-locked-dataset", COLLECT, "being written by another recorder", locked_by_another_recorder),
     Case("collect-agent-nowhere", COLLECT + " collect.agent={tmp}/nowhere", "no such checkpoint directory"),
     # dataset

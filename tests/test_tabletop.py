@@ -420,6 +420,62 @@ def test_expert_recovers_from_a_wrong_release_it_executes(blind_envs):
     np.testing.assert_array_equal(again, executed)
 
 
+def test_expert_recovers_from_a_misaligned_descent_it_executes(blind_envs):
+    """align_mistakes=1: the executed descent stops 1.5-3.5 cm beside the green cube's centre,
+    still holding the red cube, while the record shows the expert's own descent; from there
+    the expert's sideways correction is recorded and it stacks. The gripper never opens early,
+    and the same seed makes the same mistake."""
+    from envs.scripted import CLOSE
+    from vla.data.collect import _Perturbation, run_episode
+
+    env = blind_envs["stack"]
+    expert = make_expert("stack", env, align_mistakes=1.0)
+    lower = 5
+    trace = []
+
+    def on_frame(obs, action, phase):
+        objects = env.unwrapped.privileged_state()["objects"]
+        offset = np.linalg.norm(objects["red_cube"]["pos"][:2] - objects["green_cube"]["pos"][:2])
+        trace.append((expert._index, expert.execute(action).copy(), action.copy(), offset))
+
+    success, _ = run_episode(env, expert, 2, _Perturbation(env.action_space, 0.0, None), on_frame)
+    assert success
+    mistaken = [i for i, (_, executed, recorded, _) in enumerate(trace) if not np.allclose(executed, recorded)]
+    assert len(mistaken) >= 5
+    assert all(trace[i][0] == lower for i in mistaken)  # only while lowering onto the green cube
+    assert all(trace[i][1][6] == CLOSE and trace[i][2][6] == CLOSE for i in mistaken)
+    assert 0.015 < trace[mistaken[-1]][3] < 0.035        # stalled off centre ...
+    assert trace[mistaken[-1] + 5][3] < trace[mistaken[-1]][3] - 0.005  # ... and corrected from there
+    executed_again = []
+    expert_again = make_expert("stack", env, align_mistakes=1.0)
+    run_episode(env, expert_again, 2, _Perturbation(env.action_space, 0.0, None),
+                lambda obs, action, phase: executed_again.append(expert_again.execute(action).copy()))
+    np.testing.assert_array_equal(np.array(executed_again), np.array([t[1] for t in trace]))
+
+
+def test_one_episode_makes_each_kind_of_mistake_it_drew(blind_envs):
+    """An episode that drew a wrong grasp and a wrong release executes both. Misaligned
+    descents draw from their own random stream: with them on, that episode is the same, draw
+    for draw (it does not also misalign), and one without a wrong release keeps its wrong
+    grasp and adds the descent."""
+    from envs.scripted import CLOSE, OPEN
+
+    env = blind_envs["stack"]
+
+    def episode(**mistakes):
+        return run_with_mistake(env, make_expert("stack", env, mistakes=1.0, **mistakes), seed=1)[1:3]
+
+    recorded, both = episode(place_mistakes=1.0)
+    # a wrong grasp, then a wrong release in the same episode (the second used never to start)
+    assert ((both[:, 6] == CLOSE) & (recorded[:, 6] == OPEN)).any()
+    assert ((both[:, 6] == OPEN) & (recorded[:, 6] == CLOSE)).sum() >= 5
+    np.testing.assert_array_equal(both, episode(place_mistakes=1.0, align_mistakes=1.0)[1])
+    grasp_only, with_align = episode()[1], episode(align_mistakes=1.0)[1]
+    first_difference = np.flatnonzero(np.any(grasp_only[:len(with_align)] != with_align[:len(grasp_only)], axis=1))[0]
+    grasps_again = 6  # the wrong grasp (its approach, closing and rise) is over by then
+    assert first_difference > np.flatnonzero(grasp_only[:, 6] == 1.0)[0] + grasps_again
+
+
 def test_place_mistakes_leave_a_lift_dataset_as_it_was(blind_envs):
     """lift places nothing, so place_mistakes draws no coin: the episodes (with their wrong
     grasps) are the same as without it, draw for draw."""

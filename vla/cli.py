@@ -64,13 +64,15 @@ def compose(overrides: list[str]):
 
 def collect_agent(env_cfg, c, env, device: str):
     """What ``collect.agent`` (of CollectConfig ``c``) names, acting in ``env``: the task's
-    scripted expert (executing a wrong grasp / release in the fractions ``c.grasp_mistakes`` /
-    ``c.place_mistakes`` of episodes), uniform random actions, or a checkpoint (path or hub id)."""
+    scripted expert (executing a wrong grasp / release / descent in the fractions
+    ``c.grasp_mistakes`` / ``c.place_mistakes`` / ``c.align_mistakes`` of episodes), uniform
+    random actions, or a checkpoint (path or hub id)."""
     from vla.data.collect import RandomAgent
     from envs.registry import make_expert
 
     if c.agent == "expert":
-        return make_expert(env_cfg, env, mistakes=c.grasp_mistakes, place_mistakes=c.place_mistakes)
+        return make_expert(env_cfg, env, mistakes=c.grasp_mistakes, place_mistakes=c.place_mistakes,
+                           align_mistakes=c.align_mistakes)
     if c.agent == "random":
         return RandomAgent(env.action_space, seed=c.seed)
     from vla.checkpoint import load_policy
@@ -100,7 +102,7 @@ def cmd_collect(run, policy_cfg, args) -> None:
     from envs.registry import make_env
 
     c = run.collect  # its ranges (episodes, n_envs, action_noise) were checked when composed (LIMITS)
-    for key in ("grasp_mistakes", "place_mistakes"):
+    for key in ("grasp_mistakes", "place_mistakes", "align_mistakes"):
         p = getattr(c, key)
         if not 0.0 <= p <= 1.0:
             raise ConfigError(f"collect.{key} must be a fraction of episodes in [0, 1], got {p}")

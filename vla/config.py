@@ -97,6 +97,8 @@ class CollectConfig:
                                       # (recorded: the recovery)
     place_mistakes: float = 0.0       # fraction that let go 3-4.5 cm beside the place target and pick the
                                       # object up again
+    align_mistakes: float = 0.0       # fraction (of those without a wrong release) whose descent stops 1.5-3 cm
+                                      # beside and 0.5-3 cm above the place target, then is corrected
 
 
 @dataclass

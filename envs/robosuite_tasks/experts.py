@@ -71,26 +71,26 @@ EXPERTS = {
 class RobosuiteExpert(ScriptedExpert):
     """A `ScriptedExpert` whose phases depend on the episode's scene (object sizes vary)."""
 
-    def __init__(self, env: gym.Env, build, mistakes: float = 0.0, place_mistakes: float = 0.0):
+    def __init__(self, env: gym.Env, build, **mistakes: float):
         self._build = build
-        super().__init__(env, phases=[], mistakes=mistakes, place_mistakes=place_mistakes)  # reset() builds them
+        super().__init__(env, phases=[], **mistakes)  # reset() builds them
 
     def reset(self) -> None:
         self.phases = self._build(self.env.privileged_state())
         super().reset()
 
 
-def make_expert(task: str, env: gym.Env, mistakes: float = 0.0, place_mistakes: float = 0.0) -> ScriptedExpert:
-    """The scripted expert for robosuite task `task` acting in `env` (a `RobosuiteEnv` of it),
-    executing a wrong grasp (release) it recovers from in a fraction `mistakes`
-    (`place_mistakes`) of episodes."""
+def make_expert(task: str, env: gym.Env, **mistakes: float) -> ScriptedExpert:
+    """The scripted expert for robosuite task `task` acting in `env` (a `RobosuiteEnv` of it);
+    `mistakes` are the fractions of episodes in which it executes a wrong grasp, release or
+    descent and recovers (`ScriptedExpert`'s keywords)."""
     if task not in EXPERTS:
         raise EnvError(f"no scripted expert for robosuite task {task!r}; experts exist for {sorted(EXPERTS)}")
     if env.unwrapped.task_name != task:
         raise ValueError(f"the {task!r} expert needs a {task!r} env, got {env.unwrapped.task_name!r}")
-    return RobosuiteExpert(env, EXPERTS[task], mistakes=mistakes, place_mistakes=place_mistakes)
+    return RobosuiteExpert(env, EXPERTS[task], **mistakes)
 
 
-def expert_from_config(cfg, env: gym.Env, mistakes: float = 0.0, place_mistakes: float = 0.0) -> ScriptedExpert:
+def expert_from_config(cfg, env: gym.Env, **mistakes: float) -> ScriptedExpert:
     """`make_expert` for the task an `EnvConfig` names (see `envs.registry`)."""
-    return make_expert(cfg.task, env, mistakes=mistakes, place_mistakes=place_mistakes)
+    return make_expert(cfg.task, env, **mistakes)

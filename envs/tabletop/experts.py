@@ -62,10 +62,10 @@ def place_phases(colour: str):
     ]
 
 
-def make_expert(task: str, env: gym.Env, mistakes: float = 0.0, place_mistakes: float = 0.0) -> ScriptedExpert:
-    """The scripted expert for `task` acting in `env` (a tabletop env of that task); it executes
-    a wrong grasp (release), then recovers, in a fraction `mistakes` (`place_mistakes`) of
-    episodes (see `ScriptedExpert`)."""
+def make_expert(task: str, env: gym.Env, **mistakes: float) -> ScriptedExpert:
+    """The scripted expert for `task` acting in `env` (a tabletop env of that task); `mistakes`
+    are the fractions of episodes in which it executes a wrong grasp, release or descent and
+    recovers (`ScriptedExpert`'s keywords)."""
     spec = task_spec(task)
     if env.unwrapped.task_spec.name != task:
         raise ValueError(f"the {task!r} expert needs a {task!r} env, got {env.unwrapped.task_spec.name!r}")
@@ -75,9 +75,9 @@ def make_expert(task: str, env: gym.Env, mistakes: float = 0.0, place_mistakes: 
         phases = stack_phases(spec.pick, spec.target)
     else:
         phases = place_phases(spec.pick)
-    return ScriptedExpert(env, phases, mistakes=mistakes, place_mistakes=place_mistakes)
+    return ScriptedExpert(env, phases, **mistakes)
 
 
-def expert_from_config(cfg, env: gym.Env, mistakes: float = 0.0, place_mistakes: float = 0.0) -> ScriptedExpert:
+def expert_from_config(cfg, env: gym.Env, **mistakes: float) -> ScriptedExpert:
     """`make_expert` for the task an `EnvConfig` names (see `envs.registry`)."""
-    return make_expert(cfg.task, env, mistakes=mistakes, place_mistakes=place_mistakes)
+    return make_expert(cfg.task, env, **mistakes)
