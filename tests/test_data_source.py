@@ -104,8 +104,8 @@ def test_windows_read_through_lerobot_align_and_pad(root):
 
 def test_check_features(root):
     meta = open_dataset(root).meta
-    check_features(meta, {"observation.state": (2,), "action": None, CAM: (3, 24, 32)})
+    check_features(meta.features, {"observation.state": (2,), "action": None, CAM: (3, 24, 32)})
     with pytest.raises(FeatureMismatchError, match="'observation.images.wrist'.*no such feature"):
-        check_features(meta, {"observation.images.wrist": None})
+        check_features(meta.features, {"observation.images.wrist": None})
     with pytest.raises(FeatureMismatchError, match=r"'observation.state'.*expects shape \(11,\).*has \(2,\)"):
-        check_features(meta, {"observation.state": (11,)})
+        check_features(meta.features, {"observation.state": (11,)})

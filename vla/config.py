@@ -54,12 +54,25 @@ class EnvConfig:
 
 
 @dataclass
+class FeatureMapConfig:
+    """Where the policy's features come from in the dataset (vla/data/mapping.py); a feature left
+    unset is read under its own name. A source is a key or a slice of one, "observation.state[0:7]";
+    state, action and environment_state take one source or a list of them, concatenated."""
+
+    cameras: dict[str, str] = field(default_factory=dict)  # camera -> image or video key, e.g. {top: observation.image}
+    state: Any = None  # observation.state <- e.g. [observation.state[0:7], observation.environment_state]
+    action: Any = None                # action <- e.g. action[0:7]
+    environment_state: Any = None     # observation.environment_state (an auxiliary target's input)
+
+
+@dataclass
 class DatasetConfig:
     repo_id: str = "local/lift"       # hub id, or a name for a local dataset
     root: str | None = "data/lift"    # local directory; None = read repo_id from the hub
     episodes: list[int] | None = None  # a subset of episodes; None = all
     cache_features: bool = True       # cache frozen backbone features (needs a frozen backbone)
     video_backend: str | None = "pyav"  # torchcodec needs an ffmpeg this machine lacks
+    features: FeatureMapConfig = field(default_factory=lambda: FeatureMapConfig())  # where each feature comes from
 
 
 @dataclass

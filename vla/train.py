@@ -189,7 +189,9 @@ class Trainer:
             "rng": rng_state(),
             "run_config": asdict(self.run_cfg),
         }
-        return save_checkpoint(self.out, self.step, self.policy, self.normalizer, state, weights)
+        ds = self.run_cfg.dataset
+        data = {"repo_id": ds.repo_id, "root": ds.root, "features": {k: v for k, v in asdict(ds.features).items() if v}}
+        return save_checkpoint(self.out, self.step, self.policy, self.normalizer, state, weights, data)
 
     # --- the loop --------------------------------------------------------------------------
     def train_step(self, batch: dict) -> dict[str, float]:

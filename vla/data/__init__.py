@@ -3,6 +3,8 @@
     vla.data.recorder   EpisodeRecorder, features_from_space, repair_dataset: crash-safe writing
     vla.data.collect    collect(env, agent, recorder, n): run an agent into a dataset
     vla.data.source     open_dataset, delta_timestamps_for, check_features: reading for training
+    vla.data.mapping    FeatureMap: a dataset's keys (renamed, sliced, joined) as the policy's features
+    vla.data.pipeline   TrainingData: a dataset -> training batches (cached features or raw frames)
     vla.data.normalize  Normalizer: per-feature normalization whose stats travel in the checkpoint
 
 Import the submodule you need: this package imports nothing itself, because lerobot's dataset

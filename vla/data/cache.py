@@ -28,6 +28,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from vla.backbone import Backbone
+from vla.features import image_key
 
 
 def default_cache_dir() -> Path:
@@ -47,10 +48,15 @@ def dataset_fingerprint(dataset) -> str:
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def cache_path(dataset, backbone: Backbone, cache_dir: Path | None = None, rows: np.ndarray | None = None) -> Path:
+def cache_path(dataset, backbone: Backbone, cache_dir: Path | None = None, rows: np.ndarray | None = None,
+               camera_keys: dict[str, str] | None = None) -> Path:
     """The cache file of the whole dataset, or (``rows``: the global frame indices of a subset)
-    of that subset."""
+    of that subset. A camera read from a key other than its own name (``camera_keys``) gives
+    another file: the same backbone sees other pixels."""
     subset = "" if rows is None else "-rows" + hashlib.sha1(np.ascontiguousarray(rows).tobytes()).hexdigest()[:8]
+    renamed = {c: k for c, k in (camera_keys or {}).items() if k != image_key(c)}
+    if renamed:
+        subset += "-cams" + hashlib.sha1(json.dumps(renamed, sort_keys=True).encode()).hexdigest()[:8]
     name = f"{Path(dataset.root).name}-{dataset_fingerprint(dataset)}-{backbone.cache_key()}{subset}.safetensors"
     return Path(cache_dir or default_cache_dir()) / name
 
@@ -109,16 +115,20 @@ def iter_episode_frames(dataset, keys: list[str]):
 
 @torch.no_grad()
 def build_feature_cache(dataset, backbone: Backbone, *, cache_dir: Path | None = None, batch_size: int = 8,
-                        progress: bool = True) -> dict[str, Tensor]:
+                        progress: bool = True, camera_keys: dict[str, str] | None = None) -> dict[str, Tensor]:
     """Load the cached features of ``dataset`` (a LeRobotDataset), building them if missing.
+
+    Camera ``c`` of the backbone reads the dataset's ``observation.images.<c>``, or the key
+    ``camera_keys[c]`` names (a `FeatureMap`'s camera sources).
 
     ``batch_size`` frames go through the vision encoder at once. Small batches are faster on
     CPU: EfficientNet-Lite0's activations then stay in cache (2 cores, 96 px, two cameras:
     120-180 frames/s at 8 against ~95 at 64)."""
     rows = dataset_rows(dataset)
     whole = len(rows) == dataset.meta.total_frames
-    path = cache_path(dataset, backbone, cache_dir, None if whole else rows)
-    for candidate in dict.fromkeys([cache_path(dataset, backbone, cache_dir), path]):  # the whole dataset's first
+    path = cache_path(dataset, backbone, cache_dir, None if whole else rows, camera_keys)
+    # the whole dataset's first
+    for candidate in dict.fromkeys([cache_path(dataset, backbone, cache_dir, camera_keys=camera_keys), path]):
         if candidate.exists():
             selected = select_rows(load_file(candidate), rows)
             if selected is not None:
@@ -126,7 +136,7 @@ def build_feature_cache(dataset, backbone: Backbone, *, cache_dir: Path | None =
     if not backbone.frozen:
         raise ValueError("feature caching needs a frozen backbone (freeze_vision and freeze_text)")
     cams = backbone.config.cameras
-    keys = [f"observation.images.{c}" for c in cams]
+    keys = [(camera_keys or {}).get(c, image_key(c)) for c in cams]
     device = next(backbone.parameters()).device
     chunks: dict[str, list[Tensor]] = {}
     bar = tqdm(total=dataset.num_frames, desc="caching backbone features", unit="frame", disable=not progress)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vla.data.mapping import FeatureMap
 from vla.features import is_image_key
 
 
@@ -20,14 +21,19 @@ class ChunkSampler:
     """Draws random training batches ``dict[str, Tensor]`` (see vla.policy for the layout)."""
 
     def __init__(self, dataset, offsets: dict[str, list[int]], features: dict[str, Tensor], *, seed: int = 0,
-                 future_offsets: list[int] | None = None):
+                 future_offsets: list[int] | None = None, feature_map: FeatureMap | None = None):
         self.offsets = {k: torch.tensor(v) for k, v in offsets.items()}
         # Future frames (a world model's targets) come from the same feature cache.
         self.future_offsets = torch.tensor(future_offsets) if future_offsets else None
+        fmap = feature_map or FeatureMap()
         low_dim = [k for k in offsets if not is_image_key(k)]
         strings = [k for k in low_dim if dataset.meta.features.get(k, {}).get("dtype") == "string"]
-        table = dataset.hf_dataset.select_columns(low_dim + ["episode_index"]).with_format("numpy")
-        self.columns = {k: torch.from_numpy(np.stack(table[k])).float() for k in low_dim if k not in strings}
+        vectors = [k for k in low_dim if k not in strings]
+        sources = fmap.source_keys(vectors)
+        table = dataset.hf_dataset.select_columns(list(dict.fromkeys(sources + strings + ["episode_index"])))
+        table = table.with_format("numpy")
+        mapped = fmap.apply({k: torch.from_numpy(np.stack(table[k])).float() for k in sources})
+        self.columns = {k: mapped[k] for k in vectors}  # (N, D) each, in the policy's names
         self.strings = {k: np.asarray(table[k]) for k in strings}
         episode = np.asarray(table["episode_index"])
         self.ep_start, self.ep_end = episode_bounds(episode)

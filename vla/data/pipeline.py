@@ -17,10 +17,11 @@ import torch
 
 from vla.config import DatasetConfig
 from vla.data.chunks import StringLookup
+from vla.data.mapping import FeatureMap
 from vla.data.normalize import Normalizer
 from vla.data.source import check_features, check_finite, delta_timestamps, open_dataset
 from vla.errors import DatasetError
-from vla.features import ACTION, OBS_ENV_STATE, OBS_STATE, is_image_key
+from vla.features import ACTION, OBS_ENV_STATE, OBS_STATE, image_key, is_image_key
 from vla.policy import PolicyConfig
 
 
@@ -86,15 +87,18 @@ class TrainingData:
                  barrier: Callable[[], None] = lambda: None, progress: bool = True):
         self.batch_size = batch_size
         meta_ds = open_configured(ds_cfg)
-        self.policy_cfg = infer_dims(policy_cfg, meta_ds.meta.features)
-        check_features(meta_ds.meta, required_features(self.policy_cfg))
-        self.string_keys = [k for k in self.policy_cfg.frame_offsets()
-                            if meta_ds.meta.features.get(k, {}).get("dtype") == "string"]
+        # the dataset's keys as the policy's features (dataset.features; identity when unset)
+        self.feature_map = FeatureMap.from_config(ds_cfg.features)
+        features = self.feature_map.features(meta_ds.meta.features)
+        self.policy_cfg = infer_dims(policy_cfg, features)
+        check_features(features, required_features(self.policy_cfg))
+        self.string_keys = [k for k in self.policy_cfg.frame_offsets() if features.get(k, {}).get("dtype") == "string"]
         # Only features the dataset has (required ones were checked above): a video-only
         # dataset has no action statistics, and its checkpoint gets them when fine-tuned.
-        modes = {k: m for k, m in self.policy_cfg.normalization.items() if k in meta_ds.meta.features}
-        check_finite(meta_ds, list(modes))  # before any statistics, cache or step is computed from them
-        self.normalizer = Normalizer(meta_ds.meta.stats, modes)
+        modes = {k: m for k, m in self.policy_cfg.normalization.items() if k in features}
+        # before any statistics, cache or step is computed from them
+        check_finite(meta_ds, self.feature_map.source_keys(list(modes)))
+        self.normalizer = Normalizer(self.feature_map.stats(meta_ds.meta.stats), modes)
         frozen = self.policy_cfg.backbone.freeze_vision and self.policy_cfg.backbone.freeze_text
         self.cached = ds_cfg.cache_features and frozen
         offsets = self.policy_cfg.frame_offsets()
@@ -107,6 +111,7 @@ class TrainingData:
             # string features are looked up by frame index (delta timestamps stack tensors only).
             strings = {k: v for k, v in offsets.items() if k in self.string_keys}
             read = {k: v + self.future if is_image_key(k) else v for k, v in offsets.items() if k not in strings}
+            read = self.feature_map.source_offsets(read)
             dataset = open_configured(ds_cfg, delta_timestamps(read, meta_ds.meta.fps))
             self._sampler = None
             self._strings = StringLookup(dataset, strings) if strings else None
@@ -120,12 +125,14 @@ class TrainingData:
         cfg = self.policy_cfg
         backbone = make_backbone(cfg.backbone, width=8, n_obs_steps=cfg.n_obs_steps, state_dim=cfg.state_dim)
         backbone.to(device).eval()
+        cameras = {c: self.feature_map.sources_of(image_key(c))[0].key for c in cfg.backbone.cameras}
         if is_main:  # one process encodes, the others wait and read the file
-            build_feature_cache(dataset, backbone, progress=progress)
+            build_feature_cache(dataset, backbone, progress=progress, camera_keys=cameras)
         barrier()
-        features = build_feature_cache(dataset, backbone, progress=False)
+        features = build_feature_cache(dataset, backbone, progress=False, camera_keys=cameras)
         del backbone
-        return ChunkSampler(dataset, offsets, features, seed=seed, future_offsets=self.future)
+        return ChunkSampler(dataset, offsets, features, seed=seed, future_offsets=self.future,
+                            feature_map=self.feature_map)
 
     def _raw_batches(self, dataset, seed: int, num_workers: int) -> Iterator[dict]:
         g = torch.Generator().manual_seed(seed)
@@ -137,6 +144,7 @@ class TrainingData:
         n_future = len(self.future)
         while True:
             for batch in loader:
+                batch = self.feature_map.apply(batch)
                 if n_future:
                     batch = split_future(batch, self.policy_cfg.image_keys(), n_future)
                 if self._strings is not None:

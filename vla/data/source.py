@@ -2,7 +2,7 @@
 
     ds = open_dataset("runs/data/lift")                       # a local directory ...
     ds = open_dataset("lerobot/pusht", root="cache/pusht")    # ... or a hub repo id (online)
-    check_features(ds.meta, {"observation.state": (11,), "action": (7,)})
+    check_features(ds.meta.features, {"observation.state": (11,), "action": (7,)})
     ds = open_dataset("runs/data/lift", delta_timestamps=delta_timestamps_for(
         ds.fps, n_obs_steps=2, horizon=16, observation_keys=["observation.state"]))
 
@@ -132,18 +132,19 @@ def delta_timestamps(offsets: dict[str, list[int]], fps: float) -> dict[str, lis
     return {key: [o / fps for o in offs] for key, offs in offsets.items()}
 
 
-def check_features(meta, required: dict[str, tuple[int, ...] | None]) -> None:
-    """Raise `FeatureMismatchError` unless ``meta`` has every ``required`` key with that shape.
+def check_features(features: dict, required: dict[str, tuple[int, ...] | None]) -> None:
+    """Raise `FeatureMismatchError` unless ``features`` has every ``required`` key with that shape.
 
-    ``meta`` is a `LeRobotDatasetMetadata` (``dataset.meta``). Shapes are those of one frame
-    as the dataset returns it: (D,) for vectors, (C, H, W) for cameras (stored as (H, W, C));
-    None accepts any shape.
+    ``features`` is lerobot's ``dataset.meta.features`` (or the same as a `FeatureMap` maps it).
+    Shapes are those of one frame as the dataset returns it: (D,) for vectors, (C, H, W) for
+    cameras (stored as (H, W, C)); None accepts any shape.
     """
-    features = meta.features
     for key, shape in required.items():
         if key not in features:
             raise FeatureMismatchError(
-                f"the policy needs {key!r} but the dataset has no such feature (it has {sorted(features)})"
+                f"the policy needs {key!r} but the dataset has no such feature (it has {sorted(features)}); "
+                f"dataset.features says where a feature comes from (e.g. dataset.features.cameras.top="
+                f"observation.image)"
             )
         actual = _frame_shape(features[key])
         if shape is not None and tuple(shape) != actual:
