@@ -27,6 +27,7 @@ _FAMILIES: dict[str, tuple[str, str | None]] = {
     "robosuite": ("envs.robosuite_tasks:from_config", "envs.robosuite_tasks.experts:expert_from_config"),
     "robocasa": ("envs.robocasa_tasks:from_config", None),
     "gym": ("envs.gym_adapter:from_config", None),
+    "metaworld": ("envs.metaworld_tasks:from_config", "envs.metaworld_tasks.experts:expert_from_config"),
 }
 # The info key naming the task an env's current episode runs (envs that run several tasks).
 EPISODE_TASK = "task_name"
