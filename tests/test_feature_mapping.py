@@ -10,17 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import PUSHT_STYLE_FEATURES as FEATURES
 from tests.conftest import TINY
 from vla.config import FeatureMapConfig
 from vla.data.mapping import FeatureMap, Source, parse_source
 from vla.errors import ConfigError, FeatureMismatchError
-
-FEATURES = {
-    "observation.image": {"dtype": "video", "shape": (480, 640, 3), "names": ["height", "width", "channels"]},
-    "observation.state": {"dtype": "float32", "shape": (4,), "names": ["x", "y", "vx", "vy"]},
-    "observation.environment_state": {"dtype": "float32", "shape": (3,), "names": None},
-    "action": {"dtype": "float32", "shape": (3,), "names": ["ax", "ay", "unused"]},
-}
 
 
 def fmap(**cfg) -> FeatureMap:
@@ -124,32 +118,6 @@ def test_no_mapping_changes_nothing():
 
 
 # --------------------------------------------------------------------------- end to end
-PUSHT_TASK = "push the T-shaped block onto the T-shaped target"
-FRAMES = 12
-
-
-@pytest.fixture(scope="module")
-def pusht_style(tmp_path_factory):
-    """Two episodes written with lerobot's own API in LeRobot's PushT convention (one camera
-    called observation.image, 480x640 video), with a 4-D state and a 3-D action of which a
-    PushT policy uses the first two."""
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
-    root = tmp_path_factory.mktemp("byod") / "pusht-style"
-    ds = LeRobotDataset.create("lab/pusht-style", 10, FEATURES, root=root, use_videos=True, video_backend="pyav")
-    ramp = np.linspace(0, 255, 640, dtype=np.float32)[None, :, None]
-    for episode in range(2):
-        for t in range(FRAMES):
-            image = np.broadcast_to((ramp + 20 * t) % 256, (480, 640, 3)).astype(np.uint8)
-            ds.add_frame({"observation.image": image,
-                          "observation.state": np.array([100 + t, 200 + episode, 0.5, -0.5], np.float32),
-                          "observation.environment_state": np.array([t, 0, 1], np.float32),
-                          "action": np.array([300 + t, 400 - t, 7], np.float32), "task": PUSHT_TASK})
-        ds.save_episode()
-    ds.finalize()
-    return root
-
-
 PUSHT_MAP = ["policy.backbone.cameras=[top]", "dataset.features.cameras.top=observation.image",
              "dataset.features.state=observation.state[0:2]", "dataset.features.action=action[:2]"]
 

@@ -90,11 +90,13 @@ class Trainer:
         if policy_cfg is None:
             raise TrainingError("no policy configured (e.g. policy=dita-small)")
         seed_everything(run.seed + self.dist.rank)
+        from vla.data.mixture import MixtureData
         from vla.data.pipeline import TrainingData
 
-        self.data = TrainingData(run.dataset, policy_cfg, seed=run.seed + self.dist.rank, device=self.device,
-                                 num_workers=run.train.num_workers, batch_size=run.train.batch_size,
-                                 is_main=self.dist.is_main, barrier=self.dist.barrier, progress=progress)
+        source = MixtureData if run.dataset.mixture else TrainingData  # several datasets, or one
+        self.data = source(run.dataset, policy_cfg, seed=run.seed + self.dist.rank, device=self.device,
+                           num_workers=run.train.num_workers, batch_size=run.train.batch_size,
+                           is_main=self.dist.is_main, barrier=self.dist.barrier, progress=progress)
         self.policy_cfg = self.data.policy_cfg
         self.policy: Policy = make_policy(self.policy_cfg).to(self.device)
         self.normalizer = self.data.normalizer.to(self.device)
@@ -190,12 +192,20 @@ class Trainer:
             "run_config": asdict(self.run_cfg),
         }
         ds = self.run_cfg.dataset
-        data = {"repo_id": ds.repo_id, "root": ds.root, "features": {k: v for k, v in asdict(ds.features).items() if v}}
+
+        def about(entry) -> dict:
+            return {"repo_id": entry.repo_id, "root": entry.root,
+                    "features": {k: v for k, v in asdict(entry.features).items() if v}}
+
+        data = {"mixture": [{"name": e.name, "weight": e.weight, **about(e)} for e in ds.mixture],
+                "temperature": ds.temperature} if ds.mixture else about(ds)
         return save_checkpoint(self.out, self.step, self.policy, self.normalizer, state, weights, data)
 
     # --- the loop --------------------------------------------------------------------------
     def train_step(self, batch: dict) -> dict[str, float]:
-        batch = normalize_batch(to_device(batch, self.device), self.normalizer)
+        batch = to_device(batch, self.device)
+        if not self.data.normalized:  # a mixture's come normalized, per entry
+            batch = normalize_batch(batch, self.normalizer)
         try:
             check_batch(batch, self.policy_cfg)  # shapes the config promises, before the model sees them
         except ValueError as e:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from policies.dita.config import DitaConfig
+from vla.features import ACTION_DIM_PAD
 from vla.heads import make_noise_process, sinusoidal_embedding
 from vla.layers import DecoderBlock, GrowingKVCache, RMSNorm, Rotary, StaticKVCache, causal_mask, default_ffn_dim
 from vla.policy import Policy, masked_mse
@@ -81,7 +82,9 @@ class DitaPolicy(Policy):
             cache = cache.repeat_interleave(k)
             h = self._run(self._suffix(noisy, t), mask[:, :, n_p:].repeat_interleave(k, dim=0), n_p, cache)
             pred = self.action_out(self.norm(h[:, 1:]))
-        loss = masked_mse(pred, self.process.target(actions, noise, t), is_pad)
+        dim_pad = batch.get(ACTION_DIM_PAD)  # a mixture's embodiments with fewer action dimensions
+        dim_pad = dim_pad.repeat_interleave(k, dim=0) if dim_pad is not None else None
+        loss = masked_mse(pred, self.process.target(actions, noise, t), is_pad, dim_pad)
         logs = {"action_loss": loss.item()}
         aux, aux_logs = self.auxiliary_loss(prefix, batch)
         if aux is not None:

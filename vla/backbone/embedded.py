@@ -172,7 +172,7 @@ class EmbeddedBackbone(Backbone):
     def vision_feature_dim(self) -> int:
         return VISION_DIM
 
-    def num_tokens(self, n_obs_steps: int) -> int:
+    def num_content_tokens(self, n_obs_steps: int) -> int:
         c = self.config
         state = n_obs_steps if c.use_state else 0
         return c.max_text_tokens + n_obs_steps * len(c.cameras) * self._tokens_per_camera() + state
@@ -202,7 +202,7 @@ class EmbeddedBackbone(Backbone):
             ).last_hidden_state
         return {"text": out, "text_mask": enc["attention_mask"].bool().to(device)}
 
-    def forward(self, frames: dict[str, Tensor], text: dict[str, Tensor], state: Tensor | None) -> Prefix:
+    def encode_prefix(self, frames: dict[str, Tensor], text: dict[str, Tensor], state: Tensor | None) -> Prefix:
         vision = frames["vision"]  # (B, T, n_cam, P, VISION_DIM)
         b, t = vision.shape[:2]
         dtype = self.patch_embed.dtype

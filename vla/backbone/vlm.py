@@ -243,7 +243,7 @@ class VLMBackbone(Backbone):
         g = -(-g // pool)
         return len(self.config.cameras), g, g
 
-    def num_tokens(self, n_obs_steps: int) -> int:
+    def num_content_tokens(self, n_obs_steps: int) -> int:
         c = self.config
         return n_obs_steps * len(c.cameras) * self.tokens_per_image + c.max_text_tokens + \
             (n_obs_steps if c.use_state else 0)
@@ -266,7 +266,7 @@ class VLMBackbone(Backbone):
             out = self.embed(enc["input_ids"].to(device))
         return {"text": out, "text_mask": enc["attention_mask"].bool().to(device)}
 
-    def forward(self, frames: dict[str, Tensor], text: dict[str, Tensor], state: Tensor | None) -> Prefix:
+    def encode_prefix(self, frames: dict[str, Tensor], text: dict[str, Tensor], state: Tensor | None) -> Prefix:
         vision = frames["vision"]  # (B, T, n_cam, P, D): D_lm, or a pairing's D_vis before its connector
         b, t = vision.shape[:2]
         dtype = self.camera_embed.dtype

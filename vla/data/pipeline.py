@@ -82,6 +82,10 @@ def split_future(batch: dict, image_keys: list[str], n_future: int) -> dict:
 
 
 class TrainingData:
+    """Training batches of one dataset for one policy config; the trainer normalizes them."""
+
+    normalized = False
+
     def __init__(self, ds_cfg: DatasetConfig, policy_cfg: PolicyConfig, *, seed: int, device: torch.device,
                  num_workers: int, batch_size: int, is_main: bool = True,
                  barrier: Callable[[], None] = lambda: None, progress: bool = True):
@@ -112,10 +116,13 @@ class TrainingData:
             strings = {k: v for k, v in offsets.items() if k in self.string_keys}
             read = {k: v + self.future if is_image_key(k) else v for k, v in offsets.items() if k not in strings}
             read = self.feature_map.source_offsets(read)
-            dataset = open_configured(ds_cfg, delta_timestamps(read, meta_ds.meta.fps))
+            self.dataset = open_configured(ds_cfg, delta_timestamps(read, meta_ds.meta.fps))
             self._sampler = None
-            self._strings = StringLookup(dataset, strings) if strings else None
-            self._iter = self._raw_batches(dataset, seed, num_workers)
+            self._strings = StringLookup(self.dataset, strings) if strings else None
+            self._keep = set(offsets) | {"task", "index", f"{ACTION}_is_pad", f"{OBS_STATE}_is_pad"}
+            self._keep |= {f"{k}_is_pad" for k in self.string_keys}
+            self._seed, self._num_workers, self._iter = seed, num_workers, None  # the loader starts on first use
+        self.num_frames = meta_ds.num_frames
 
     def _cached_sampler(self, dataset, offsets, seed, device, is_main, barrier, progress):
         from vla.backbone import make_backbone
@@ -134,28 +141,36 @@ class TrainingData:
         return ChunkSampler(dataset, offsets, features, seed=seed, future_offsets=self.future,
                             feature_map=self.feature_map)
 
-    def _raw_batches(self, dataset, seed: int, num_workers: int) -> Iterator[dict]:
-        g = torch.Generator().manual_seed(seed)
+    def _raw_batches(self) -> Iterator[dict]:
+        g = torch.Generator().manual_seed(self._seed)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=True, generator=g, drop_last=True,
-            num_workers=num_workers, persistent_workers=num_workers > 0,
+            self.dataset, batch_size=self.batch_size, shuffle=True, generator=g, drop_last=True,
+            num_workers=self._num_workers, persistent_workers=self._num_workers > 0,
         )
-        keep = set(self.policy_cfg.frame_offsets()) | {"task", "index", f"{ACTION}_is_pad", f"{OBS_STATE}_is_pad"}
-        n_future = len(self.future)
         while True:
             for batch in loader:
-                batch = self.feature_map.apply(batch)
-                if n_future:
-                    batch = split_future(batch, self.policy_cfg.image_keys(), n_future)
-                if self._strings is not None:
-                    batch.update(self._strings(batch["index"]))
-                    keep |= {f"{k}_is_pad" for k in self.string_keys}
-                yield {k: v for k, v in batch.items()
-                       if k in keep or k.startswith("future_") or (is_image_key(k) and not k.endswith("_is_pad"))}
+                yield self.finish_raw(batch)
 
-    def next_batch(self) -> dict:
+    def finish_raw(self, batch: dict) -> dict:
+        """A batch as lerobot's loader collates it (the dataset's keys) -> the policy's batch:
+        mapped features, future frames split off, string features looked up, the rest dropped."""
+        batch = self.feature_map.apply(batch)
+        if self.future:
+            batch = split_future(batch, self.policy_cfg.image_keys(), len(self.future))
+        if self._strings is not None:
+            batch.update(self._strings(batch["index"]))
+        return {k: v for k, v in batch.items()
+                if k in self._keep or k.startswith("future_") or (is_image_key(k) and not k.endswith("_is_pad"))}
+
+    def next_batch(self, size: int | None = None) -> dict:
+        """The next training batch (not normalized), of ``size`` samples (the cached path) or
+        ``batch_size``."""
         if self._sampler is not None:
-            return self._sampler.sample(self.batch_size)
+            return self._sampler.sample(size or self.batch_size)
+        if size not in (None, self.batch_size):
+            raise ValueError("the raw path's DataLoader yields batches of batch_size only")
+        if self._iter is None:
+            self._iter = self._raw_batches()
         return next(self._iter)
 
     def state_dict(self) -> dict:
