@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from vla.backbone import Backbone, BackboneConfig, Prefix, make_backbone
 from vla.contract import Batch, Observation
-from vla.features import ACTION, EMBODIMENT, OBS_ENV_STATE, OBS_STATE, TASK, image_key
+from vla.features import ACTION, ACTION_DIM_PAD, EMBODIMENT, OBS_ENV_STATE, OBS_STATE, TASK, image_key
 from vla.heads import NoiseProcessConfig
 from vla.layers import AttentionReadout
 
@@ -279,6 +279,22 @@ def policy_config_class(name: str) -> type[PolicyConfig]:
 
 def make_policy(config: PolicyConfig) -> Policy:
     return _resolve(_entry(config.name)[1])(config)
+
+
+def action_dims_kept(batch: dict, repeat: int = 1) -> Tensor | None:
+    """(B * repeat, 1, D_a) 1.0 / 0.0: the action dimensions a mixture entry has (None for one
+    dataset). Padded dimensions are kept at exactly 0 through training and sampling: their
+    noise and the network's output there are zeroed, so the real dimensions never see values
+    in them that training (where the clean action is 0 and the loss is masked) did not show."""
+    pad = batch.get(ACTION_DIM_PAD)
+    if pad is None:
+        return None
+    return (~pad).repeat_interleave(repeat, dim=0)[:, None, :].float()
+
+
+def mask_dims(x: Tensor, keep: Tensor | None) -> Tensor:
+    """``x`` (B, H, D_a) with the padded action dimensions of `action_dims_kept` set to 0."""
+    return x if keep is None else x * keep.to(x.dtype)
 
 
 def masked_mse(pred: Tensor, target: Tensor, is_pad: Tensor | None, dim_is_pad: Tensor | None = None) -> Tensor:

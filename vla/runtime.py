@@ -28,7 +28,7 @@ from torch import Tensor
 from vla.contract import check_observation
 from vla.data.normalize import EmbodimentNormalizers, Normalizer, pad_last
 from vla.errors import CheckpointError, ConfigError
-from vla.features import ACTION, EMBODIMENT, OBS_STATE, TASK, image_key
+from vla.features import ACTION, ACTION_DIM_PAD, EMBODIMENT, OBS_STATE, TASK, image_key
 from vla.policy import Policy
 
 
@@ -176,7 +176,9 @@ class RuntimePolicy:
         obs = {"frames": frames, "text": self._text_features(tasks), OBS_STATE: state, TASK: tasks,
                "step": torch.tensor(steps, device=self.device)}
         if self.embodiment is not None:
-            obs[EMBODIMENT] = torch.full((len(tasks),), self.embodiment, dtype=torch.long, device=self.device)
+            b, width = len(tasks), self.policy.config.action_dim
+            obs[EMBODIMENT] = torch.full((b,), self.embodiment, dtype=torch.long, device=self.device)
+            obs[ACTION_DIM_PAD] = (torch.arange(width, device=self.device) >= self.action_dim).expand(b, -1)
         return obs
 
     # --- acting ------------------------------------------------------------------------------

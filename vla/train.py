@@ -25,21 +25,10 @@ from vla.checkpoint import (
 )
 from vla.config import RunConfig
 from vla.contract import check_batch
-from vla.data.normalize import Normalizer
+from vla.data.normalize import normalize_batch
 from vla.distributed import Distributed
 from vla.errors import ConfigError, TrainingError
 from vla.policy import Policy, PolicyConfig, make_policy
-
-
-def normalize_batch(batch: dict, normalizer: Normalizer) -> dict:
-    """Normalize every low-dimensional key the normalizer knows, refusing non-finite values."""
-    for key in normalizer.keys():
-        if key in batch:
-            x = batch[key]
-            if not torch.isfinite(x).all():
-                raise TrainingError(f"non-finite values (NaN or inf) in batch key {key!r}")
-            batch[key] = normalizer.normalize(key, x)
-    return batch
 
 
 def to_device(batch, device):

@@ -27,10 +27,10 @@ from torch import Tensor, nn
 
 from policies.dust.blocks import DiTBlock, FinalLayer, MMDiTBlock, TimeEmbedder, sincos_1d, sincos_2d
 from policies.dust.config import DustConfig
-from vla.features import ACTION, OBS_STATE
+from vla.features import ACTION, ACTION_DIM_PAD, OBS_STATE
 from vla.heads import make_noise_process
 from vla.layers import DecoderBlock, Rotary, default_ffn_dim
-from vla.policy import Policy, masked_mse
+from vla.policy import Policy, action_dims_kept, mask_dims, masked_mse
 
 # Positions of the streams in the MM-DiT lists (the prefix, in "stream" mode, comes last).
 _STREAM_ACTION, _STREAM_VISION = 0, 1
@@ -195,7 +195,8 @@ class DustPolicy(Policy):
         else:
             actions = _repeat(batch[ACTION], k)
             t_a = self.process.sample_time(b, device)
-        noise_a = torch.randn_like(actions)
+        keep = None if cfg.action_free else action_dims_kept(batch, k)  # a mixture's padded dims stay 0
+        noise_a = mask_dims(torch.randn_like(actions), keep)
         noisy_a = self.process.add_noise(actions, noise_a, t_a)
         future = noisy_o = t_o = noise_o = None
         if cfg.world_model:
@@ -205,10 +206,12 @@ class DustPolicy(Policy):
             noisy_o = self.process.add_noise(future, noise_o, t_o)
         is_pad = _repeat(batch.get(f"{ACTION}_is_pad"), k)
         v_a, v_o = self.velocity(state, noisy_a, t_a, noisy_o, t_o, ctx, None if cfg.action_free else is_pad)
+        v_a = mask_dims(v_a, keep)
         logs: dict[str, float] = {}
         loss = torch.zeros((), device=device)
         if not cfg.action_free:
-            l_action = masked_mse(v_a, self.process.target(actions, noise_a, t_a), is_pad)
+            dim_pad = _repeat(batch.get(ACTION_DIM_PAD), k)  # a mixture's embodiments with fewer action dims
+            l_action = masked_mse(v_a, self.process.target(actions, noise_a, t_a), is_pad, dim_pad)
             loss = loss + l_action
             logs["action_loss"] = l_action.item()
         if cfg.world_model:
@@ -244,8 +247,9 @@ class DustPolicy(Policy):
         state = obs[OBS_STATE].to(prefix.tokens.dtype)
         b, device, dtype = state.shape[0], state.device, prefix.tokens.dtype
         ctx = self._context(prefix)
-        actions = (noise if noise is not None
-                   else torch.randn(b, cfg.horizon, cfg.action_dim, device=device, dtype=dtype))
+        keep = action_dims_kept(obs)  # a mixture's embodiment: its padded action dims stay 0
+        actions = mask_dims(noise if noise is not None
+                            else torch.randn(b, cfg.horizon, cfg.action_dim, device=device, dtype=dtype), keep)
         n_a, q = cfg.noise.num_inference_steps, cfg.vision_ratio
         n_o = n_a * q
         future = None
@@ -261,7 +265,7 @@ class DustPolicy(Policy):
             if cfg.world_model:
                 future = self.process.step(future, v_o, t_o, 1.0 - (j + 1) / n_o)
             if j % q == update_at:
-                actions = self.process.step(actions, v_a, t_a, 1.0 - (updates + 1) / n_a)
+                actions = self.process.step(actions, mask_dims(v_a, keep), t_a, 1.0 - (updates + 1) / n_a)
                 updates += 1
         self.counters["action_updates"] += updates
         self.last_action_time = 1.0 - updates / n_a

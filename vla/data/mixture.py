@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from vla.config import DatasetConfig, MixtureEntry
-from vla.data.normalize import EmbodimentNormalizers, pad_last
+from vla.data.normalize import EmbodimentNormalizers, normalize_batch, pad_last
 from vla.errors import ConfigError, FeatureMismatchError
 from vla.features import ACTION, ACTION_DIM_PAD, EMBODIMENT, OBS_STATE, is_image_key
 from vla.policy import PolicyConfig
@@ -166,8 +166,6 @@ class MixtureData:
 
     def _finish(self, i: int, batch: dict) -> dict:
         """One entry's part of a batch: normalized with its statistics, padded, tagged."""
-        from vla.train import normalize_batch
-
         batch = normalize_batch(batch, self.parts[i].normalizer)
         n = batch[OBS_STATE].shape[0]
         batch[OBS_STATE] = pad_last(batch[OBS_STATE], self.policy_cfg.state_dim)

@@ -119,6 +119,19 @@ class Normalizer(nn.Module):
         return cls(stats, modes, eps=data["eps"])
 
 
+def normalize_batch(batch: dict, normalizer: Normalizer) -> dict:
+    """Normalize every low-dimensional key the normalizer knows, refusing non-finite values."""
+    from vla.errors import TrainingError
+
+    for key in normalizer.keys():
+        if key in batch:
+            x = batch[key]
+            if not torch.isfinite(x).all():
+                raise TrainingError(f"non-finite values (NaN or inf) in batch key {key!r}")
+            batch[key] = normalizer.normalize(key, x)
+    return batch
+
+
 def _stat(stats: dict[str, dict], key: str, stat: str, mode: str) -> Tensor:
     if key not in stats:
         raise KeyError(f"the dataset stats have no feature {key!r} (they have {sorted(stats)})")
