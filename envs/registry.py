@@ -9,6 +9,10 @@ A family is registered with two ``"module:function"`` paths:
 
 ``cfg`` is an `EnvConfig` (vla.config): family, task, id, cameras, image_size, robot, ... .
 Another family (a simulator of your own) registers the same way before a config names it.
+
+An env that runs several tasks (a task set, as Meta-World's MT10) names the task of its current
+episode in ``info[EPISODE_TASK]`` on every reset and step; reports then count episodes per task
+(`episode_task`) instead of under the config's one label (`task_label`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ _FAMILIES: dict[str, tuple[str, str | None]] = {
     "robosuite": ("envs.robosuite_tasks:from_config", "envs.robosuite_tasks.experts:expert_from_config"),
     "robocasa": ("envs.robocasa_tasks:from_config", None),
     "gym": ("envs.gym_adapter:from_config", None),
+    "metaworld": ("envs.metaworld_tasks:from_config", "envs.metaworld_tasks.experts:expert_from_config"),
 }
+# The info key naming the task an env's current episode runs (envs that run several tasks).
+EPISODE_TASK = "task_name"
 
 
 def register_family(name: str, from_config: str, expert_from_config: str | None = None) -> None:
@@ -61,3 +68,13 @@ def make_expert(cfg, env, **mistakes: float):
 def task_label(cfg) -> str:
     """What reports call the configured task: its name, or a gym env's id (env.task is unused there)."""
     return cfg.id if cfg.family == "gym" and cfg.id else cfg.task
+
+
+def episode_task(cfg, info: dict, i: int) -> str:
+    """What reports call the task env ``i`` of a vector env ran in the episode that just ended:
+    the name it gave in ``info[EPISODE_TASK]`` (gymnasium's vector ``info``: an array per key and
+    a ``_<key>`` mask of the envs that set it), else `task_label` of the config."""
+    names, given = info.get(EPISODE_TASK), info.get("_" + EPISODE_TASK)
+    if names is not None and given is not None and given[i]:
+        return str(names[i])
+    return task_label(cfg)

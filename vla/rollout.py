@@ -17,7 +17,7 @@ import gymnasium as gym
 import numpy as np
 from tqdm import tqdm
 
-from envs.registry import make_env, task_label  # the worlds: vla names no simulator itself
+from envs.registry import episode_task, make_env  # the worlds: vla names no simulator itself
 from vla.config import EnvConfig, RunConfig
 from vla.features import image_key
 
@@ -95,7 +95,8 @@ def rollout(runtime, env_cfg: EnvConfig, *, episodes: int, n_envs: int, seed: in
                 if terminated[i] or truncated[i]:
                     success = bool(info["is_success"][i])
                     records.append({"episode": ep, "seed": seed + ep, "success": success, "length": steps[i],
-                                    "task": task_label(env_cfg), **({"stages": reached[i]} if reached[i] else {})})
+                                    "task": episode_task(env_cfg, info, i),
+                                    **({"stages": reached[i]} if reached[i] else {})})
                     reached[i] = {}
                     if ep in frames and video_dir is not None:
                         frames[ep].append(video_frame(obs, i, env_cfg.cameras, captions[i] if captions else None))
