@@ -120,6 +120,9 @@ def test_train_eval_and_resume_a_mixture(lift_dataset, pusht_style, tmp_path, ca
     config = json.loads((model_dir / "config.json").read_text())
     assert config["config"]["embodiments"] == ["lift", "pusht"]
     assert [e["name"] for e in config["data"]["mixture"]] == ["lift", "pusht"]
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"loss/lift", "loss/pusht"} <= set(header)  # per-entry losses in the logs (and loss.png)
+    assert (out / "loss.png").exists()
 
     evaluate = ["eval", "env=lift", f"output_dir={out}", "eval.episodes=1", "eval.n_envs=1",
                 "env.max_episode_steps=4", "eval.max_videos=0"]

@@ -234,6 +234,7 @@ class Trainer:
                 final = stopped is not None
                 if self.step % log_every == 0 or final:
                     mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                    mean.update(self._entry_losses())
                     window, self.last_logs = [], mean
                     bar.set_postfix(loss=f"{mean['loss']:.4f}",
                                     **({"budget": self.budget.left()} if t.max_seconds else {}))
@@ -254,6 +255,24 @@ class Trainer:
             if self.last_logs or not (self.out / "summary.json").exists():  # a resume with nothing left keeps it
                 self._write_summary(stopped)
         return last_ckpt
+
+    def _entry_losses(self) -> dict[str, float]:
+        """A mixture's loss per entry (``loss/<name>``), each on a fresh batch of that entry alone
+        drawn from its own stream, without gradients and with the random state restored, so the
+        training run is the same with or without it. Empty for one dataset."""
+        names = getattr(self.data, "names", None)
+        if not names:
+            return {}
+        if not hasattr(self, "_entry_generator"):
+            self._entry_generator = torch.Generator().manual_seed(self.run_cfg.seed + 7919)
+        n = max(4, self.run_cfg.train.batch_size // len(names))
+        out = {}
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            for i, name in enumerate(names):
+                batch = to_device(self.data.entry_batch(i, n, self._entry_generator), self.device)
+                out[f"loss/{name}"] = float(self.policy.compute_loss(batch)[0])
+        return out
 
     def _write_summary(self, stopped: str) -> None:
         """``summary.json``: how far the run got and what it cost (what side-by-side tables read)."""

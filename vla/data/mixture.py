@@ -164,6 +164,18 @@ class MixtureData:
         counts = torch.bincount(which, minlength=len(self.parts)).tolist()
         return concat_batches([self._finish(i, self.parts[i].next_batch(n)) for i, n in enumerate(counts) if n])
 
+    def entry_batch(self, i: int, n: int, generator: torch.Generator) -> dict:
+        """``n`` samples of entry ``i`` alone, drawn with ``generator`` (not the training stream),
+        finished like a training batch: what the per-entry losses in the training logs read."""
+        part = self.parts[i]
+        if part.cached:
+            return self._finish(i, part._sampler.get(torch.randint(part.num_frames, (n,), generator=generator)))
+        from torch.utils.data import default_collate
+
+        rows = torch.randint(len(part.dataset), (n,), generator=generator).tolist()
+        batch = part.finish_raw(default_collate([part.dataset[r] for r in rows]))
+        return self._finish(i, resize_images(batch, self.policy_cfg.backbone.image_size))
+
     def _finish(self, i: int, batch: dict) -> dict:
         """One entry's part of a batch: normalized with its statistics, padded, tagged."""
         batch = normalize_batch(batch, self.parts[i].normalizer)
