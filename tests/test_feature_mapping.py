@@ -171,3 +171,52 @@ def test_the_raw_path_maps_the_same_way(pusht_style, tmp_path):
     assert batch["observation.images.top"].shape == (3, 2, 3, 480, 640)
     assert "observation.image" not in batch
     assert (batch["action"][:, 0, 0] - batch["observation.state"][:, -1, 0] == 200).all()  # 300 + t vs 100 + t
+
+
+# --------------------------------------------------------------------------- a camera the dataset lacks
+def test_a_null_camera_is_absent():
+    m = fmap(cameras={"agentview": "observation.image", "wrist": None})
+    assert m.absent == {"observation.images.wrist"} and m.sources_of("observation.images.wrist") == []
+    features = m.features(FEATURES)
+    assert "observation.images.agentview" in features and "observation.images.wrist" not in features
+
+
+def test_a_lacking_cameras_tokens_are_masked_and_never_read(pusht_style):
+    """Training batches of a dataset without a wrist camera say so (camera_is_pad), and the
+    policy's loss does not depend on the features standing in for that camera."""
+    from vla.config import DatasetConfig
+    from vla.data.pipeline import TrainingData
+    from vla.features import CAMERA_PAD
+    from vla.policy import make_policy, policy_config_class
+
+    ds_cfg = DatasetConfig(repo_id="lab/pusht-style", root=str(pusht_style),
+                           features=FeatureMapConfig(cameras={"agentview": "observation.image", "wrist": None}))
+    policy_cfg = policy_config_class("dita")(width=32, depth=1, heads=2, n_obs_steps=1, horizon=4, n_action_steps=2)
+    data = TrainingData(ds_cfg, policy_cfg, seed=0, device=torch.device("cpu"), num_workers=0, batch_size=6)
+    batch = data.next_batch()
+    assert batch[CAMERA_PAD].tolist() == [[False, True]] * 6
+    from vla.data.normalize import normalize_batch
+
+    batch = normalize_batch(batch, data.normalizer)
+    policy = make_policy(data.policy_cfg)
+    prefix = policy.prefix(batch)
+    per_camera = policy.backbone._tokens_per_camera()
+    text = policy.config.backbone.max_text_tokens
+    agentview, wrist = slice(text, text + per_camera), slice(text + per_camera, text + 2 * per_camera)
+    assert prefix.mask[:, agentview].all() and not prefix.mask[:, wrist].any()
+    other = {**batch, "frames": {k: v.clone() for k, v in batch["frames"].items()}}
+    for v in other["frames"].values():
+        v[:, :, 1] = torch.randn_like(v[:, :, 1])  # camera 1 (wrist): anything at all
+    torch.manual_seed(0)
+    loss = policy.compute_loss(batch)[0]
+    torch.manual_seed(0)
+    assert torch.allclose(loss, policy.compute_loss(other)[0])
+
+
+def test_a_lacking_camera_trains_on_both_paths(pusht_style, tmp_path):
+    from vla.cli import main
+
+    base = ["train", f"dataset.root={pusht_style}", "dataset.repo_id=lab/pusht-style", "train.steps=2", *TINY,
+            "dataset.features.cameras.agentview=observation.image", "dataset.features.cameras.wrist=null"]
+    assert main([*base, f"output_dir={tmp_path / 'cached'}"]) == 0
+    assert main([*base, "dataset.cache_features=false", f"output_dir={tmp_path / 'raw'}"]) == 0

@@ -171,3 +171,22 @@ def test_every_policy_trains_on_a_mixture(policy, lift_dataset, pusht_style, tmp
     entries = (f"dataset.mixture=[{{name: lift, root: '{lift_dataset}'}}, {{name: pusht, root: '{pusht_style}', "
                f"features: {{cameras: {{agentview: observation.image, wrist: observation.image}}}}}}]")
     assert main(["train", entries, f"output_dir={tmp_path / policy}", "train.steps=2", *tiny]) == 0
+
+
+def test_a_mixture_trains_under_ddp(lift_dataset, pusht_style, tmp_path):
+    """Two gloo processes on a mixture: the main rank builds each entry's feature cache while
+    the other waits, each rank draws its own samples, and the checkpoint knows both entries."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp-mix"
+    entries = (f"dataset.mixture=[{{name: lift, root: '{lift_dataset}'}}, {{name: pusht, root: '{pusht_style}', "
+               f"features: {{cameras: {{agentview: observation.image, wrist: null}}}}}}]")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29537",
+           "-m", "vla.cli", "train", entries, f"output_dir={out}", "train.steps=2", "train.save_every=2",
+           "device=cpu", *TINY]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=380, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    saved = json.loads((out / "checkpoints" / "last" / "pretrained_model" / "normalization.json").read_text())
+    assert sorted(saved["embodiments"]) == ["lift", "pusht"]

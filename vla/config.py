@@ -59,7 +59,9 @@ class FeatureMapConfig:
     unset is read under its own name. A source is a key or a slice of one, "observation.state[0:7]";
     state, action and environment_state take one source or a list of them, concatenated."""
 
-    cameras: dict[str, str] = field(default_factory=dict)  # camera -> image or video key, e.g. {top: observation.image}
+    # camera -> image or video key, e.g. {top: observation.image}; null: the dataset lacks that camera
+    # (zero images, its tokens masked)
+    cameras: dict[str, str | None] = field(default_factory=dict)
     state: Any = None  # observation.state <- e.g. [observation.state[0:7], observation.environment_state]
     action: Any = None                # action <- e.g. action[0:7]
     environment_state: Any = None     # observation.environment_state (an auxiliary target's input)

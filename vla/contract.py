@@ -14,7 +14,7 @@ from typing import TypedDict
 
 from torch import Tensor
 
-from vla.features import ACTION, ACTION_DIM_PAD, EMBODIMENT, OBS_STATE, TASK
+from vla.features import ACTION, ACTION_DIM_PAD, CAMERA_PAD, EMBODIMENT, OBS_STATE, TASK
 
 # The functional form, because the LeRobot feature names have dots in them.
 Observation = TypedDict("Observation", {
@@ -24,6 +24,7 @@ Observation = TypedDict("Observation", {
     TASK: list[str],               # B instructions (raw path)
     "step": Tensor,                # (B,) long: control steps since each env's episode began (acting only)
     EMBODIMENT: Tensor,            # (B,) long: each sample's mixture entry (policies trained on a mixture)
+    CAMERA_PAD: Tensor,            # (B, n_cam) bool: cameras a dataset lacks (zero images, masked tokens)
 }, total=False)
 
 Batch = TypedDict("Batch", {

@@ -42,6 +42,9 @@ PAD_SUFFIX = "_is_pad"
 # from, (B,) long, and which action dimensions are padding for it, (B, D_a) bool.
 EMBODIMENT = "embodiment"
 ACTION_DIM_PAD = "action_dim_is_pad"
+# Cameras a dataset lacks (dataset.features.cameras.<camera>: null), (B, n_cam) bool in the
+# policy's camera order: their images are zeros and their tokens are masked in the prefix.
+CAMERA_PAD = "camera_is_pad"
 
 STATE_NAMES = [
     "eef_x", "eef_y", "eef_z",

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from vla.backbone import Backbone, BackboneConfig, Prefix, make_backbone
 from vla.contract import Batch, Observation
-from vla.features import ACTION, ACTION_DIM_PAD, EMBODIMENT, OBS_ENV_STATE, OBS_STATE, TASK, image_key
+from vla.features import ACTION, ACTION_DIM_PAD, CAMERA_PAD, EMBODIMENT, OBS_ENV_STATE, OBS_STATE, TASK, image_key
 from vla.heads import NoiseProcessConfig
 from vla.layers import AttentionReadout
 
@@ -159,7 +159,7 @@ class Policy(nn.Module, ABC):
 
     def prefix(self, obs: dict) -> Prefix:
         frames, text = self.encode_observation(obs)
-        return self.backbone(frames, text, obs.get(OBS_STATE), obs.get(EMBODIMENT))
+        return self.backbone(frames, text, obs.get(OBS_STATE), obs.get(EMBODIMENT), obs.get(CAMERA_PAD))
 
     def encode_future(self, batch: dict) -> dict[str, Tensor]:
         """Frame features ``(B, F, ...)`` of the batch's future frames (``future_offsets``), from

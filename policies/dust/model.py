@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from policies.dust.blocks import DiTBlock, FinalLayer, MMDiTBlock, TimeEmbedder, sincos_1d, sincos_2d
 from policies.dust.config import DustConfig
-from vla.features import ACTION, ACTION_DIM_PAD, OBS_STATE
+from vla.features import ACTION, ACTION_DIM_PAD, CAMERA_PAD, OBS_STATE
 from vla.heads import make_noise_process
 from vla.layers import DecoderBlock, Rotary, default_ffn_dim
 from vla.policy import Policy, action_dims_kept, mask_dims, masked_mse
@@ -106,8 +106,9 @@ class DustPolicy(Policy):
 
     # --- targets -------------------------------------------------------------------------------
     def future_tokens(self, batch: dict) -> tuple[Tensor, Tensor]:
-        """The world-model target (B, n_future, D_vis) and which samples have one (B,) bool:
-        a frame at t + H past the episode's end is padding (``future_is_pad``) and has no loss."""
+        """The world-model target (B, n_future, D_vis) and which of its tokens count (B, n_future)
+        bool: none of a frame at t + H past the episode's end (``future_is_pad``), none of a
+        camera the dataset lacks (``camera_is_pad``: its target is a black frame's)."""
         frames = self.encode_future(batch)  # (B, 1, ...)
         target = self.backbone.future_target({k: v[:, -1] for k, v in frames.items()}, self.config.future_pool)
         if self.config.target_norm == "layer":
@@ -115,6 +116,11 @@ class DustPolicy(Policy):
         is_pad = batch.get("future_is_pad")
         valid = (~is_pad[:, -1] if is_pad is not None
                  else torch.ones(target.shape[0], dtype=torch.bool, device=target.device))
+        valid = valid[:, None].expand(-1, target.shape[1])
+        camera_pad = batch.get(CAMERA_PAD)
+        if camera_pad is not None:  # the target is camera-major: each camera's pooled grid in turn
+            per_camera = target.shape[1] // camera_pad.shape[1]
+            valid = valid & ~camera_pad.to(valid.device).repeat_interleave(per_camera, dim=1)
         return target, valid
 
     # --- the denoiser ------------------------------------------------------------------------
@@ -215,7 +221,7 @@ class DustPolicy(Policy):
             loss = loss + l_action
             logs["action_loss"] = l_action.item()
         if cfg.world_model:
-            err = (v_o - self.process.target(future, noise_o, t_o)).pow(2).mean(dim=(1, 2))  # (B,)
+            err = (v_o - self.process.target(future, noise_o, t_o)).pow(2).mean(dim=2)  # (B, n_future)
             l_wm = (err * valid).sum() / valid.sum().clamp(min=1)
             loss = loss + cfg.lambda_wm * l_wm
             logs["wm_loss"] = l_wm.item()

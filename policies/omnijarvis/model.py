@@ -27,7 +27,7 @@ from policies.omnijarvis.config import OmniJarvisConfig
 from policies.omnijarvis.decoder import BehaviorDecoder
 from policies.omnijarvis.tokenizer import BehaviorTokenizer
 from vla.errors import CheckpointError, TrainingError
-from vla.features import ACTION, ACTION_DIM_PAD, EMBODIMENT, OBS_STATE, PHASE, TASK
+from vla.features import ACTION, ACTION_DIM_PAD, CAMERA_PAD, EMBODIMENT, OBS_STATE, PHASE, TASK
 from vla.policy import Policy, action_dims_kept
 
 
@@ -49,6 +49,9 @@ class OmniJarvisPolicy(Policy):
         if config.env_state_weight > 0:
             raise ValueError("omnijarvis does not support env_state_weight (its windows have no single newest frame)")
         super().__init__(config, width=config.width)
+        # the current batch's cameras-a-dataset-lacks mask (B, n_cam), set by _window for the prefixes
+        # its windows build (the tokenizer's, the history's); None: every camera is real
+        self._camera_pad: torch.Tensor | None = None
         n_prefix = self.backbone.num_tokens(config.n_obs_steps)
         self.behavior_tokenizer = BehaviorTokenizer(config)
         self.decoder = BehaviorDecoder(config, n_prefix)
@@ -80,6 +83,7 @@ class OmniJarvisPolicy(Policy):
         code worth choosing; and per-frame encoding skips the instruction tokens C times over."""
         frames, text = self.encode_observation(batch)
         text = without_text(text)
+        self._camera_pad = batch.get(CAMERA_PAD)  # (B, n_cam): cameras a dataset lacks, masked in every prefix
         state = batch[OBS_STATE]
         pad = batch.get(f"{OBS_STATE}_is_pad")
         valid = torch.ones(state.shape[:2], dtype=torch.bool, device=state.device) if pad is None else ~pad
@@ -89,12 +93,14 @@ class OmniJarvisPolicy(Policy):
         """Codes (B, n_codes, d) of the window frames s .. s+C-1."""
         h = self.config.n_obs_steps - 1
         window = {k: v[:, h:] for k, v in frames.items()}
-        return self.behavior_tokenizer(self.backbone, window, text, state[:, h:], valid, embodiment)
+        return self.behavior_tokenizer(self.backbone, window, text, state[:, h:], valid, embodiment,
+                                       self._camera_pad)
 
     def _history_prefix(self, frames: dict, text: dict, state: Tensor, j: Tensor, embodiment: Tensor | None):
         """Backbone prefix of the T_o-frame history ending at window step j (B,)."""
         rows, idx = steps_from(j, self.config.n_obs_steps)
-        return self.backbone({k: v[rows, idx] for k, v in frames.items()}, text, state[rows, idx], embodiment)
+        return self.backbone({k: v[rows, idx] for k, v in frames.items()}, text, state[rows, idx], embodiment,
+                             self._camera_pad)
 
     # --- the contract ---------------------------------------------------------------------------
     def compute_loss(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
@@ -164,7 +170,7 @@ class OmniJarvisPolicy(Policy):
             raise CheckpointError("this is a stage-1 (tokenizer) checkpoint: it has no VLA to choose behaviors; "
                                   "train stage 2 with policy.stage=vla train.init_from=<this run>")
         frames, text = self.encode_observation(obs)
-        prefix = self.backbone(frames, without_text(text), obs[OBS_STATE], obs.get(EMBODIMENT))
+        prefix = self.backbone(frames, without_text(text), obs[OBS_STATE], obs.get(EMBODIMENT), obs.get(CAMERA_PAD))
         b = prefix.tokens.shape[0]
         step = obs.get("step")
         step = torch.zeros(b, dtype=torch.long, device=prefix.tokens.device) if step is None else step.long()

@@ -92,8 +92,10 @@ class Backbone(nn.Module, ABC):
         """Length of `encode_prefix`'s tokens for a history of ``n_obs_steps`` frames."""
 
     @abstractmethod
-    def encode_prefix(self, frames: dict[str, Tensor], text: dict[str, Tensor], state: Tensor | None) -> Prefix:
-        """Frame features (B, T, ...), text features (B, ...), state (B, T, D_s) -> Prefix."""
+    def encode_prefix(self, frames: dict[str, Tensor], text: dict[str, Tensor], state: Tensor | None,
+                      camera_is_pad: Tensor | None = None) -> Prefix:
+        """Frame features (B, T, ...), text features (B, ...), state (B, T, D_s) -> Prefix; the
+        tokens of cameras a sample lacks (``camera_is_pad`` (B, n_cam)) are masked."""
 
     def _embodiment_embed(self) -> nn.Embedding | None:
         return self._modules.get("embodiment_embed")
@@ -103,9 +105,9 @@ class Backbone(nn.Module, ABC):
         return self.num_content_tokens(n_obs_steps) + (self._embodiment_embed() is not None)
 
     def forward(self, frames: dict[str, Tensor], text: dict[str, Tensor], state: Tensor | None,
-                embodiment: Tensor | None = None) -> Prefix:
+                embodiment: Tensor | None = None, camera_is_pad: Tensor | None = None) -> Prefix:
         """`encode_prefix`, then the embodiment token of each sample (B,) when there is one."""
-        prefix = self.encode_prefix(frames, text, state)
+        prefix = self.encode_prefix(frames, text, state, camera_is_pad)
         embed = self._embodiment_embed()
         if embed is None:
             return prefix
@@ -184,6 +186,16 @@ def camera_batch(images: dict[str, Tensor], cameras: list[str], size: int) -> tu
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
                                             antialias=True)
     return x, n, n_cam
+
+
+def camera_token_mask(camera_is_pad: Tensor | None, shape: tuple[int, int, int, int], device) -> Tensor:
+    """(B, T * n_cam * P) bool, True = a real token, for visual tokens laid out (B, T, n_cam, P):
+    False for every token of a camera the sample lacks (``camera_is_pad`` (B, n_cam))."""
+    b, t, n_cam, p = shape
+    if camera_is_pad is None:
+        return torch.ones(b, t * n_cam * p, dtype=torch.bool, device=device)
+    real = ~camera_is_pad.to(device=device, dtype=torch.bool)  # (B, n_cam)
+    return real[:, None, :, None].expand(b, t, n_cam, p).reshape(b, -1)
 
 
 def assert_finite(name: str, x: Tensor) -> None:

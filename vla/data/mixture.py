@@ -20,7 +20,9 @@ statistics and feature cache); a mixture batch then
   (B, D_a) marks the padded action dimensions, which carry no loss; a padded state dimension
   is 0, which the backbone's linear state projection cannot distinguish from absent;
 - says where each sample came from in ``embodiment`` (B,) long: the index of its entry, which
-  selects the policy's embodiment token.
+  selects the policy's embodiment token;
+- marks the cameras an entry lacks (``features: {cameras: {wrist: null}}``) in
+  ``camera_is_pad`` (B, n_cam): zero images whose tokens the backbone masks.
 
 Batches come out normalized (`normalized` is True), unlike a single dataset's, which the
 trainer normalizes on the device.
@@ -179,6 +181,8 @@ class MixtureData:
     def _finish(self, i: int, batch: dict) -> dict:
         """One entry's part of a batch: normalized with its statistics, padded, tagged."""
         batch = normalize_batch(batch, self.parts[i].normalizer)
+        # camera_is_pad on every part when any entry lacks a camera, so the parts share their keys
+        batch = self.parts[i].with_camera_pad(batch, always=any(p.camera_pad is not None for p in self.parts))
         n = batch[OBS_STATE].shape[0]
         batch[OBS_STATE] = pad_last(batch[OBS_STATE], self.policy_cfg.state_dim)
         if ACTION in batch:

@@ -20,8 +20,8 @@ from vla.data.chunks import StringLookup
 from vla.data.mapping import FeatureMap
 from vla.data.normalize import Normalizer
 from vla.data.source import check_features, check_finite, delta_timestamps, open_dataset
-from vla.errors import DatasetError
-from vla.features import ACTION, OBS_ENV_STATE, OBS_STATE, image_key, is_image_key
+from vla.errors import DatasetError, FeatureMismatchError
+from vla.features import ACTION, CAMERA_PAD, OBS_ENV_STATE, OBS_STATE, image_key, is_image_key
 from vla.policy import PolicyConfig
 
 
@@ -95,7 +95,14 @@ class TrainingData:
         self.feature_map = FeatureMap.from_config(ds_cfg.features)
         features = self.feature_map.features(meta_ds.meta.features)
         self.policy_cfg = infer_dims(policy_cfg, features)
-        check_features(features, required_features(self.policy_cfg))
+        absent = self.feature_map.absent
+        cameras = self.policy_cfg.image_keys()
+        if cameras and all(k in absent for k in cameras):
+            raise FeatureMismatchError("dataset.features.cameras: every camera the policy reads is null; "
+                                       "a dataset needs at least one of them")
+        check_features(features, {k: v for k, v in required_features(self.policy_cfg).items() if k not in absent})
+        # cameras the dataset lacks: their images are zeros and their tokens masked (CAMERA_PAD)
+        self.camera_pad = torch.tensor([k in absent for k in cameras]) if absent & set(cameras) else None
         self.string_keys = [k for k in self.policy_cfg.frame_offsets() if features.get(k, {}).get("dtype") == "string"]
         # Only features the dataset has (required ones were checked above): a video-only
         # dataset has no action statistics, and its checkpoint gets them when fine-tuned.
@@ -132,7 +139,8 @@ class TrainingData:
         cfg = self.policy_cfg
         backbone = make_backbone(cfg.backbone, width=8, n_obs_steps=cfg.n_obs_steps, state_dim=cfg.state_dim)
         backbone.to(device).eval()
-        cameras = {c: self.feature_map.sources_of(image_key(c))[0].key for c in cfg.backbone.cameras}
+        cameras = {c: next((s.key for s in self.feature_map.sources_of(image_key(c))), None)
+                   for c in cfg.backbone.cameras}
         if is_main:  # one process encodes, the others wait and read the file
             build_feature_cache(dataset, backbone, progress=progress, camera_keys=cameras)
         barrier()
@@ -155,6 +163,11 @@ class TrainingData:
         """A batch as lerobot's loader collates it (the dataset's keys) -> the policy's batch:
         mapped features, future frames split off, string features looked up, the rest dropped."""
         batch = self.feature_map.apply(batch)
+        if self.camera_pad is not None:  # zero frames shaped like a real camera's (the backbone stacks them)
+            real = next(batch[k] for k, pad in zip(self.policy_cfg.image_keys(), self.camera_pad) if not pad)
+            for key, pad in zip(self.policy_cfg.image_keys(), self.camera_pad):
+                if pad:
+                    batch[key] = torch.zeros_like(real)
         if self.future:
             batch = split_future(batch, self.policy_cfg.image_keys(), len(self.future))
         if self._strings is not None:
@@ -166,12 +179,22 @@ class TrainingData:
         """The next training batch (not normalized), of ``size`` samples (the cached path) or
         ``batch_size``."""
         if self._sampler is not None:
-            return self._sampler.sample(size or self.batch_size)
+            return self.with_camera_pad(self._sampler.sample(size or self.batch_size))
         if size not in (None, self.batch_size):
             raise ValueError("the raw path's DataLoader yields batches of batch_size only")
         if self._iter is None:
             self._iter = self._raw_batches()
-        return next(self._iter)
+        return self.with_camera_pad(next(self._iter))
+
+    def with_camera_pad(self, batch: dict, always: bool = False) -> dict:
+        """``batch`` with ``camera_is_pad`` (B, n_cam) when this dataset lacks a camera (or
+        ``always``: a mixture's parts must agree on their keys)."""
+        if self.camera_pad is not None or always:
+            pad = self.camera_pad if self.camera_pad is not None else torch.zeros(len(self.policy_cfg.image_keys()),
+                                                                                    dtype=torch.bool)
+            b = len(batch[OBS_STATE])
+            batch[CAMERA_PAD] = pad.expand(b, -1).clone()
+        return batch
 
     def state_dict(self) -> dict:
         return {"generator": self._sampler.generator.get_state()} if self._sampler is not None else {}
