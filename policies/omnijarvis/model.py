@@ -89,14 +89,15 @@ class OmniJarvisPolicy(Policy):
         valid = torch.ones(state.shape[:2], dtype=torch.bool, device=state.device) if pad is None else ~pad
         return frames, text, state, valid[:, self.config.n_obs_steps - 1:]
 
-    def _encode(self, frames: dict, text: dict, state: Tensor, valid: Tensor, embodiment: Tensor | None) -> Tensor:
+    def _encode(self, frames: dict, text: dict, state: Tensor, valid: Tensor,
+                embodiment: Tensor | None = None) -> Tensor:
         """Codes (B, n_codes, d) of the window frames s .. s+C-1."""
         h = self.config.n_obs_steps - 1
         window = {k: v[:, h:] for k, v in frames.items()}
         return self.behavior_tokenizer(self.backbone, window, text, state[:, h:], valid, embodiment,
                                        self._camera_pad)
 
-    def _history_prefix(self, frames: dict, text: dict, state: Tensor, j: Tensor, embodiment: Tensor | None):
+    def _history_prefix(self, frames: dict, text: dict, state: Tensor, j: Tensor, embodiment: Tensor | None = None):
         """Backbone prefix of the T_o-frame history ending at window step j (B,)."""
         rows, idx = steps_from(j, self.config.n_obs_steps)
         return self.backbone({k: v[rows, idx] for k, v in frames.items()}, text, state[rows, idx], embodiment,
