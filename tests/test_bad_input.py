@@ -168,6 +168,7 @@ CASES = [
     Case("mixture-slice-out-of-range",
          MIX.format(second="{{name: b, root: '{data}', features: {{state: 'observation.state[0:20]'}}}}"),
          "dataset.mixture[1] (b): dataset.features.state: observation.state[0:20] is out of range"),
+    Case("mixture-temperature", TRAIN + " dataset.temperature=0", "dataset.temperature must be > 0"),
     Case("mixture-narrower-policy", MIX.format(second="{{name: b, root: '{data}'}}") + " policy.action_dim=3",
          "dataset.mixture[0] (a): 'action' has 7 values, more than policy.action_dim=3"),
     Case("mapping-camera-from-a-vector", TRAIN + " dataset.features.cameras.agentview=observation.state",

@@ -255,7 +255,7 @@ LIMITS: dict[str, tuple[str, float]] = {
     "deploy.episodes": (">=", 1), "deploy.max_steps": (">=", 1), "deploy.n_action_steps": (">=", 1),
     "deploy.inference_steps": (">=", 1), "deploy.test_time_scaling": (">=", 1),
     "deploy.temporal_ensemble": (">=", 0), "deploy.max_inference_seconds": (">", 0),
-    "env.image_size": (">=", 8), "env.max_episode_steps": (">=", 1),
+    "env.image_size": (">=", 8), "env.max_episode_steps": (">=", 1), "dataset.temperature": (">", 0),
 }
 
 
