@@ -67,7 +67,7 @@ def tokenizer_quality(task: str, run: Path, windows: int = 512, seed: int = 0) -
     from vla.checkpoint import load_policy
     from vla.config import DatasetConfig
     from vla.data.pipeline import TrainingData
-    from vla.train import normalize_batch
+    from vla.data.normalize import normalize_batch
 
     out = run.parent / f"{run.name}_quality.json"
     if out.exists():

@@ -126,3 +126,37 @@ def tiny_vlms(tmp_path_factory) -> dict[str, str]:
         tokenizer.save_pretrained(root / family)
         dirs[family] = str(root / family)
     return dirs
+
+
+# A dataset in LeRobot's PushT convention (one camera called observation.image, 480x640 video),
+# with a 4-D state and a 3-D action of which a PushT policy uses the first two.
+PUSHT_STYLE_FEATURES = {
+    "observation.image": {"dtype": "video", "shape": (480, 640, 3), "names": ["height", "width", "channels"]},
+    "observation.state": {"dtype": "float32", "shape": (4,), "names": ["x", "y", "vx", "vy"]},
+    "observation.environment_state": {"dtype": "float32", "shape": (3,), "names": None},
+    "action": {"dtype": "float32", "shape": (3,), "names": ["ax", "ay", "unused"]},
+}
+PUSHT_TASK = "push the T-shaped block onto the T-shaped target"
+
+
+@pytest.fixture(scope="session")
+def pusht_style(tmp_path_factory):
+    """Two 12-frame episodes written with lerobot's own API (``LeRobotDataset.create``), not
+    vla's recorder: state (100 + t, 200 + episode, 0.5, -0.5), action (300 + t, 400 - t, 7)."""
+    import numpy as np
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    root = tmp_path_factory.mktemp("byod") / "pusht-style"
+    ds = LeRobotDataset.create("lab/pusht-style", 10, PUSHT_STYLE_FEATURES, root=root, use_videos=True,
+                               video_backend="pyav")
+    ramp = np.linspace(0, 255, 640, dtype=np.float32)[None, :, None]
+    for episode in range(2):
+        for t in range(12):
+            image = np.broadcast_to((ramp + 20 * t) % 256, (480, 640, 3)).astype(np.uint8)
+            ds.add_frame({"observation.image": image,
+                          "observation.state": np.array([100 + t, 200 + episode, 0.5, -0.5], np.float32),
+                          "observation.environment_state": np.array([t, 0, 1], np.float32),
+                          "action": np.array([300 + t, 400 - t, 7], np.float32), "task": PUSHT_TASK})
+        ds.save_episode()
+    ds.finalize()
+    return root

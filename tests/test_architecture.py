@@ -110,6 +110,9 @@ def test_a_policy_folder_registers_itself(tmp_path, monkeypatch):
     import policies
     import vla.policy as registry
 
+    # discover the real policies first: a package registers itself when first imported, and that
+    # must happen into the real registry, not the copy patched in below (else later tests lose them)
+    registry.available_policies()
     package = tmp_path / "mirror_dita"
     package.mkdir()
     (package / "__init__.py").write_text(

@@ -102,6 +102,10 @@ EVAL = "eval eval.checkpoint={run} eval.episodes=1 eval.output_dir={tmp}/eval"
 DEPLOY = "deploy deploy.checkpoint={run} deploy.output_dir={tmp}/deploy deploy.max_steps=2"
 COLLECT = "collect collect.episodes=1 dataset.root={tmp}/ds"
 
+# a two-entry mixture of the recorded dataset with itself; {second} is the second entry
+MIX = ("train output_dir={{tmp}}/run \"dataset.mixture=[{{{{name: a, root: '{{data}}'}}}}, {second}]\" "
+       + " ".join(TINY))
+
 CASES = [
     # config: keys, types, ranges, combinations
     Case("unknown-key", TRAIN + " train.stepz=5", "unknown config key 'train.stepz'"),
@@ -155,6 +159,18 @@ CASES = [
          "dataset.features.action: action[0:9] is out of range for 'action', which has 7 values"),
     Case("mapping-bad-source", TRAIN + " dataset.features.state=observation.state[1]",
          "dataset.features.state: 'observation.state[1]' is not a dataset key or a slice of one"),
+    Case("mixture-duplicate-name", MIX.format(second="{{name: a, root: '{data}'}}"),
+         "dataset.mixture[1]: two entries are named 'a'"),
+    Case("mixture-weight-zero", MIX.format(second="{{name: b, root: '{data}', weight: 0}}"),
+         "dataset.mixture[1] (b): weight must be > 0, got 0"),
+    Case("mixture-missing-key", MIX.format(second="{{name: b, root: '{data}', features: {{action: nope}}}}"),
+         "dataset.mixture[1] (b): dataset.features.action: the dataset has no key 'nope'"),
+    Case("mixture-slice-out-of-range",
+         MIX.format(second="{{name: b, root: '{data}', features: {{state: 'observation.state[0:20]'}}}}"),
+         "dataset.mixture[1] (b): dataset.features.state: observation.state[0:20] is out of range"),
+    Case("mixture-temperature", TRAIN + " dataset.temperature=0", "dataset.temperature must be > 0"),
+    Case("mixture-narrower-policy", MIX.format(second="{{name: b, root: '{data}'}}") + " policy.action_dim=3",
+         "dataset.mixture[0] (a): 'action' has 7 values, more than policy.action_dim=3"),
     Case("mapping-camera-from-a-vector", TRAIN + " dataset.features.cameras.agentview=observation.state",
          "dataset.features.cameras.agentview: 'observation.state' is a float32 vector, not a camera"),
     # checkpoint

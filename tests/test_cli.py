@@ -96,7 +96,7 @@ def test_nan_in_a_batch_is_refused():
 
     from vla.data.normalize import Normalizer
     from vla.errors import TrainingError
-    from vla.train import normalize_batch
+    from vla.data.normalize import normalize_batch
 
     stats = {"action": {"min": torch.zeros(2), "max": torch.ones(2), "mean": torch.zeros(2), "std": torch.ones(2)}}
     norm = Normalizer(stats, {"action": "min_max"})

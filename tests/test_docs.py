@@ -108,6 +108,8 @@ NOT_RUN = {
     "dataset.repo_id=lerobot/pusht": "downloads lerobot/pusht: tests/test_feature_mapping.py trains on a dataset "
                                      "in its convention, written with lerobot's API, through the same overrides",
     "output_dir=outputs/pusht": "evaluates that run: tests/test_feature_mapping.py evaluates its run in env=pusht",
+    "output_dir=outputs/mix": "needs a Meta-World dataset: tests/test_mixture.py trains, evaluates and resumes a "
+                              "two-dataset mixture through the same overrides",
 }
 
 RUN_HERE = ["README.md", "policies/dust/README.md", "policies/omnijarvis/README.md", "docs/envs.md"]

@@ -185,6 +185,25 @@ def test_future_past_the_episode_end_has_no_world_model_loss(dust):
     torch.testing.assert_close(a, b)
 
 
+def test_a_camera_the_dataset_lacks_has_no_world_model_loss(dust):
+    """camera_is_pad (a dataset mapped with cameras.<c>: null): that camera's future tokens
+    (a black frame's embedding) carry no loss, so what stands in for them does not matter."""
+    from vla.features import CAMERA_PAD
+
+    cfg, policy = dust
+    batch = raw_batch(cfg)
+    batch["future_is_pad"][:] = False
+    batch[CAMERA_PAD] = torch.tensor([[False, True]]).expand(len(batch["future_is_pad"]), -1)
+    torch.manual_seed(5)
+    a, logs = policy.compute_loss(copy.deepcopy(batch))
+    second = cfg.backbone.cameras[1]
+    batch["future_images"][second] = torch.rand_like(batch["future_images"][second])
+    torch.manual_seed(5)
+    b, _ = policy.compute_loss(batch)
+    torch.testing.assert_close(a, b)
+    assert logs["wm_loss"] > 0
+
+
 def test_future_target_is_the_2x2_pooled_frame_embedding(dust):
     cfg, policy = dust
     frames = {"vision": torch.randn(5, 2, 9, 7)}  # a 3x3 grid per camera

@@ -10,17 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import PUSHT_STYLE_FEATURES as FEATURES
 from tests.conftest import TINY
 from vla.config import FeatureMapConfig
 from vla.data.mapping import FeatureMap, Source, parse_source
 from vla.errors import ConfigError, FeatureMismatchError
-
-FEATURES = {
-    "observation.image": {"dtype": "video", "shape": (480, 640, 3), "names": ["height", "width", "channels"]},
-    "observation.state": {"dtype": "float32", "shape": (4,), "names": ["x", "y", "vx", "vy"]},
-    "observation.environment_state": {"dtype": "float32", "shape": (3,), "names": None},
-    "action": {"dtype": "float32", "shape": (3,), "names": ["ax", "ay", "unused"]},
-}
 
 
 def fmap(**cfg) -> FeatureMap:
@@ -124,32 +118,6 @@ def test_no_mapping_changes_nothing():
 
 
 # --------------------------------------------------------------------------- end to end
-PUSHT_TASK = "push the T-shaped block onto the T-shaped target"
-FRAMES = 12
-
-
-@pytest.fixture(scope="module")
-def pusht_style(tmp_path_factory):
-    """Two episodes written with lerobot's own API in LeRobot's PushT convention (one camera
-    called observation.image, 480x640 video), with a 4-D state and a 3-D action of which a
-    PushT policy uses the first two."""
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
-    root = tmp_path_factory.mktemp("byod") / "pusht-style"
-    ds = LeRobotDataset.create("lab/pusht-style", 10, FEATURES, root=root, use_videos=True, video_backend="pyav")
-    ramp = np.linspace(0, 255, 640, dtype=np.float32)[None, :, None]
-    for episode in range(2):
-        for t in range(FRAMES):
-            image = np.broadcast_to((ramp + 20 * t) % 256, (480, 640, 3)).astype(np.uint8)
-            ds.add_frame({"observation.image": image,
-                          "observation.state": np.array([100 + t, 200 + episode, 0.5, -0.5], np.float32),
-                          "observation.environment_state": np.array([t, 0, 1], np.float32),
-                          "action": np.array([300 + t, 400 - t, 7], np.float32), "task": PUSHT_TASK})
-        ds.save_episode()
-    ds.finalize()
-    return root
-
-
 PUSHT_MAP = ["policy.backbone.cameras=[top]", "dataset.features.cameras.top=observation.image",
              "dataset.features.state=observation.state[0:2]", "dataset.features.action=action[:2]"]
 
@@ -203,3 +171,52 @@ def test_the_raw_path_maps_the_same_way(pusht_style, tmp_path):
     assert batch["observation.images.top"].shape == (3, 2, 3, 480, 640)
     assert "observation.image" not in batch
     assert (batch["action"][:, 0, 0] - batch["observation.state"][:, -1, 0] == 200).all()  # 300 + t vs 100 + t
+
+
+# --------------------------------------------------------------------------- a camera the dataset lacks
+def test_a_null_camera_is_absent():
+    m = fmap(cameras={"agentview": "observation.image", "wrist": None})
+    assert m.absent == {"observation.images.wrist"} and m.sources_of("observation.images.wrist") == []
+    features = m.features(FEATURES)
+    assert "observation.images.agentview" in features and "observation.images.wrist" not in features
+
+
+def test_a_lacking_cameras_tokens_are_masked_and_never_read(pusht_style):
+    """Training batches of a dataset without a wrist camera say so (camera_is_pad), and the
+    policy's loss does not depend on the features standing in for that camera."""
+    from vla.config import DatasetConfig
+    from vla.data.pipeline import TrainingData
+    from vla.features import CAMERA_PAD
+    from vla.policy import make_policy, policy_config_class
+
+    ds_cfg = DatasetConfig(repo_id="lab/pusht-style", root=str(pusht_style),
+                           features=FeatureMapConfig(cameras={"agentview": "observation.image", "wrist": None}))
+    policy_cfg = policy_config_class("dita")(width=32, depth=1, heads=2, n_obs_steps=1, horizon=4, n_action_steps=2)
+    data = TrainingData(ds_cfg, policy_cfg, seed=0, device=torch.device("cpu"), num_workers=0, batch_size=6)
+    batch = data.next_batch()
+    assert batch[CAMERA_PAD].tolist() == [[False, True]] * 6
+    from vla.data.normalize import normalize_batch
+
+    batch = normalize_batch(batch, data.normalizer)
+    policy = make_policy(data.policy_cfg)
+    prefix = policy.prefix(batch)
+    per_camera = policy.backbone._tokens_per_camera()
+    text = policy.config.backbone.max_text_tokens
+    agentview, wrist = slice(text, text + per_camera), slice(text + per_camera, text + 2 * per_camera)
+    assert prefix.mask[:, agentview].all() and not prefix.mask[:, wrist].any()
+    other = {**batch, "frames": {k: v.clone() for k, v in batch["frames"].items()}}
+    for v in other["frames"].values():
+        v[:, :, 1] = torch.randn_like(v[:, :, 1])  # camera 1 (wrist): anything at all
+    torch.manual_seed(0)
+    loss = policy.compute_loss(batch)[0]
+    torch.manual_seed(0)
+    assert torch.allclose(loss, policy.compute_loss(other)[0])
+
+
+def test_a_lacking_camera_trains_on_both_paths(pusht_style, tmp_path):
+    from vla.cli import main
+
+    base = ["train", f"dataset.root={pusht_style}", "dataset.repo_id=lab/pusht-style", "train.steps=2", *TINY,
+            "dataset.features.cameras.agentview=observation.image", "dataset.features.cameras.wrist=null"]
+    assert main([*base, f"output_dir={tmp_path / 'cached'}"]) == 0
+    assert main([*base, "dataset.cache_features=false", f"output_dir={tmp_path / 'raw'}"]) == 0

@@ -383,9 +383,9 @@ def test_a_windows_code_does_not_depend_on_its_batch_companions(monkeypatch):
     seen = []
     original = policy.decoder.loss
 
-    def spy(prefix, codes, step, actions, is_pad):
+    def spy(prefix, codes, step, actions, is_pad, dim_is_pad=None):
         seen.append(codes.detach().clone())
-        return original(prefix, codes, step, actions, is_pad)
+        return original(prefix, codes, step, actions, is_pad, dim_is_pad)
 
     monkeypatch.setattr(policy.decoder, "loss", spy)
     shared = list(range(8))  # the same 8 windows, with 8 different companions in each batch

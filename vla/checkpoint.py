@@ -28,7 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from vla.data.normalize import Normalizer
+from vla.data.normalize import EmbodimentNormalizers, Normalizer, load_normalizer
 from vla.errors import CheckpointError
 from vla.policy import Policy, PolicyConfig, make_policy, policy_config_class
 
@@ -156,13 +156,14 @@ def load_trainable_weights(path_or_id: str) -> tuple[str, dict[str, torch.Tensor
         raise _corrupt(model_dir, e) from None
 
 
-def load_policy(path_or_id: str, device: str | torch.device = "cpu") -> tuple[Policy, Normalizer]:
+def load_policy(path_or_id: str,
+                device: str | torch.device = "cpu") -> tuple[Policy, Normalizer | EmbodimentNormalizers]:
     """Rebuild a policy and its normalizer from a checkpoint; errors are one line."""
     model_dir = resolve_model_dir(path_or_id)
     try:
         meta = _read_meta(model_dir)
         config: PolicyConfig = _config_from_dict(policy_config_class(meta["policy"]), meta["config"])
-        normalizer = Normalizer.from_json((model_dir / "normalization.json").read_text())
+        normalizer = load_normalizer((model_dir / "normalization.json").read_text())
         weights = load_file(model_dir / "model.safetensors")
     except _CORRUPT as e:
         raise _corrupt(model_dir, e) from None

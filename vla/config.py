@@ -59,10 +59,25 @@ class FeatureMapConfig:
     unset is read under its own name. A source is a key or a slice of one, "observation.state[0:7]";
     state, action and environment_state take one source or a list of them, concatenated."""
 
-    cameras: dict[str, str] = field(default_factory=dict)  # camera -> image or video key, e.g. {top: observation.image}
+    # camera -> image or video key, e.g. {top: observation.image}; null: the dataset lacks that camera
+    # (zero images, its tokens masked)
+    cameras: dict[str, str | None] = field(default_factory=dict)
     state: Any = None  # observation.state <- e.g. [observation.state[0:7], observation.environment_state]
     action: Any = None                # action <- e.g. action[0:7]
     environment_state: Any = None     # observation.environment_state (an auxiliary target's input)
+
+
+@dataclass
+class MixtureEntry:
+    """One dataset of a mixture (vla/data/mixture.py): its name is the embodiment a checkpoint
+    knows it by (its statistics, token and dimensions)."""
+
+    name: str = "???"                 # required: e.g. panda_lift, sawyer_mt10
+    repo_id: str | None = None        # hub id (or a name for a local dataset); None = local/<name>
+    root: str | None = None           # local directory; None = read repo_id from the hub
+    weight: float = 1.0               # > 0; see DatasetConfig.temperature
+    episodes: list[int] | None = None
+    features: FeatureMapConfig = field(default_factory=lambda: FeatureMapConfig())
 
 
 @dataclass
@@ -73,6 +88,11 @@ class DatasetConfig:
     cache_features: bool = True       # cache frozen backbone features (needs a frozen backbone)
     video_backend: str | None = "pyav"  # torchcodec needs an ffmpeg this machine lacks
     features: FeatureMapConfig = field(default_factory=lambda: FeatureMapConfig())  # where each feature comes from
+    # A weighted mixture of datasets instead of the one above (repo_id / root / episodes / features unused):
+    # a sample comes from entry i with probability proportional to weight_i * frames_i ** (1 / temperature)
+    # (1 = in proportion to size; larger flattens towards the weights alone, as OXE-style mixtures do)
+    mixture: list[MixtureEntry] = field(default_factory=list)
+    temperature: float = 1.0
 
 
 @dataclass
@@ -126,6 +146,8 @@ class EvalConfig:
     test_time_scaling: int | None = None  # DUST: vision steps per action step q (N_o = q * N_A);
                                           # None = the checkpoint's
     temporal_ensemble: float | None = None  # ACT-style ensembling coefficient; None = off
+    embodiment: str | None = None     # a mixture checkpoint's entry to run as (its statistics, token, widths);
+                                      # None = the only one
     output_dir: str | None = None     # None = <output_dir>/eval
 
 
@@ -142,6 +164,7 @@ class DeployConfig:
     inference_steps: int | None = None    # denoising steps per chunk (DDIM / Euler); None = the checkpoint's
     test_time_scaling: int | None = None  # DUST: vision steps per action step q (N_o = q * N_A)
     max_inference_seconds: float = 2.0    # the arm holds while it waits for a chunk; longer than this ends the run
+    embodiment: str | None = None         # a mixture checkpoint's entry to run as; None = the only one
     dry_run: bool = False                 # compute, check and log commands; send none
     record: bool = True                   # record every episode as a LeRobot dataset
     dataset_root: str | None = None       # None = <output_dir>/deploy/data
@@ -232,7 +255,7 @@ LIMITS: dict[str, tuple[str, float]] = {
     "deploy.episodes": (">=", 1), "deploy.max_steps": (">=", 1), "deploy.n_action_steps": (">=", 1),
     "deploy.inference_steps": (">=", 1), "deploy.test_time_scaling": (">=", 1),
     "deploy.temporal_ensemble": (">=", 0), "deploy.max_inference_seconds": (">", 0),
-    "env.image_size": (">=", 8), "env.max_episode_steps": (">=", 1),
+    "env.image_size": (">=", 8), "env.max_episode_steps": (">=", 1), "dataset.temperature": (">", 0),
 }
 
 

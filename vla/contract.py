@@ -14,7 +14,7 @@ from typing import TypedDict
 
 from torch import Tensor
 
-from vla.features import ACTION, OBS_STATE, TASK
+from vla.features import ACTION, ACTION_DIM_PAD, CAMERA_PAD, EMBODIMENT, OBS_STATE, TASK
 
 # The functional form, because the LeRobot feature names have dots in them.
 Observation = TypedDict("Observation", {
@@ -23,12 +23,15 @@ Observation = TypedDict("Observation", {
     "text": dict[str, Tensor],     # Backbone.encode_text features, (B, ...) each (cached path)
     TASK: list[str],               # B instructions (raw path)
     "step": Tensor,                # (B,) long: control steps since each env's episode began (acting only)
+    EMBODIMENT: Tensor,            # (B,) long: each sample's mixture entry (policies trained on a mixture)
+    CAMERA_PAD: Tensor,            # (B, n_cam) bool: cameras a dataset lacks (zero images, masked tokens)
 }, total=False)
 
 Batch = TypedDict("Batch", {
     **Observation.__annotations__,
     ACTION: Tensor,                # (B, H, D_a)
     f"{ACTION}_is_pad": Tensor,    # (B, H) bool: True past the episode end, no loss there
+    ACTION_DIM_PAD: Tensor,        # (B, D_a) bool: a mixture entry's padded action dimensions, no loss there
 }, total=False)
 
 
@@ -51,6 +54,10 @@ def check_batch(batch: dict, config) -> None:
     if ACTION in offsets:
         _expect(batch, ACTION, (b, len(offsets[ACTION]), config.action_dim))
         _expect(batch, f"{ACTION}_is_pad", (b, len(offsets[ACTION])))
+    if config.embodiments:  # a mixture: every sample says its entry, and which action dims are padding
+        _expect(batch, EMBODIMENT, (b,))
+        if ACTION in offsets:
+            _expect(batch, ACTION_DIM_PAD, (b, config.action_dim))
     if "frames" not in batch:  # the raw path: the policy encodes the cameras itself
         for key in config.image_keys():
             _expect(batch, key, (b, len(offsets[key]), 3, None, None))
@@ -61,5 +68,7 @@ def check_batch(batch: dict, config) -> None:
 def check_observation(obs: dict, config) -> None:
     """Raise ValueError unless an Observation's state is (B, T, D_s) and its step (B,)."""
     _expect(obs, OBS_STATE, (None, None, config.state_dim))
+    if len(config.embodiments) > 1:
+        _expect(obs, EMBODIMENT, (obs[OBS_STATE].shape[0],))
     if obs.get("step") is not None:
         _expect(obs, "step", (obs[OBS_STATE].shape[0],))

@@ -38,6 +38,13 @@ TASK = "task"
 PHASE = "annotation.phase"
 # LeRobot adds ``<key>_is_pad`` for delta-timestamp frames that fall outside an episode.
 PAD_SUFFIX = "_is_pad"
+# A dataset mixture's batches (vla/data/mixture.py): which entry (embodiment) each sample came
+# from, (B,) long, and which action dimensions are padding for it, (B, D_a) bool.
+EMBODIMENT = "embodiment"
+ACTION_DIM_PAD = "action_dim_is_pad"
+# Cameras a dataset lacks (dataset.features.cameras.<camera>: null), (B, n_cam) bool in the
+# policy's camera order: their images are zeros and their tokens are masked in the prefix.
+CAMERA_PAD = "camera_is_pad"
 
 STATE_NAMES = [
     "eef_x", "eef_y", "eef_z",

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from vla.backbone import Backbone, BackboneConfig, Prefix, make_backbone
 from vla.contract import Batch, Observation
-from vla.features import ACTION, OBS_ENV_STATE, OBS_STATE, TASK, image_key
+from vla.features import ACTION, ACTION_DIM_PAD, CAMERA_PAD, EMBODIMENT, OBS_ENV_STATE, OBS_STATE, TASK, image_key
 from vla.heads import NoiseProcessConfig
 from vla.layers import AttentionReadout
 
@@ -57,6 +57,9 @@ class PolicyConfig:
     n_action_steps: int = 8      # T_a: actions executed before re-planning (<= horizon)
     state_dim: int = 0           # D_s; 0 = read from the dataset at training time
     action_dim: int = 0          # D_a; 0 = read from the dataset at training time
+    # the entries of a dataset mixture (vla/data/mixture.py), by name: each gets a learned token in the
+    # prefix; state_dim / action_dim are then the largest of theirs. Empty: one dataset, no token.
+    embodiments: list[str] = field(default_factory=list)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     noise: NoiseProcessConfig = field(default_factory=NoiseProcessConfig)
     # per-feature normalization mode: mean_std | min_max | quantile | identity
@@ -121,7 +124,8 @@ class Policy(nn.Module, ABC):
             raise ValueError("state_dim and action_dim must be set (they come from the dataset)")
         self.config = config
         self.backbone: Backbone = make_backbone(
-            config.backbone, width=width, n_obs_steps=config.n_obs_steps, state_dim=config.state_dim
+            config.backbone, width=width, n_obs_steps=config.n_obs_steps, state_dim=config.state_dim,
+            n_embodiments=len(config.embodiments),
         )
         self.env_state_head = None
         if config.env_state_weight > 0:
@@ -155,7 +159,7 @@ class Policy(nn.Module, ABC):
 
     def prefix(self, obs: dict) -> Prefix:
         frames, text = self.encode_observation(obs)
-        return self.backbone(frames, text, obs.get(OBS_STATE))
+        return self.backbone(frames, text, obs.get(OBS_STATE), obs.get(EMBODIMENT), obs.get(CAMERA_PAD))
 
     def encode_future(self, batch: dict) -> dict[str, Tensor]:
         """Frame features ``(B, F, ...)`` of the batch's future frames (``future_offsets``), from
@@ -277,10 +281,33 @@ def make_policy(config: PolicyConfig) -> Policy:
     return _resolve(_entry(config.name)[1])(config)
 
 
-def masked_mse(pred: Tensor, target: Tensor, is_pad: Tensor | None) -> Tensor:
-    """Mean squared error over (B, H, D) ignoring padded steps ``is_pad`` (B, H)."""
-    err = (pred - target).pow(2).mean(-1)  # (B, H)
-    if is_pad is None:
-        return err.mean()
-    valid = (~is_pad).to(err.dtype)
+def action_dims_kept(batch: dict, repeat: int = 1) -> Tensor | None:
+    """(B * repeat, 1, D_a) 1.0 / 0.0: the action dimensions a mixture entry has (None for one
+    dataset). Padded dimensions are kept at exactly 0 through training and sampling: their
+    noise and the network's output there are zeroed, so the real dimensions never see values
+    in them that training (where the clean action is 0 and the loss is masked) did not show."""
+    pad = batch.get(ACTION_DIM_PAD)
+    if pad is None:
+        return None
+    return (~pad).repeat_interleave(repeat, dim=0)[:, None, :].float()
+
+
+def mask_dims(x: Tensor, keep: Tensor | None) -> Tensor:
+    """``x`` (B, H, D_a) with the padded action dimensions of `action_dims_kept` set to 0."""
+    return x if keep is None else x * keep.to(x.dtype)
+
+
+def masked_mse(pred: Tensor, target: Tensor, is_pad: Tensor | None, dim_is_pad: Tensor | None = None) -> Tensor:
+    """Mean squared error over (B, H, D) ignoring padded steps ``is_pad`` (B, H) and padded
+    dimensions ``dim_is_pad`` (B, D): a mixture's embodiments with fewer action dimensions."""
+    if dim_is_pad is None:
+        err = (pred - target).pow(2).mean(-1)  # (B, H)
+        if is_pad is None:
+            return err.mean()
+        valid = (~is_pad).to(err.dtype)
+        return (err * valid).sum() / valid.sum().clamp(min=1.0)
+    err = (pred - target).pow(2)  # (B, H, D)
+    valid = (~dim_is_pad).to(err.dtype)[:, None, :].expand_as(err)
+    if is_pad is not None:
+        valid = valid * (~is_pad).to(err.dtype)[:, :, None]
     return (err * valid).sum() / valid.sum().clamp(min=1.0)

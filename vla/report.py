@@ -97,7 +97,8 @@ def write_report(out_dir: Path, result: dict) -> None:
 
 
 def plot_training_curves(metrics_csv: Path, out_png: Path) -> Path | None:
-    """Loss (log scale) and learning rate against step, from the run's metrics.csv."""
+    """Loss (log scale) and learning rate against step, from the run's metrics.csv; a mixture's
+    per-entry losses (``loss/<name>`` columns) beside the total."""
     if not Path(metrics_csv).exists():
         return None
     import matplotlib
@@ -109,7 +110,10 @@ def plot_training_curves(metrics_csv: Path, out_png: Path) -> Path | None:
         rows = list(csv.DictReader(f))
     steps = [int(r["step"]) for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax1.plot(steps, [float(r["loss"]) for r in rows])
+    ax1.plot(steps, [float(r["loss"]) for r in rows], label="loss")
+    for column in sorted(k for k in rows[0] if k.startswith("loss/")) if rows else []:
+        ax1.plot(steps, [float(r[column]) for r in rows], label=column.removeprefix("loss/"), alpha=0.7)
+        ax1.legend(fontsize=8)
     ax1.set(xlabel="step", ylabel="loss", yscale="log", title="training loss")
     ax2.plot(steps, [float(r["lr"]) for r in rows])
     ax2.set(xlabel="step", ylabel="learning rate", title="schedule")

@@ -26,9 +26,9 @@ import torch
 from torch import Tensor
 
 from vla.contract import check_observation
-from vla.data.normalize import Normalizer
+from vla.data.normalize import EmbodimentNormalizers, Normalizer, pad_last
 from vla.errors import CheckpointError, ConfigError
-from vla.features import ACTION, OBS_STATE, TASK, image_key
+from vla.features import ACTION, ACTION_DIM_PAD, EMBODIMENT, OBS_STATE, TASK, image_key
 from vla.policy import Policy
 
 
@@ -47,14 +47,22 @@ def batch_of_one(obs: dict) -> dict:
 class RuntimePolicy:
     """Batched, stateful wrapper: ``act(obs) -> actions`` for B environments in lockstep."""
 
-    def __init__(self, policy: Policy, normalizer: Normalizer, *, n_action_steps: int | None = None,
-                 temporal_ensemble: float | None = None):
+    def __init__(self, policy: Policy, normalizer: Normalizer | EmbodimentNormalizers, *,
+                 n_action_steps: int | None = None, temporal_ensemble: float | None = None,
+                 embodiment: str | None = None):
+        cfg = policy.config
+        # A mixture checkpoint runs as one of its embodiments: that entry's statistics, token and widths.
+        self.embodiment, self.state_dim, self.action_dim = None, cfg.state_dim, cfg.action_dim
+        if isinstance(normalizer, EmbodimentNormalizers):
+            self.embodiment, normalizer, dims = normalizer.select(embodiment)
+            self.state_dim, self.action_dim = dims["state_dim"], dims["action_dim"]
+        elif embodiment is not None:
+            raise ConfigError(f"embodiment {embodiment!r}: this checkpoint was trained on one dataset, not a mixture")
         if ACTION not in normalizer.keys():
 
             raise CheckpointError("this checkpoint has no action statistics: it was trained without actions "
                                   "(action-free pretraining); fine-tune it on data with actions (train.init_from=...)")
         self.policy, self.normalizer = policy.eval(), normalizer
-        cfg = policy.config
         self.n_obs_steps, self.horizon = cfg.n_obs_steps, cfg.horizon
         self.n_action_steps = n_action_steps or cfg.n_action_steps
         if not 1 <= self.n_action_steps <= self.horizon:
@@ -78,7 +86,7 @@ class RuntimePolicy:
                     raise ConfigError(f"{where}.{key}: {e}") from None
         try:
             return cls(policy, normalizer, n_action_steps=settings.n_action_steps,
-                       temporal_ensemble=settings.temporal_ensemble)
+                       temporal_ensemble=settings.temporal_ensemble, embodiment=settings.embodiment)
         except ValueError as e:
             raise ConfigError(f"{where}.n_action_steps: {e}") from None
 
@@ -115,8 +123,8 @@ class RuntimePolicy:
             if x.ndim != 4 or x.shape[-1] != 3:
                 raise ValueError(f"{image_key(c)}: expected (B, H, W, 3) uint8 images, got shape {x.shape}")
         state = torch.as_tensor(np.asarray(obs[OBS_STATE]), dtype=torch.float32, device=self.device)
-        if state.ndim != 2 or state.shape[1] != self.policy.config.state_dim:
-            raise ValueError(f"{OBS_STATE}: expected (B, {self.policy.config.state_dim}), got {tuple(state.shape)}")
+        if state.ndim != 2 or state.shape[1] != self.state_dim:
+            raise ValueError(f"{OBS_STATE}: expected (B, {self.state_dim}), got {tuple(state.shape)}")
         if not torch.isfinite(state).all():
             raise ValueError(f"{OBS_STATE}: non-finite values in the observation")
         return images, state
@@ -127,7 +135,8 @@ class RuntimePolicy:
         images = {c: torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
                   for c, x in arrays.items()}
         frame = self.policy.backbone.encode_frames(images)
-        frame[OBS_STATE] = self.normalizer.normalize(OBS_STATE, state)
+        # a mixture's embodiment with a narrower state: zeros after its own, as in training
+        frame[OBS_STATE] = pad_last(self.normalizer.normalize(OBS_STATE, state), self.policy.config.state_dim)
         return frame
 
     def _frame_needed(self) -> bool:
@@ -164,8 +173,13 @@ class RuntimePolicy:
         state = torch.stack([h[OBS_STATE] for h in hist], dim=1)  # (B, T_o, D_s)
         # step: control steps since each env's episode began, for policies that plan over
         # time (a behavior-token policy re-plans every N steps and starts afresh at 0)
-        return {"frames": frames, "text": self._text_features(tasks), OBS_STATE: state, TASK: tasks,
-                "step": torch.tensor(steps, device=self.device)}
+        obs = {"frames": frames, "text": self._text_features(tasks), OBS_STATE: state, TASK: tasks,
+               "step": torch.tensor(steps, device=self.device)}
+        if self.embodiment is not None:
+            b, width = len(tasks), self.policy.config.action_dim
+            obs[EMBODIMENT] = torch.full((b,), self.embodiment, dtype=torch.long, device=self.device)
+            obs[ACTION_DIM_PAD] = (torch.arange(width, device=self.device) >= self.action_dim).expand(b, -1)
+        return obs
 
     # --- acting ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -208,7 +222,8 @@ class RuntimePolicy:
     def _sample(self, obs: dict) -> np.ndarray:
         """Policy observation -> unnormalized chunks (B, H, D_a)."""
         check_observation(obs, self.policy.config)
-        return self.normalizer.unnormalize(ACTION, self.policy.sample_actions(obs)).float().cpu().numpy()
+        chunk = self.policy.sample_actions(obs)[..., : self.action_dim]  # a mixture's embodiment: its own dims
+        return self.normalizer.unnormalize(ACTION, chunk).float().cpu().numpy()
 
     def annotations(self) -> list[str] | None:
         """What the policy says it is doing, per env (e.g. a generated thought), or None."""

@@ -25,21 +25,10 @@ from vla.checkpoint import (
 )
 from vla.config import RunConfig
 from vla.contract import check_batch
-from vla.data.normalize import Normalizer
+from vla.data.normalize import normalize_batch
 from vla.distributed import Distributed
 from vla.errors import ConfigError, TrainingError
 from vla.policy import Policy, PolicyConfig, make_policy
-
-
-def normalize_batch(batch: dict, normalizer: Normalizer) -> dict:
-    """Normalize every low-dimensional key the normalizer knows, refusing non-finite values."""
-    for key in normalizer.keys():
-        if key in batch:
-            x = batch[key]
-            if not torch.isfinite(x).all():
-                raise TrainingError(f"non-finite values (NaN or inf) in batch key {key!r}")
-            batch[key] = normalizer.normalize(key, x)
-    return batch
 
 
 def to_device(batch, device):
@@ -90,11 +79,13 @@ class Trainer:
         if policy_cfg is None:
             raise TrainingError("no policy configured (e.g. policy=dita-small)")
         seed_everything(run.seed + self.dist.rank)
+        from vla.data.mixture import MixtureData
         from vla.data.pipeline import TrainingData
 
-        self.data = TrainingData(run.dataset, policy_cfg, seed=run.seed + self.dist.rank, device=self.device,
-                                 num_workers=run.train.num_workers, batch_size=run.train.batch_size,
-                                 is_main=self.dist.is_main, barrier=self.dist.barrier, progress=progress)
+        source = MixtureData if run.dataset.mixture else TrainingData  # several datasets, or one
+        self.data = source(run.dataset, policy_cfg, seed=run.seed + self.dist.rank, device=self.device,
+                           num_workers=run.train.num_workers, batch_size=run.train.batch_size,
+                           is_main=self.dist.is_main, barrier=self.dist.barrier, progress=progress)
         self.policy_cfg = self.data.policy_cfg
         self.policy: Policy = make_policy(self.policy_cfg).to(self.device)
         self.normalizer = self.data.normalizer.to(self.device)
@@ -190,12 +181,20 @@ class Trainer:
             "run_config": asdict(self.run_cfg),
         }
         ds = self.run_cfg.dataset
-        data = {"repo_id": ds.repo_id, "root": ds.root, "features": {k: v for k, v in asdict(ds.features).items() if v}}
+
+        def about(entry) -> dict:
+            return {"repo_id": entry.repo_id, "root": entry.root,
+                    "features": {k: v for k, v in asdict(entry.features).items() if v}}
+
+        data = {"mixture": [{"name": e.name, "weight": e.weight, **about(e)} for e in ds.mixture],
+                "temperature": ds.temperature} if ds.mixture else about(ds)
         return save_checkpoint(self.out, self.step, self.policy, self.normalizer, state, weights, data)
 
     # --- the loop --------------------------------------------------------------------------
     def train_step(self, batch: dict) -> dict[str, float]:
-        batch = normalize_batch(to_device(batch, self.device), self.normalizer)
+        batch = to_device(batch, self.device)
+        if not self.data.normalized:  # a mixture's come normalized, per entry
+            batch = normalize_batch(batch, self.normalizer)
         try:
             check_batch(batch, self.policy_cfg)  # shapes the config promises, before the model sees them
         except ValueError as e:
@@ -235,6 +234,7 @@ class Trainer:
                 final = stopped is not None
                 if self.step % log_every == 0 or final:
                     mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                    mean.update(self._entry_losses())
                     window, self.last_logs = [], mean
                     bar.set_postfix(loss=f"{mean['loss']:.4f}",
                                     **({"budget": self.budget.left()} if t.max_seconds else {}))
@@ -255,6 +255,24 @@ class Trainer:
             if self.last_logs or not (self.out / "summary.json").exists():  # a resume with nothing left keeps it
                 self._write_summary(stopped)
         return last_ckpt
+
+    def _entry_losses(self) -> dict[str, float]:
+        """A mixture's loss per entry (``loss/<name>``), each on a fresh batch of that entry alone
+        drawn from its own stream, without gradients and with the random state restored, so the
+        training run is the same with or without it. Empty for one dataset."""
+        names = getattr(self.data, "names", None)
+        if not names:
+            return {}
+        if not hasattr(self, "_entry_generator"):
+            self._entry_generator = torch.Generator().manual_seed(self.run_cfg.seed + 7919)
+        n = max(4, self.run_cfg.train.batch_size // len(names))
+        out = {}
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            for i, name in enumerate(names):
+                batch = to_device(self.data.entry_batch(i, n, self._entry_generator), self.device)
+                out[f"loss/{name}"] = float(self.policy.compute_loss(batch)[0])
+        return out
 
     def _write_summary(self, stopped: str) -> None:
         """``summary.json``: how far the run got and what it cost (what side-by-side tables read)."""

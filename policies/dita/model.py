@@ -17,9 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from policies.dita.config import DitaConfig
+from vla.features import ACTION_DIM_PAD
 from vla.heads import make_noise_process, sinusoidal_embedding
 from vla.layers import DecoderBlock, GrowingKVCache, RMSNorm, Rotary, StaticKVCache, causal_mask, default_ffn_dim
-from vla.policy import Policy, masked_mse
+from vla.policy import Policy, action_dims_kept, mask_dims, masked_mse
 
 
 class DitaPolicy(Policy):
@@ -49,11 +50,12 @@ class DitaPolicy(Policy):
             x = block(x, self.rotary, mask, start, cache, i)
         return x
 
-    def denoise(self, prefix_tokens: Tensor, full_mask: Tensor, noisy_actions: Tensor, t: Tensor) -> Tensor:
+    def denoise(self, prefix_tokens: Tensor, full_mask: Tensor, noisy_actions: Tensor, t: Tensor,
+                keep: Tensor | None = None) -> Tensor:
         """Uncached: the whole sequence at once. Returns predicted epsilon (B, H, D_a)."""
         x = torch.cat([prefix_tokens, self._suffix(noisy_actions, t)], dim=1)
         x = self._run(x, full_mask, 0, None)
-        return self.action_out(self.norm(x[:, -self.config.horizon:]))
+        return mask_dims(self.action_out(self.norm(x[:, -self.config.horizon:])), keep)
 
     def _full_mask(self, prefix_mask: Tensor) -> Tensor:
         b, s = prefix_mask.shape[0], 1 + self.config.horizon
@@ -69,19 +71,22 @@ class DitaPolicy(Policy):
         actions = batch["action"].repeat_interleave(k, dim=0)  # (B*K, H, D_a)
         is_pad = batch.get("action_is_pad")
         is_pad = is_pad.repeat_interleave(k, dim=0) if is_pad is not None else None
-        noise = torch.randn_like(actions)
+        keep = action_dims_kept(batch, k)
+        noise = torch.randn_like(actions) if keep is None else torch.randn_like(actions) * keep
         t = self.process.sample_time(actions.shape[0], actions.device)
         noisy = self.process.add_noise(actions, noise, t)
         mask = self._full_mask(prefix.mask)
         if k == 1:
-            pred = self.denoise(prefix.tokens, mask, noisy, t)
+            pred = self.denoise(prefix.tokens, mask, noisy, t, keep)
         else:
             cache = GrowingKVCache()  # differentiable: gradients reach the prefix through its keys / values
             self._run(prefix.tokens, mask[:, :, :n_p, :n_p], 0, cache)
             cache = cache.repeat_interleave(k)
             h = self._run(self._suffix(noisy, t), mask[:, :, n_p:].repeat_interleave(k, dim=0), n_p, cache)
-            pred = self.action_out(self.norm(h[:, 1:]))
-        loss = masked_mse(pred, self.process.target(actions, noise, t), is_pad)
+            pred = mask_dims(self.action_out(self.norm(h[:, 1:])), keep)
+        dim_pad = batch.get(ACTION_DIM_PAD)  # a mixture's embodiments with fewer action dimensions
+        dim_pad = dim_pad.repeat_interleave(k, dim=0) if dim_pad is not None else None
+        loss = masked_mse(pred, self.process.target(actions, noise, t), is_pad, dim_pad)
         logs = {"action_loss": loss.item()}
         aux, aux_logs = self.auxiliary_loss(prefix, batch)
         if aux is not None:
@@ -105,16 +110,18 @@ class DitaPolicy(Policy):
         x = noise if noise is not None else torch.randn(
             b, self.config.horizon, self.config.action_dim, device=prefix.tokens.device, dtype=prefix.tokens.dtype
         )
+        keep = action_dims_kept(obs)
+        x = mask_dims(x, keep)
         mask = self._full_mask(prefix.mask)
         use_cache = self.config.use_prefix_cache if use_cache is None else use_cache
         sample = self._sample_cached if use_cache else self._sample_uncached
-        return sample(prefix.tokens, mask, x)
+        return sample(prefix.tokens, mask, x, keep)
 
-    def _sample_uncached(self, prefix_tokens: Tensor, mask: Tensor, x: Tensor) -> Tensor:
+    def _sample_uncached(self, prefix_tokens: Tensor, mask: Tensor, x: Tensor, keep: Tensor | None = None) -> Tensor:
         times = self.process.sampling_times()
         for t, t_next in zip(times[:-1], times[1:]):
             tt = torch.full((x.shape[0],), t, device=x.device)
-            x = self.process.step(x, self.denoise(prefix_tokens, mask, x, tt), t, t_next)
+            x = self.process.step(x, self.denoise(prefix_tokens, mask, x, tt, keep), t, t_next)
         return x
 
     def sample_from_prefix(self, prefix_tokens: Tensor, prefix_mask: Tensor, noise: Tensor) -> Tensor:
@@ -144,7 +151,7 @@ class DitaPolicy(Policy):
 
         return sample
 
-    def _sample_cached(self, prefix_tokens: Tensor, mask: Tensor, x: Tensor) -> Tensor:
+    def _sample_cached(self, prefix_tokens: Tensor, mask: Tensor, x: Tensor, keep: Tensor | None = None) -> Tensor:
         n_p = self.n_prefix
         cache = self._prefill(prefix_tokens, mask[:, :, :n_p, :n_p])
         suffix_mask = mask[:, :, n_p:, :]  # (B, 1, 1 + H, L): suffix rows over every key
@@ -152,5 +159,5 @@ class DitaPolicy(Policy):
         for t, t_next in zip(times[:-1], times[1:]):
             tt = torch.full((x.shape[0],), t, device=x.device)
             h = self._run(self._suffix(x, tt), suffix_mask, n_p, cache)  # writes [N_p, L) in place
-            x = self.process.step(x, self.action_out(self.norm(h[:, 1:])), t, t_next)
+            x = self.process.step(x, mask_dims(self.action_out(self.norm(h[:, 1:])), keep), t, t_next)
         return x

@@ -27,10 +27,10 @@ from torch import Tensor, nn
 
 from policies.dust.blocks import DiTBlock, FinalLayer, MMDiTBlock, TimeEmbedder, sincos_1d, sincos_2d
 from policies.dust.config import DustConfig
-from vla.features import ACTION, OBS_STATE
+from vla.features import ACTION, ACTION_DIM_PAD, CAMERA_PAD, OBS_STATE
 from vla.heads import make_noise_process
 from vla.layers import DecoderBlock, Rotary, default_ffn_dim
-from vla.policy import Policy, masked_mse
+from vla.policy import Policy, action_dims_kept, mask_dims, masked_mse
 
 # Positions of the streams in the MM-DiT lists (the prefix, in "stream" mode, comes last).
 _STREAM_ACTION, _STREAM_VISION = 0, 1
@@ -106,8 +106,9 @@ class DustPolicy(Policy):
 
     # --- targets -------------------------------------------------------------------------------
     def future_tokens(self, batch: dict) -> tuple[Tensor, Tensor]:
-        """The world-model target (B, n_future, D_vis) and which samples have one (B,) bool:
-        a frame at t + H past the episode's end is padding (``future_is_pad``) and has no loss."""
+        """The world-model target (B, n_future, D_vis) and which of its tokens count (B, n_future)
+        bool: none of a frame at t + H past the episode's end (``future_is_pad``), none of a
+        camera the dataset lacks (``camera_is_pad``: its target is a black frame's)."""
         frames = self.encode_future(batch)  # (B, 1, ...)
         target = self.backbone.future_target({k: v[:, -1] for k, v in frames.items()}, self.config.future_pool)
         if self.config.target_norm == "layer":
@@ -115,6 +116,11 @@ class DustPolicy(Policy):
         is_pad = batch.get("future_is_pad")
         valid = (~is_pad[:, -1] if is_pad is not None
                  else torch.ones(target.shape[0], dtype=torch.bool, device=target.device))
+        valid = valid[:, None].expand(-1, target.shape[1])
+        camera_pad = batch.get(CAMERA_PAD)
+        if camera_pad is not None:  # the target is camera-major: each camera's pooled grid in turn
+            per_camera = target.shape[1] // camera_pad.shape[1]
+            valid = valid & ~camera_pad.to(valid.device).repeat_interleave(per_camera, dim=1)
         return target, valid
 
     # --- the denoiser ------------------------------------------------------------------------
@@ -195,7 +201,8 @@ class DustPolicy(Policy):
         else:
             actions = _repeat(batch[ACTION], k)
             t_a = self.process.sample_time(b, device)
-        noise_a = torch.randn_like(actions)
+        keep = None if cfg.action_free else action_dims_kept(batch, k)  # a mixture's padded dims stay 0
+        noise_a = mask_dims(torch.randn_like(actions), keep)
         noisy_a = self.process.add_noise(actions, noise_a, t_a)
         future = noisy_o = t_o = noise_o = None
         if cfg.world_model:
@@ -205,14 +212,16 @@ class DustPolicy(Policy):
             noisy_o = self.process.add_noise(future, noise_o, t_o)
         is_pad = _repeat(batch.get(f"{ACTION}_is_pad"), k)
         v_a, v_o = self.velocity(state, noisy_a, t_a, noisy_o, t_o, ctx, None if cfg.action_free else is_pad)
+        v_a = mask_dims(v_a, keep)
         logs: dict[str, float] = {}
         loss = torch.zeros((), device=device)
         if not cfg.action_free:
-            l_action = masked_mse(v_a, self.process.target(actions, noise_a, t_a), is_pad)
+            dim_pad = _repeat(batch.get(ACTION_DIM_PAD), k)  # a mixture's embodiments with fewer action dims
+            l_action = masked_mse(v_a, self.process.target(actions, noise_a, t_a), is_pad, dim_pad)
             loss = loss + l_action
             logs["action_loss"] = l_action.item()
         if cfg.world_model:
-            err = (v_o - self.process.target(future, noise_o, t_o)).pow(2).mean(dim=(1, 2))  # (B,)
+            err = (v_o - self.process.target(future, noise_o, t_o)).pow(2).mean(dim=2)  # (B, n_future)
             l_wm = (err * valid).sum() / valid.sum().clamp(min=1)
             loss = loss + cfg.lambda_wm * l_wm
             logs["wm_loss"] = l_wm.item()
@@ -244,8 +253,9 @@ class DustPolicy(Policy):
         state = obs[OBS_STATE].to(prefix.tokens.dtype)
         b, device, dtype = state.shape[0], state.device, prefix.tokens.dtype
         ctx = self._context(prefix)
-        actions = (noise if noise is not None
-                   else torch.randn(b, cfg.horizon, cfg.action_dim, device=device, dtype=dtype))
+        keep = action_dims_kept(obs)  # a mixture's embodiment: its padded action dims stay 0
+        actions = mask_dims(noise if noise is not None
+                            else torch.randn(b, cfg.horizon, cfg.action_dim, device=device, dtype=dtype), keep)
         n_a, q = cfg.noise.num_inference_steps, cfg.vision_ratio
         n_o = n_a * q
         future = None
@@ -261,7 +271,7 @@ class DustPolicy(Policy):
             if cfg.world_model:
                 future = self.process.step(future, v_o, t_o, 1.0 - (j + 1) / n_o)
             if j % q == update_at:
-                actions = self.process.step(actions, v_a, t_a, 1.0 - (updates + 1) / n_a)
+                actions = self.process.step(actions, mask_dims(v_a, keep), t_a, 1.0 - (updates + 1) / n_a)
                 updates += 1
         self.counters["action_updates"] += updates
         self.last_action_time = 1.0 - updates / n_a

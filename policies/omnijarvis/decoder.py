@@ -25,6 +25,7 @@ from policies.omnijarvis.config import OmniJarvisConfig
 from vla.backbone import Prefix
 from vla.heads import make_noise_process, sinusoidal_embedding
 from vla.layers import DecoderBlock, RMSNorm, Rotary, causal_mask, default_ffn_dim
+from vla.policy import mask_dims
 
 
 class BehaviorDecoder(nn.Module):
@@ -67,34 +68,43 @@ class BehaviorDecoder(nn.Module):
     def _bins(self, h: Tensor) -> Tensor:
         return self.action_out(h).unflatten(-1, (self.config.action_dim, self.config.action_bins))  # (B, H, D_a, K)
 
-    def loss(self, prefix: Prefix, codes: Tensor, step: Tensor, actions: Tensor, is_pad: Tensor | None) -> Tensor:
-        """Behavior-cloning loss of the H-step chunk ``actions`` (B, H, D_a); padded steps ignored."""
-        valid = torch.ones(actions.shape[:2], device=actions.device) if is_pad is None else (~is_pad).float()
+    def loss(self, prefix: Prefix, codes: Tensor, step: Tensor, actions: Tensor, is_pad: Tensor | None,
+             dim_is_pad: Tensor | None = None) -> Tensor:
+        """Behavior-cloning loss of the H-step chunk ``actions`` (B, H, D_a); padded steps (B, H)
+        and a mixture entry's padded action dimensions ``dim_is_pad`` (B, D_a) ignored."""
+        valid = torch.ones(actions.shape, device=actions.device)
+        if is_pad is not None:
+            valid = valid * (~is_pad).float()[:, :, None]
+        if dim_is_pad is not None:
+            valid = valid * (~dim_is_pad).float()[:, None, :]
         if self.flow:
-            noise = torch.randn_like(actions)
+            keep = None if dim_is_pad is None else (~dim_is_pad)[:, None, :].float()  # padded dims stay 0
+            noise = mask_dims(torch.randn_like(actions), keep)
             t = self.process.sample_time(actions.shape[0], actions.device)
             pred = self.action_out(self._run(prefix, codes, step,
                                              self._flow_suffix(self.process.add_noise(actions, noise, t), t)))
-            err = (pred - self.process.target(actions, noise, t)).pow(2).mean(-1)  # (B, H)
+            err = (mask_dims(pred, keep) - self.process.target(actions, noise, t)).pow(2)  # (B, H, D_a)
         else:
             logits = self._bins(self._run(prefix, codes, step, self.queries.expand(actions.shape[0], -1, -1)))
             err = F.cross_entropy(logits.flatten(0, 2), self.bin_of(actions).flatten(), reduction="none")
-            err = err.view(actions.shape).mean(-1)
+            err = err.view(actions.shape)
         return (err * valid).sum() / valid.sum().clamp(min=1.0)
 
     @torch.no_grad()
-    def sample(self, prefix: Prefix, codes: Tensor, step: Tensor, noise: Tensor | None = None) -> Tensor:
-        """(B, H, D_a) normalized actions; ``noise`` fixes the flow sampler's start."""
+    def sample(self, prefix: Prefix, codes: Tensor, step: Tensor, noise: Tensor | None = None,
+               keep: Tensor | None = None) -> Tensor:
+        """(B, H, D_a) normalized actions; ``noise`` fixes the flow sampler's start; ``keep``
+        (B, 1, D_a) zeroes a mixture embodiment's padded dims (`vla.policy.action_dims_kept`)."""
         b, cfg = codes.shape[0], self.config
         if not self.flow:
             hidden = self._run(prefix, codes, step, self.queries.expand(b, -1, -1))
             return self.bin_center(self._bins(hidden).argmax(-1))
         x = noise if noise is not None else torch.randn(b, cfg.horizon, cfg.action_dim, device=codes.device)
-        x = x.to(prefix.tokens.dtype)
+        x = mask_dims(x.to(prefix.tokens.dtype), keep)
         times = self.process.sampling_times()
         for t, t_next in zip(times[:-1], times[1:]):
             tt = torch.full((b,), t, device=x.device)
-            velocity = self.action_out(self._run(prefix, codes, step, self._flow_suffix(x, tt)))
+            velocity = mask_dims(self.action_out(self._run(prefix, codes, step, self._flow_suffix(x, tt))), keep)
             x = self.process.step(x, velocity, t, t_next)
         return x
 

@@ -27,8 +27,8 @@ from policies.omnijarvis.config import OmniJarvisConfig
 from policies.omnijarvis.decoder import BehaviorDecoder
 from policies.omnijarvis.tokenizer import BehaviorTokenizer
 from vla.errors import CheckpointError, TrainingError
-from vla.features import ACTION, OBS_STATE, PHASE, TASK
-from vla.policy import Policy
+from vla.features import ACTION, ACTION_DIM_PAD, CAMERA_PAD, EMBODIMENT, OBS_STATE, PHASE, TASK
+from vla.policy import Policy, action_dims_kept
 
 
 @dataclass
@@ -49,6 +49,9 @@ class OmniJarvisPolicy(Policy):
         if config.env_state_weight > 0:
             raise ValueError("omnijarvis does not support env_state_weight (its windows have no single newest frame)")
         super().__init__(config, width=config.width)
+        # the current batch's cameras-a-dataset-lacks mask (B, n_cam), set by _window for the prefixes
+        # its windows build (the tokenizer's, the history's); None: every camera is real
+        self._camera_pad: torch.Tensor | None = None
         n_prefix = self.backbone.num_tokens(config.n_obs_steps)
         self.behavior_tokenizer = BehaviorTokenizer(config)
         self.decoder = BehaviorDecoder(config, n_prefix)
@@ -80,21 +83,25 @@ class OmniJarvisPolicy(Policy):
         code worth choosing; and per-frame encoding skips the instruction tokens C times over."""
         frames, text = self.encode_observation(batch)
         text = without_text(text)
+        self._camera_pad = batch.get(CAMERA_PAD)  # (B, n_cam): cameras a dataset lacks, masked in every prefix
         state = batch[OBS_STATE]
         pad = batch.get(f"{OBS_STATE}_is_pad")
         valid = torch.ones(state.shape[:2], dtype=torch.bool, device=state.device) if pad is None else ~pad
         return frames, text, state, valid[:, self.config.n_obs_steps - 1:]
 
-    def _encode(self, frames: dict, text: dict, state: Tensor, valid: Tensor) -> Tensor:
+    def _encode(self, frames: dict, text: dict, state: Tensor, valid: Tensor,
+                embodiment: Tensor | None = None) -> Tensor:
         """Codes (B, n_codes, d) of the window frames s .. s+C-1."""
         h = self.config.n_obs_steps - 1
         window = {k: v[:, h:] for k, v in frames.items()}
-        return self.behavior_tokenizer(self.backbone, window, text, state[:, h:], valid)
+        return self.behavior_tokenizer(self.backbone, window, text, state[:, h:], valid, embodiment,
+                                       self._camera_pad)
 
-    def _history_prefix(self, frames: dict, text: dict, state: Tensor, j: Tensor):
+    def _history_prefix(self, frames: dict, text: dict, state: Tensor, j: Tensor, embodiment: Tensor | None = None):
         """Backbone prefix of the T_o-frame history ending at window step j (B,)."""
         rows, idx = steps_from(j, self.config.n_obs_steps)
-        return self.backbone({k: v[rows, idx] for k, v in frames.items()}, text, state[rows, idx])
+        return self.backbone({k: v[rows, idx] for k, v in frames.items()}, text, state[rows, idx], embodiment,
+                             self._camera_pad)
 
     # --- the contract ---------------------------------------------------------------------------
     def compute_loss(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
@@ -105,10 +112,11 @@ class OmniJarvisPolicy(Policy):
 
             raise TrainingError("stage 'vla' needs a trained behavior tokenizer: start from the stage-1 run with "
                              "train.init_from=<stage-1 output_dir or checkpoint>")
+        embodiment = batch.get(EMBODIMENT)
         with torch.no_grad():
-            codes = self._encode(frames, text, state, valid)
+            codes = self._encode(frames, text, state, valid, embodiment)
         prefix = self._history_prefix(frames, text, state,
-                                      torch.zeros(len(codes), dtype=torch.long, device=codes.device))
+                                      torch.zeros(len(codes), dtype=torch.long, device=codes.device), embodiment)
         phases, pads = batch[PHASE], batch[f"{PHASE}_is_pad"]
         memories = [memory_text([p for p, pad in zip(row[:-1], row_pad[:-1]) if not pad])
                     for row, row_pad in zip(phases, pads.tolist())]
@@ -119,17 +127,19 @@ class OmniJarvisPolicy(Policy):
 
     def _tokenizer_loss(self, batch, frames, text, state, valid) -> tuple[Tensor, dict[str, float]]:
         self.tokenizer_trained.fill_(True)
-        codes = self._encode(frames, text, state, valid)
+        embodiment = batch.get(EMBODIMENT)
+        codes = self._encode(frames, text, state, valid, embodiment)
         cfg, b = self.config, len(codes)
         actions, pad = batch[ACTION], batch.get(f"{ACTION}_is_pad")
+        dim_pad = batch.get(ACTION_DIM_PAD)  # a mixture's embodiments with fewer action dims
         losses = []
         for _ in range(cfg.decoder_samples):
             # a step of the window inside the episode (frame s is always inside)
             j = (torch.rand(b, device=codes.device) * valid.sum(1)).long()
             rows, idx = steps_from(j, cfg.horizon)
-            prefix = self._history_prefix(frames, text, state, j)
+            prefix = self._history_prefix(frames, text, state, j, embodiment)
             losses.append(self.decoder.loss(prefix, codes, j, actions[rows, idx],
-                                            None if pad is None else pad[rows, idx]))
+                                            None if pad is None else pad[rows, idx], dim_pad))
         loss = torch.stack(losses).mean()
         used = self.behavior_tokenizer.fsq.codes_to_indices(codes.detach()).unique().numel()
         return loss, {"loss": loss.item(), "action_loss": loss.item(), "codes_in_batch": float(used)}
@@ -137,15 +147,17 @@ class OmniJarvisPolicy(Policy):
     @torch.no_grad()
     def encode_behavior(self, batch: dict) -> Tensor:
         """FSQ code indices (B, n_codes) of the windows in a training batch (tokenizing a dataset)."""
-        return self.behavior_tokenizer.fsq.codes_to_indices(self._encode(*self._window(batch)))
+        return self.behavior_tokenizer.fsq.codes_to_indices(self._encode(*self._window(batch), batch.get(EMBODIMENT)))
 
     @torch.no_grad()
     def reconstruct(self, batch: dict, j: Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Decoded chunk at window step j (B,) from the window's own code: (pred, target, is_pad)."""
         frames, text, state, valid = self._window(batch)
-        codes = self._encode(frames, text, state, valid)
+        embodiment = batch.get(EMBODIMENT)
+        codes = self._encode(frames, text, state, valid, embodiment)
         rows, idx = steps_from(j, self.config.horizon)
-        pred = self.decoder.sample(self._history_prefix(frames, text, state, j), codes, j, noise)
+        pred = self.decoder.sample(self._history_prefix(frames, text, state, j, embodiment), codes, j, noise,
+                                   action_dims_kept(batch))
         pad = batch.get(f"{ACTION}_is_pad")
         return pred, batch[ACTION][rows, idx], (torch.zeros_like(idx, dtype=torch.bool) if pad is None
                                                 else pad[rows, idx])
@@ -159,7 +171,7 @@ class OmniJarvisPolicy(Policy):
             raise CheckpointError("this is a stage-1 (tokenizer) checkpoint: it has no VLA to choose behaviors; "
                                   "train stage 2 with policy.stage=vla train.init_from=<this run>")
         frames, text = self.encode_observation(obs)
-        prefix = self.backbone(frames, without_text(text), obs[OBS_STATE])
+        prefix = self.backbone(frames, without_text(text), obs[OBS_STATE], obs.get(EMBODIMENT), obs.get(CAMERA_PAD))
         b = prefix.tokens.shape[0]
         step = obs.get("step")
         step = torch.zeros(b, dtype=torch.long, device=prefix.tokens.device) if step is None else step.long()
@@ -174,7 +186,7 @@ class OmniJarvisPolicy(Policy):
         if due.any():
             self._replan(obs, prefix, due, fresh, step)
         offset = (step - plans.start).clamp(0, self.config.chunk_length - 1)
-        return self.decoder.sample(prefix, plans.code, offset, noise)
+        return self.decoder.sample(prefix, plans.code, offset, noise, action_dims_kept(obs))
 
     def _replan(self, obs: dict, prefix, due: Tensor, fresh: Tensor, step: Tensor) -> None:
         plans = self._plans

@@ -104,13 +104,15 @@ class BehaviorTokenizer(nn.Module):
         self.latent_norm = make_latent_norm(config.latent_norm, self.fsq.dim)
 
     def forward(self, backbone: Backbone, frames: dict[str, Tensor], text: dict[str, Tensor], state: Tensor,
-                valid: Tensor) -> Tensor:
+                valid: Tensor, embodiment: Tensor | None = None, camera_is_pad: Tensor | None = None) -> Tensor:
         """``frames`` (B, C, ...), ``text`` (B, ...), ``state`` (B, C, D_s), ``valid`` (B, C) bool
-        (False past the episode end) -> quantized codes (B, n_codes, d)."""
+        (False past the episode end), ``embodiment`` (B,) (a mixture's) -> quantized codes (B, n_codes, d)."""
         b, c = state.shape[:2]
         per_frame = {k: v.flatten(0, 1)[:, None] for k, v in frames.items()}  # (B*C, 1, ...): one frame each
         per_text = {k: v.repeat_interleave(c, dim=0) for k, v in text.items()}
-        prefix = backbone(per_frame, per_text, state.flatten(0, 1)[:, None])
+        per_embodiment = None if embodiment is None else embodiment.repeat_interleave(c, dim=0)
+        per_camera_pad = None if camera_is_pad is None else camera_is_pad.repeat_interleave(c, dim=0)
+        prefix = backbone(per_frame, per_text, state.flatten(0, 1)[:, None], per_embodiment, per_camera_pad)
         x = self.pool(prefix.tokens, prefix.mask).unflatten(0, (b, c))  # (B, C, D)
         x = torch.cat([self.summary.to(x.dtype).expand(b, -1, -1), x], dim=1)
         keys = torch.cat([torch.ones(b, self.summary.shape[0], dtype=torch.bool, device=valid.device), valid], dim=1)

@@ -5,9 +5,12 @@ work can be computed once per dataset frame and cached (CPU training stays fast)
 
     encode_frames(images)  one frame's images          -> frame features   {name: (N, ...)}
     encode_text(texts)     one instruction per sample   -> text features    {name: (N, ...)}
-    forward(frames, text, state)                        -> Prefix(tokens (B, N_tok, D), mask (B, N_tok))
+    forward(frames, text, state, embodiment=None)       -> Prefix(tokens (B, N_tok, D), mask (B, N_tok))
 
 ``frames`` carries the history axis: every tensor is ``(B, T, ...)`` with T = n_obs_steps.
+A backbone implements the token half as ``encode_prefix`` (and ``num_content_tokens``); the
+base class appends one learned embodiment token when the policy trains on a dataset mixture
+(``embodiment`` (B,) long: each sample's entry; vla/data/mixture.py).
 ``text`` tensors are ``(B, ...)``. The embedded backbone returns
 ``frames["vision"]`` ``(N, n_cam, P, D_vis)``: per-frame visual embeddings, which is also what
 a world-model policy (DUST) predicts for a future frame. A transformers VLM backbone (a
@@ -59,6 +62,8 @@ class Backbone(nn.Module, ABC):
 
     config: BackboneConfig
     width: int
+    # embodiment_embed: nn.Embedding, set by make_backbone for a mixture of > 1 embodiments (no class
+    # attribute: it would shadow the registered module)
 
     @property
     def frozen(self) -> bool:
@@ -83,12 +88,35 @@ class Backbone(nn.Module, ABC):
         """N instructions -> text features ``(N, ...)``."""
 
     @abstractmethod
-    def num_tokens(self, n_obs_steps: int) -> int:
-        """Prefix length N_tok for a history of ``n_obs_steps`` frames."""
+    def num_content_tokens(self, n_obs_steps: int) -> int:
+        """Length of `encode_prefix`'s tokens for a history of ``n_obs_steps`` frames."""
 
     @abstractmethod
-    def forward(self, frames: dict[str, Tensor], text: dict[str, Tensor], state: Tensor | None) -> Prefix:
-        """Frame features (B, T, ...), text features (B, ...), state (B, T, D_s) -> Prefix."""
+    def encode_prefix(self, frames: dict[str, Tensor], text: dict[str, Tensor], state: Tensor | None,
+                      camera_is_pad: Tensor | None = None) -> Prefix:
+        """Frame features (B, T, ...), text features (B, ...), state (B, T, D_s) -> Prefix; the
+        tokens of cameras a sample lacks (``camera_is_pad`` (B, n_cam)) are masked."""
+
+    def _embodiment_embed(self) -> nn.Embedding | None:
+        return self._modules.get("embodiment_embed")
+
+    def num_tokens(self, n_obs_steps: int) -> int:
+        """Prefix length N_tok for a history of ``n_obs_steps`` frames."""
+        return self.num_content_tokens(n_obs_steps) + (self._embodiment_embed() is not None)
+
+    def forward(self, frames: dict[str, Tensor], text: dict[str, Tensor], state: Tensor | None,
+                embodiment: Tensor | None = None, camera_is_pad: Tensor | None = None) -> Prefix:
+        """`encode_prefix`, then the embodiment token of each sample (B,) when there is one."""
+        prefix = self.encode_prefix(frames, text, state, camera_is_pad)
+        embed = self._embodiment_embed()
+        if embed is None:
+            return prefix
+        if embodiment is None:
+            raise ValueError(f"this policy was trained on {embed.num_embeddings} embodiments "
+                             f"and needs each sample's 'embodiment' index")
+        token = embed(embodiment.to(prefix.tokens.device)).to(prefix.tokens.dtype)[:, None]
+        mask = torch.ones(token.shape[0], 1, dtype=torch.bool, device=prefix.mask.device)
+        return Prefix(torch.cat([prefix.tokens, token], dim=1), torch.cat([prefix.mask, mask], dim=1))
 
     # --- the visual embedding a world-model policy predicts (DUST) ---------------------------
     @property
@@ -122,14 +150,21 @@ _BACKBONES = {
 }
 
 
-def make_backbone(cfg: BackboneConfig, *, width: int, n_obs_steps: int, state_dim: int) -> Backbone:
-    """Build the backbone named ``cfg.name``, projecting to ``width``; imported lazily."""
+def make_backbone(cfg: BackboneConfig, *, width: int, n_obs_steps: int, state_dim: int,
+                  n_embodiments: int = 0) -> Backbone:
+    """Build the backbone named ``cfg.name``, projecting to ``width``; imported lazily. With
+    ``n_embodiments`` > 1 (a dataset mixture) it appends a learned embodiment token."""
     import importlib
 
     if cfg.name not in _BACKBONES:
         raise ValueError(f"unknown backbone {cfg.name!r}; available: {sorted(_BACKBONES)}")
     module, cls = _BACKBONES[cfg.name].split(":")
-    return getattr(importlib.import_module(module), cls)(cfg, width=width, n_obs_steps=n_obs_steps, state_dim=state_dim)
+    backbone = getattr(importlib.import_module(module), cls)(cfg, width=width, n_obs_steps=n_obs_steps,
+                                                             state_dim=state_dim)
+    if n_embodiments > 1:
+        backbone.embodiment_embed = nn.Embedding(n_embodiments, width)
+        nn.init.normal_(backbone.embodiment_embed.weight, std=0.02)
+    return backbone
 
 
 def flatten_frames(frames: dict[str, Tensor]) -> tuple[dict[str, Tensor], int, int]:
@@ -151,6 +186,16 @@ def camera_batch(images: dict[str, Tensor], cameras: list[str], size: int) -> tu
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
                                             antialias=True)
     return x, n, n_cam
+
+
+def camera_token_mask(camera_is_pad: Tensor | None, shape: tuple[int, int, int, int], device) -> Tensor:
+    """(B, T * n_cam * P) bool, True = a real token, for visual tokens laid out (B, T, n_cam, P):
+    False for every token of a camera the sample lacks (``camera_is_pad`` (B, n_cam))."""
+    b, t, n_cam, p = shape
+    if camera_is_pad is None:
+        return torch.ones(b, t * n_cam * p, dtype=torch.bool, device=device)
+    real = ~camera_is_pad.to(device=device, dtype=torch.bool)  # (B, n_cam)
+    return real[:, None, :, None].expand(b, t, n_cam, p).reshape(b, -1)
 
 
 def assert_finite(name: str, x: Tensor) -> None:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vla.backbone.base import Backbone, BackboneConfig, Prefix, camera_batch
+from vla.backbone.base import Backbone, BackboneConfig, Prefix, camera_batch, camera_token_mask
 
 # Visual token features: EfficientNet-Lite0 block 14 (stride 32, 192 channels) at each grid
 # cell, concatenated with block 7 (stride 16, 80 channels) at twice the grid resolution folded
@@ -172,7 +172,7 @@ class EmbeddedBackbone(Backbone):
     def vision_feature_dim(self) -> int:
         return VISION_DIM
 
-    def num_tokens(self, n_obs_steps: int) -> int:
+    def num_content_tokens(self, n_obs_steps: int) -> int:
         c = self.config
         state = n_obs_steps if c.use_state else 0
         return c.max_text_tokens + n_obs_steps * len(c.cameras) * self._tokens_per_camera() + state
@@ -202,7 +202,8 @@ class EmbeddedBackbone(Backbone):
             ).last_hidden_state
         return {"text": out, "text_mask": enc["attention_mask"].bool().to(device)}
 
-    def forward(self, frames: dict[str, Tensor], text: dict[str, Tensor], state: Tensor | None) -> Prefix:
+    def encode_prefix(self, frames: dict[str, Tensor], text: dict[str, Tensor], state: Tensor | None,
+                      camera_is_pad: Tensor | None = None) -> Prefix:
         vision = frames["vision"]  # (B, T, n_cam, P, VISION_DIM)
         b, t = vision.shape[:2]
         dtype = self.patch_embed.dtype
@@ -212,8 +213,7 @@ class EmbeddedBackbone(Backbone):
             v = torch.cat([v, points.unflatten(0, (b, t)).unsqueeze(3)], dim=3)  # (B, T, n_cam, P + 1, D)
         v = v + self.camera_embed + self.patch_embed + self.frame_embed[:t]
         parts = [self.text_proj(text["text"].to(dtype)), v.flatten(1, 3)]
-        masks = [text["text_mask"].bool(),
-                 torch.ones(b, v.shape[1] * v.shape[2] * v.shape[3], dtype=torch.bool, device=v.device)]
+        masks = [text["text_mask"].bool(), camera_token_mask(camera_is_pad, tuple(v.shape[:4]), v.device)]
         if self.state_proj is not None:
             if state is None:
                 raise ValueError("this backbone was configured with use_state=True but got no observation.state")

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from vla.backbone.base import Backbone, BackboneConfig, Prefix, camera_batch
+from vla.backbone.base import Backbone, BackboneConfig, Prefix, camera_batch, camera_token_mask
 from vla.errors import ConfigError
 
 FAMILIES = ("idefics3", "smolvlm", "paligemma", "qwen2_5_vl")
@@ -243,7 +243,7 @@ class VLMBackbone(Backbone):
         g = -(-g // pool)
         return len(self.config.cameras), g, g
 
-    def num_tokens(self, n_obs_steps: int) -> int:
+    def num_content_tokens(self, n_obs_steps: int) -> int:
         c = self.config
         return n_obs_steps * len(c.cameras) * self.tokens_per_image + c.max_text_tokens + \
             (n_obs_steps if c.use_state else 0)
@@ -266,17 +266,18 @@ class VLMBackbone(Backbone):
             out = self.embed(enc["input_ids"].to(device))
         return {"text": out, "text_mask": enc["attention_mask"].bool().to(device)}
 
-    def forward(self, frames: dict[str, Tensor], text: dict[str, Tensor], state: Tensor | None) -> Prefix:
+    def encode_prefix(self, frames: dict[str, Tensor], text: dict[str, Tensor], state: Tensor | None,
+                      camera_is_pad: Tensor | None = None) -> Prefix:
         vision = frames["vision"]  # (B, T, n_cam, P, D): D_lm, or a pairing's D_vis before its connector
         b, t = vision.shape[:2]
         dtype = self.camera_embed.dtype
         if self.connector is not None:
             vision = self.connector(vision.float())
+        grid = tuple(vision.shape[:4])  # (B, T, n_cam, P)
         images = (vision.to(dtype) + self.camera_embed + self.frame_embed[:t]).flatten(1, 3)
         words = text["text"].to(dtype)
         sequence = torch.cat([images, words], dim=1)
-        mask = torch.cat([torch.ones(b, images.shape[1], dtype=torch.bool, device=images.device),
-                          text["text_mask"].bool()], dim=1)
+        mask = torch.cat([camera_token_mask(camera_is_pad, grid, images.device), text["text_mask"].bool()], dim=1)
         hidden = self.lm(inputs_embeds=sequence, attention_mask=mask.long()).last_hidden_state
         parts, masks = [self.proj(hidden.float())], [mask]
         if self.state_proj is not None:

@@ -49,7 +49,7 @@ def dataset_fingerprint(dataset) -> str:
 
 
 def cache_path(dataset, backbone: Backbone, cache_dir: Path | None = None, rows: np.ndarray | None = None,
-               camera_keys: dict[str, str] | None = None) -> Path:
+               camera_keys: dict[str, str | None] | None = None) -> Path:
     """The cache file of the whole dataset, or (``rows``: the global frame indices of a subset)
     of that subset. A camera read from a key other than its own name (``camera_keys``) gives
     another file: the same backbone sees other pixels."""
@@ -115,11 +115,12 @@ def iter_episode_frames(dataset, keys: list[str]):
 
 @torch.no_grad()
 def build_feature_cache(dataset, backbone: Backbone, *, cache_dir: Path | None = None, batch_size: int = 8,
-                        progress: bool = True, camera_keys: dict[str, str] | None = None) -> dict[str, Tensor]:
+                        progress: bool = True, camera_keys: dict[str, str | None] | None = None) -> dict[str, Tensor]:
     """Load the cached features of ``dataset`` (a LeRobotDataset), building them if missing.
 
     Camera ``c`` of the backbone reads the dataset's ``observation.images.<c>``, or the key
-    ``camera_keys[c]`` names (a `FeatureMap`'s camera sources).
+    ``camera_keys[c]`` names (a `FeatureMap`'s camera sources); None: one the dataset lacks,
+    encoded as black frames (its tokens are masked in training).
 
     ``batch_size`` frames go through the vision encoder at once. Small batches are faster on
     CPU: EfficientNet-Lite0's activations then stay in cache (2 cores, 96 px, two cameras:
@@ -136,14 +137,20 @@ def build_feature_cache(dataset, backbone: Backbone, *, cache_dir: Path | None =
     if not backbone.frozen:
         raise ValueError("feature caching needs a frozen backbone (freeze_vision and freeze_text)")
     cams = backbone.config.cameras
-    keys = [(camera_keys or {}).get(c, image_key(c)) for c in cams]
+    keys = {c: (camera_keys or {}).get(c, image_key(c)) for c in cams}  # None: a camera the dataset lacks
+    present = [k for k in keys.values() if k is not None]
+    if not present:
+        raise ValueError("feature caching needs at least one camera the dataset has")
     device = next(backbone.parameters()).device
     chunks: dict[str, list[Tensor]] = {}
     bar = tqdm(total=dataset.num_frames, desc="caching backbone features", unit="frame", disable=not progress)
-    for episode in iter_episode_frames(dataset, keys):
-        n = len(episode[keys[0]])
+    for episode in iter_episode_frames(dataset, present):
+        n = len(episode[present[0]])
         for i in range(0, n, batch_size):
-            feats = backbone.encode_frames({c: episode[k][i:i + batch_size].to(device) for c, k in zip(cams, keys)})
+            real = episode[present[0]][i:i + batch_size]
+            # a lacking camera's features are those of a black frame; its tokens are masked in training
+            feats = backbone.encode_frames({c: (episode[k][i:i + batch_size] if k is not None
+                                                else torch.zeros_like(real)).to(device) for c, k in keys.items()})
             for name, value in feats.items():
                 chunks.setdefault(f"frames.{name}", []).append(value.half().cpu())
         bar.update(n)

@@ -7,7 +7,7 @@ says, per policy feature, where its values come from:
 
     dataset:
       features:
-        cameras: {top: observation.image}     # camera top <- any image or video key
+        cameras: {top: observation.image, wrist: null}   # top <- any image or video key; no wrist camera
         state: [observation.state[0:7], observation.environment_state]   # concatenated
         action: action[0:7]                   # a key, or a slice [start:stop] of one
 
@@ -17,8 +17,10 @@ or on the command line: ``dataset.features.cameras.top=observation.image
 A source is a dataset key, optionally sliced along its last axis with Python's ``[start:stop]``
 (either end may be left out). A vector feature may list several sources: they are concatenated
 in order, and their statistics with them. A camera takes exactly one image or video key, of any
-size (the backbone resizes frames). Features the mapping does not name are read under their own
-name, so an empty mapping changes nothing.
+size (the backbone resizes frames), or null: a camera the policy reads but this dataset lacks,
+whose images are zeros and whose tokens are masked out of the prefix (``camera_is_pad``).
+Features the mapping does not name are read under their own name, so an empty mapping changes
+nothing.
 
 The mapping is applied at the three places a dataset's keys reach training: its metadata
 (shapes, names, statistics: `features`, `stats`), which keys and frame offsets lerobot loads
@@ -83,7 +85,11 @@ class FeatureMap:
     def __init__(self, mapping: Mapping[str, str | list[str]] | None = None, labels: Mapping[str, str] | None = None):
         self.labels = {f: (labels or {}).get(f, f"dataset.features[{f!r}]") for f in dict(mapping or {})}
         self.sources: dict[str, list[Source]] = {}
+        self.absent: set[str] = set()  # cameras the dataset lacks
         for feature, value in dict(mapping or {}).items():
+            if value is None and is_image_key(feature):
+                self.absent.add(feature)
+                continue
             texts = [value] if isinstance(value, str) else list(value) if value is not None else []
             if not texts:
                 raise ConfigError(f"{self.labels[feature]}: names no dataset key")
@@ -106,9 +112,12 @@ class FeatureMap:
         return cls(mapping, labels)
 
     def __bool__(self) -> bool:
-        return bool(self.sources)
+        return bool(self.sources or self.absent)
 
     def sources_of(self, feature: str) -> list[Source]:
+        """Where ``feature`` is read from: its mapping, itself, or nowhere (an absent camera)."""
+        if feature in self.absent:
+            return []
         return self.sources.get(feature, [Source(feature)])
 
     def source_keys(self, features: list[str]) -> list[str]:

@@ -119,6 +119,19 @@ class Normalizer(nn.Module):
         return cls(stats, modes, eps=data["eps"])
 
 
+def normalize_batch(batch: dict, normalizer: Normalizer) -> dict:
+    """Normalize every low-dimensional key the normalizer knows, refusing non-finite values."""
+    from vla.errors import TrainingError
+
+    for key in normalizer.keys():
+        if key in batch:
+            x = batch[key]
+            if not torch.isfinite(x).all():
+                raise TrainingError(f"non-finite values (NaN or inf) in batch key {key!r}")
+            batch[key] = normalizer.normalize(key, x)
+    return batch
+
+
 def _stat(stats: dict[str, dict], key: str, stat: str, mode: str) -> Tensor:
     if key not in stats:
         raise KeyError(f"the dataset stats have no feature {key!r} (they have {sorted(stats)})")
@@ -148,3 +161,54 @@ def compute_quantiles(dataset, keys: list[str], quantiles: tuple[float, ...] = (
             values = column.to_numpy()  # (N,)
         result[key] = {f"q{round(q * 100):02d}": np.quantile(values, q, axis=0).astype(np.float32) for q in quantiles}
     return result
+
+
+def pad_last(x: Tensor, width: int) -> Tensor:
+    """Zero-pad the last axis of ``x`` to ``width``: a mixture's narrower embodiment, normalized,
+    in the policy's widest state or action layout."""
+    return torch.nn.functional.pad(x, (0, width - x.shape[-1])) if x.shape[-1] < width else x
+
+
+class EmbodimentNormalizers(nn.Module):
+    """The statistics of every entry of a dataset mixture, by entry name (its embodiment), with
+    each entry's state and action widths: what a mixture checkpoint keeps in
+    normalization.json. `select` gives one embodiment's `Normalizer` to run with."""
+
+    def __init__(self, normalizers: dict[str, Normalizer], dims: dict[str, dict[str, int]]):
+        super().__init__()
+        self.parts = nn.ModuleDict(normalizers)
+        self.dims = {name: dict(d) for name, d in dims.items()}  # name -> {"state_dim": D_s, "action_dim": D_a}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.parts)
+
+    def select(self, name: str | None) -> tuple[int, Normalizer, dict[str, int]]:
+        """(index, statistics, widths) of embodiment ``name``; None picks the only one. A name the
+        checkpoint does not know is a one-line error listing those it does."""
+        from vla.errors import ConfigError
+
+        names = self.names
+        if name is None:
+            if len(names) > 1:
+                raise ConfigError(f"this checkpoint knows {len(names)} embodiments ({', '.join(names)}); "
+                                  f"choose one with eval.embodiment=<name> (deploy.embodiment=<name>)")
+            name = names[0]
+        if name not in self.parts:
+            raise ConfigError(f"embodiment {name!r}: this checkpoint knows {', '.join(names)}")
+        return names.index(name), self.parts[name], self.dims[name]
+
+    def to_json(self) -> str:
+        return json.dumps({"embodiments": {name: {**json.loads(n.to_json()), **self.dims[name]}
+                                           for name, n in self.parts.items()}}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "EmbodimentNormalizers":
+        data = json.loads(text)["embodiments"]
+        dims = {name: {k: entry[k] for k in ("state_dim", "action_dim")} for name, entry in data.items()}
+        return cls({name: Normalizer.from_json(json.dumps(entry)) for name, entry in data.items()}, dims)
+
+
+def load_normalizer(text: str) -> Normalizer | EmbodimentNormalizers:
+    """normalization.json of a checkpoint: one dataset's statistics, or a mixture's per entry."""
+    return EmbodimentNormalizers.from_json(text) if "embodiments" in json.loads(text) else Normalizer.from_json(text)

@@ -20,8 +20,8 @@ from vla.data.chunks import StringLookup
 from vla.data.mapping import FeatureMap
 from vla.data.normalize import Normalizer
 from vla.data.source import check_features, check_finite, delta_timestamps, open_dataset
-from vla.errors import DatasetError
-from vla.features import ACTION, OBS_ENV_STATE, OBS_STATE, image_key, is_image_key
+from vla.errors import DatasetError, FeatureMismatchError
+from vla.features import ACTION, CAMERA_PAD, OBS_ENV_STATE, OBS_STATE, image_key, is_image_key
 from vla.policy import PolicyConfig
 
 
@@ -82,6 +82,10 @@ def split_future(batch: dict, image_keys: list[str], n_future: int) -> dict:
 
 
 class TrainingData:
+    """Training batches of one dataset for one policy config; the trainer normalizes them."""
+
+    normalized = False
+
     def __init__(self, ds_cfg: DatasetConfig, policy_cfg: PolicyConfig, *, seed: int, device: torch.device,
                  num_workers: int, batch_size: int, is_main: bool = True,
                  barrier: Callable[[], None] = lambda: None, progress: bool = True):
@@ -91,7 +95,14 @@ class TrainingData:
         self.feature_map = FeatureMap.from_config(ds_cfg.features)
         features = self.feature_map.features(meta_ds.meta.features)
         self.policy_cfg = infer_dims(policy_cfg, features)
-        check_features(features, required_features(self.policy_cfg))
+        absent = self.feature_map.absent
+        cameras = self.policy_cfg.image_keys()
+        if cameras and all(k in absent for k in cameras):
+            raise FeatureMismatchError("dataset.features.cameras: every camera the policy reads is null; "
+                                       "a dataset needs at least one of them")
+        check_features(features, {k: v for k, v in required_features(self.policy_cfg).items() if k not in absent})
+        # cameras the dataset lacks: their images are zeros and their tokens masked (CAMERA_PAD)
+        self.camera_pad = torch.tensor([k in absent for k in cameras]) if absent & set(cameras) else None
         self.string_keys = [k for k in self.policy_cfg.frame_offsets() if features.get(k, {}).get("dtype") == "string"]
         # Only features the dataset has (required ones were checked above): a video-only
         # dataset has no action statistics, and its checkpoint gets them when fine-tuned.
@@ -112,10 +123,13 @@ class TrainingData:
             strings = {k: v for k, v in offsets.items() if k in self.string_keys}
             read = {k: v + self.future if is_image_key(k) else v for k, v in offsets.items() if k not in strings}
             read = self.feature_map.source_offsets(read)
-            dataset = open_configured(ds_cfg, delta_timestamps(read, meta_ds.meta.fps))
+            self.dataset = open_configured(ds_cfg, delta_timestamps(read, meta_ds.meta.fps))
             self._sampler = None
-            self._strings = StringLookup(dataset, strings) if strings else None
-            self._iter = self._raw_batches(dataset, seed, num_workers)
+            self._strings = StringLookup(self.dataset, strings) if strings else None
+            self._keep = set(offsets) | {"task", "index", f"{ACTION}_is_pad", f"{OBS_STATE}_is_pad"}
+            self._keep |= {f"{k}_is_pad" for k in self.string_keys}
+            self._seed, self._num_workers, self._iter = seed, num_workers, None  # the loader starts on first use
+        self.num_frames = meta_ds.num_frames
 
     def _cached_sampler(self, dataset, offsets, seed, device, is_main, barrier, progress):
         from vla.backbone import make_backbone
@@ -125,7 +139,8 @@ class TrainingData:
         cfg = self.policy_cfg
         backbone = make_backbone(cfg.backbone, width=8, n_obs_steps=cfg.n_obs_steps, state_dim=cfg.state_dim)
         backbone.to(device).eval()
-        cameras = {c: self.feature_map.sources_of(image_key(c))[0].key for c in cfg.backbone.cameras}
+        cameras = {c: next((s.key for s in self.feature_map.sources_of(image_key(c))), None)
+                   for c in cfg.backbone.cameras}
         if is_main:  # one process encodes, the others wait and read the file
             build_feature_cache(dataset, backbone, progress=progress, camera_keys=cameras)
         barrier()
@@ -134,29 +149,52 @@ class TrainingData:
         return ChunkSampler(dataset, offsets, features, seed=seed, future_offsets=self.future,
                             feature_map=self.feature_map)
 
-    def _raw_batches(self, dataset, seed: int, num_workers: int) -> Iterator[dict]:
-        g = torch.Generator().manual_seed(seed)
+    def _raw_batches(self) -> Iterator[dict]:
+        g = torch.Generator().manual_seed(self._seed)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=True, generator=g, drop_last=True,
-            num_workers=num_workers, persistent_workers=num_workers > 0,
+            self.dataset, batch_size=self.batch_size, shuffle=True, generator=g, drop_last=True,
+            num_workers=self._num_workers, persistent_workers=self._num_workers > 0,
         )
-        keep = set(self.policy_cfg.frame_offsets()) | {"task", "index", f"{ACTION}_is_pad", f"{OBS_STATE}_is_pad"}
-        n_future = len(self.future)
         while True:
             for batch in loader:
-                batch = self.feature_map.apply(batch)
-                if n_future:
-                    batch = split_future(batch, self.policy_cfg.image_keys(), n_future)
-                if self._strings is not None:
-                    batch.update(self._strings(batch["index"]))
-                    keep |= {f"{k}_is_pad" for k in self.string_keys}
-                yield {k: v for k, v in batch.items()
-                       if k in keep or k.startswith("future_") or (is_image_key(k) and not k.endswith("_is_pad"))}
+                yield self.finish_raw(batch)
 
-    def next_batch(self) -> dict:
+    def finish_raw(self, batch: dict) -> dict:
+        """A batch as lerobot's loader collates it (the dataset's keys) -> the policy's batch:
+        mapped features, future frames split off, string features looked up, the rest dropped."""
+        batch = self.feature_map.apply(batch)
+        if self.camera_pad is not None:  # zero frames shaped like a real camera's (the backbone stacks them)
+            real = next(batch[k] for k, pad in zip(self.policy_cfg.image_keys(), self.camera_pad) if not pad)
+            for key, pad in zip(self.policy_cfg.image_keys(), self.camera_pad):
+                if pad:
+                    batch[key] = torch.zeros_like(real)
+        if self.future:
+            batch = split_future(batch, self.policy_cfg.image_keys(), len(self.future))
+        if self._strings is not None:
+            batch.update(self._strings(batch["index"]))
+        return {k: v for k, v in batch.items()
+                if k in self._keep or k.startswith("future_") or (is_image_key(k) and not k.endswith("_is_pad"))}
+
+    def next_batch(self, size: int | None = None) -> dict:
+        """The next training batch (not normalized), of ``size`` samples (the cached path) or
+        ``batch_size``."""
         if self._sampler is not None:
-            return self._sampler.sample(self.batch_size)
-        return next(self._iter)
+            return self.with_camera_pad(self._sampler.sample(size or self.batch_size))
+        if size not in (None, self.batch_size):
+            raise ValueError("the raw path's DataLoader yields batches of batch_size only")
+        if self._iter is None:
+            self._iter = self._raw_batches()
+        return self.with_camera_pad(next(self._iter))
+
+    def with_camera_pad(self, batch: dict, always: bool = False) -> dict:
+        """``batch`` with ``camera_is_pad`` (B, n_cam) when this dataset lacks a camera (or
+        ``always``: a mixture's parts must agree on their keys)."""
+        if self.camera_pad is not None or always:
+            pad = self.camera_pad if self.camera_pad is not None else torch.zeros(len(self.policy_cfg.image_keys()),
+                                                                                    dtype=torch.bool)
+            b = len(batch[OBS_STATE])
+            batch[CAMERA_PAD] = pad.expand(b, -1).clone()
+        return batch
 
     def state_dict(self) -> dict:
         return {"generator": self._sampler.generator.get_state()} if self._sampler is not None else {}
