@@ -173,6 +173,7 @@ def test_every_policy_trains_on_a_mixture(policy, lift_dataset, pusht_style, tmp
     assert main(["train", entries, f"output_dir={tmp_path / policy}", "train.steps=2", *tiny]) == 0
 
 
+@pytest.mark.slow  # ~40 s of two processes' start-up; the single-process mixture tests cover the rest
 def test_a_mixture_trains_under_ddp(lift_dataset, pusht_style, tmp_path):
     """Two gloo processes on a mixture: the main rank builds each entry's feature cache while
     the other waits, each rank draws its own samples, and the checkpoint knows both entries."""
