@@ -117,6 +117,7 @@ class Trainer:
             except ValueError as e:
                 raise ConfigError(f"train.{e}") from None
         self.step = 0
+        self._entry_generator = torch.Generator().manual_seed(run.seed + 7919)  # per-entry loss batches
         if resume:
             self._load_training_state()
 
@@ -260,11 +261,9 @@ class Trainer:
         """A mixture's loss per entry (``loss/<name>``), each on a fresh batch of that entry alone
         drawn from its own stream, without gradients and with the random state restored, so the
         training run is the same with or without it. Empty for one dataset."""
-        names = getattr(self.data, "names", None)
+        names = getattr(self.data, "names", None)  # a MixtureData's entries; a single dataset has none
         if not names:
             return {}
-        if not hasattr(self, "_entry_generator"):
-            self._entry_generator = torch.Generator().manual_seed(self.run_cfg.seed + 7919)
         n = max(4, self.run_cfg.train.batch_size // len(names))
         out = {}
         devices = [self.device] if self.device.type == "cuda" else []

@@ -78,16 +78,16 @@ def resize_images(batch: dict, size: int) -> dict:
     """Camera frames (..., 3, H, W) -> (..., 3, size, size), so that entries recorded at
     different sizes share a batch. ``size`` is the backbone's image_size: the embedded
     backbone sees exactly these; a VLM whose tower has another size resizes them again."""
-    out = dict(batch)
-    for key, frames in batch.items():
-        if is_image_key(key) and torch.is_tensor(frames) and frames.ndim >= 4 and frames.shape[-2:] != (size, size):
-            x = torch.nn.functional.interpolate(frames.flatten(0, -4).float(), size=(size, size), mode="bilinear",
-                                                align_corners=False, antialias=True)
-            out[key] = x.reshape(*frames.shape[:-2], size, size)
-    images = batch.get("future_images")
-    if images:
-        out["future_images"] = resize_images({f"observation.images.{c}": v for c, v in images.items()}, size)
-        out["future_images"] = {k.removeprefix("observation.images."): v for k, v in out["future_images"].items()}
+    def resized(frames: Tensor) -> Tensor:
+        if frames.shape[-2:] == (size, size):
+            return frames
+        x = torch.nn.functional.interpolate(frames.flatten(0, -4).float(), size=(size, size), mode="bilinear",
+                                            align_corners=False, antialias=True)
+        return x.reshape(*frames.shape[:-2], size, size)
+
+    out = {k: resized(v) if is_image_key(k) and torch.is_tensor(v) and v.ndim >= 4 else v for k, v in batch.items()}
+    if batch.get("future_images"):
+        out["future_images"] = {c: resized(v) for c, v in batch["future_images"].items()}
     return out
 
 
@@ -139,6 +139,7 @@ class MixtureData:
             [p.num_frames for p in self.parts], [e.weight for e in ds_cfg.mixture], ds_cfg.temperature))
         self.generator = torch.Generator().manual_seed(seed)
         self.cached = all(p.cached for p in self.parts)
+        self._any_camera_pad = any(p.camera_pad is not None for p in self.parts)
         self._num_workers, self._iter = num_workers, None
 
     def _mixture_policy_config(self, policy_cfg: PolicyConfig) -> PolicyConfig:
@@ -182,7 +183,7 @@ class MixtureData:
         """One entry's part of a batch: normalized with its statistics, padded, tagged."""
         batch = normalize_batch(batch, self.parts[i].normalizer)
         # camera_is_pad on every part when any entry lacks a camera, so the parts share their keys
-        batch = self.parts[i].with_camera_pad(batch, always=any(p.camera_pad is not None for p in self.parts))
+        batch = self.parts[i].with_camera_pad(batch, always=self._any_camera_pad)
         n = batch[OBS_STATE].shape[0]
         batch[OBS_STATE] = pad_last(batch[OBS_STATE], self.policy_cfg.state_dim)
         if ACTION in batch:
