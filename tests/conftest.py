@@ -2,6 +2,7 @@
 
 import os
 import signal
+import sys
 import tempfile
 
 import pytest
@@ -21,6 +22,40 @@ TINY = [
 @pytest.fixture(scope="session", autouse=True)
 def isolated_feature_cache(tmp_path_factory):
     os.environ["VLA_CACHE"] = str(tmp_path_factory.mktemp("vla_cache"))
+
+
+def _scheduling() -> tuple[int, int] | None:
+    if not hasattr(os, "sched_getscheduler"):  # not Linux
+        return None
+    return os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
+
+
+if _scheduling() not in (None, (os.SCHED_OTHER, 0)):
+    # A run started at a realtime policy hands it to every simulator, server and `vla` process the
+    # tests start, which then starve each other on a small machine: the tests run as a user would.
+    print(f"tests: the test process was started at (policy, priority) {_scheduling()}; running at SCHED_OTHER",
+          file=sys.stderr)
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+_SESSION_SCHEDULING = _scheduling()
+
+
+def _give_scheduling_back(where: str) -> None:
+    now = _scheduling()
+    if now != _SESSION_SCHEDULING:
+        os.sched_setscheduler(0, _SESSION_SCHEDULING[0], os.sched_param(_SESSION_SCHEDULING[1]))
+        pytest.fail(f"{where} left the main thread's scheduling at (policy, priority) {now}, not "
+                    f"{_SESSION_SCHEDULING} (SCHED_FIFO = {os.SCHED_FIFO})", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def keeps_normal_scheduling():
+    """No test may leave the test process's main thread at a realtime policy: every thread and
+    process started afterwards inherits it, and at SCHED_FIFO 99 they starve the machine (a CI run
+    timed out so). The test, or the fixture set up before it, that does is named and the policy is
+    given back, so the rest of the run is unaffected."""
+    _give_scheduling_back("a fixture set up for this test")
+    yield
+    _give_scheduling_back("this test")
 
 
 @pytest.fixture(scope="session")

@@ -103,10 +103,11 @@ def host(sim):
 
 def make_config(host: str, base_position=(0.0, 0.0, 0.0), **overrides) -> RobotConfig:
     """By default the policy frame is the robot's base frame; a workspace box around HOME's TCP
-    (0.31, 0, 0.49 in the base frame)."""
+    (0.31, 0, 0.49 in the base frame). The observation deadline is 1 s, not 250 ms: a busy machine once
+    delayed a state read by 450 ms in a test of the gripper, and no test here is about stale states."""
     base = np.asarray(base_position)
     safety = SafetyConfig(workspace_low=list(base + [0.1, -0.45, 0.1]), workspace_high=list(base + [0.8, 0.45, 0.9]),
-                          command_deadline=5.0, **overrides.pop("safety", {}))
+                          command_deadline=5.0, observation_deadline=1.0, **overrides.pop("safety", {}))
     fields = dict(backend="franky", franky_host=host, cameras=[], base_position=list(base),
                   franky_dynamics_factor=0.5, safety=safety)
     return RobotConfig(**{**fields, **overrides})
