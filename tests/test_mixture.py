@@ -67,11 +67,18 @@ def test_batches_are_normalized_per_entry_padded_and_tagged(lift_dataset, pusht_
     assert batch[ACTION_DIM_PAD][pusht].tolist() == [[False] * 3 + [True] * 4] * int(pusht.sum())
     assert not batch[ACTION_DIM_PAD][~pusht].any()
     assert (batch[OBS_STATE][pusht][..., 4:] == 0).all() and (batch[ACTION][pusht][..., 3:] == 0).all()
-    # pusht's own statistics: its state (100 + t, ...) is normalized by its mean and std, not lift's
+    # pusht's own statistics: unnormalized with them, its samples are its raw states (100 + t, 200 + ep, .5, -.5)
     norm = data.normalizer.parts["pusht"]
-    raw = data.parts[1].next_batch(8)
-    assert torch.allclose(norm.normalize(OBS_STATE, raw[OBS_STATE]).abs().max(), torch.tensor(1.6), atol=0.2)
+    state = norm.unnormalize(OBS_STATE, batch[OBS_STATE][pusht][..., :4]).reshape(-1, 4)
+    assert torch.allclose(state[:, 0], state[:, 0].round(), atol=1e-3) and state[:, 0].min() >= 100 - 1e-3
+    assert state[:, 0].max() <= 111 + 1e-3 and set(state[:, 1].round().tolist()) <= {200.0, 201.0}
+    assert torch.allclose(state[:, 2:], torch.tensor([0.5, -0.5]), atol=1e-4)
     assert batch[OBS_STATE][pusht][..., :4].abs().max() < 2.0
+    # the per-entry loss batches: one entry's rows only
+    alone = data.entry_batch(1, 8, torch.Generator().manual_seed(0))
+    assert (alone[EMBODIMENT] == 1).all() and alone[ACTION_DIM_PAD][:, 3:].all()
+    episodes = norm.unnormalize(OBS_STATE, alone[OBS_STATE][..., :4])[..., 1].round().flatten()
+    assert set(episodes.tolist()) <= {200.0, 201.0}
     assert set(batch["frames"]) and batch["frames"]["vision"].shape[0] == 64 and len(batch["task"]) == 64
 
 

@@ -82,6 +82,29 @@ class ChunkSampler:
     def sample(self, batch_size: int) -> dict:
         return self.get(torch.randint(len(self), (batch_size,), generator=self.generator))
 
+    @classmethod
+    def concatenate(cls, samplers: list[ChunkSampler], columns: list[dict[str, Tensor]], *,
+                    seed: int = 0) -> ChunkSampler:
+        """One sampler over the rows of ``samplers`` end to end, with ``columns[i]`` in place of
+        sampler i's low-dimensional columns (a mixture's: normalized and padded per entry), so that
+        a batch drawn across them is one gather. Row r of sampler i is row ``starts[i] + r``."""
+        first = samplers[0]
+        out = cls.__new__(cls)
+        out.offsets, out.future_offsets, out.image_offsets = first.offsets, first.future_offsets, first.image_offsets
+        starts = np.cumsum([0] + [len(s) for s in samplers])[:-1]
+        out.ep_start = torch.cat([s.ep_start + int(o) for s, o in zip(samplers, starts)])
+        out.ep_end = torch.cat([s.ep_end + int(o) for s, o in zip(samplers, starts)])
+        out.columns = {k: torch.cat([c[k] for c in columns]) for k in columns[0]}
+        out.strings = {k: np.concatenate([s.strings[k] for s in samplers]) for k in first.strings}
+        out.frames = {k: torch.cat([s.frames[k] for s in samplers]) for k in first.frames}
+        out.text = {k: torch.cat([s.text[k] for s in samplers]) for k in first.text}
+        task_starts = np.cumsum([0] + [len(s.task_names) for s in samplers])[:-1]
+        out.task_index = (torch.cat([s.task_index + int(o) for s, o in zip(samplers, task_starts)])
+                          if first.task_index is not None else None)
+        out.task_names = [name for s in samplers for name in s.task_names]
+        out.generator = torch.Generator().manual_seed(seed)
+        return out
+
 
 def episode_bounds(episode_index: np.ndarray) -> tuple[Tensor, Tensor]:
     """First and one-past-last row of the episode each row belongs to (rows ordered by episode)."""

@@ -25,13 +25,16 @@ statistics and feature cache); a mixture batch then
   ``camera_is_pad`` (B, n_cam): zero images whose tokens the backbone masks.
 
 Batches come out normalized (`normalized` is True), unlike a single dataset's, which the
-trainer normalizes on the device.
+trainer normalizes on the device. On the cached path every entry's rows sit in one store,
+normalized and padded once when the run starts, so a mixture batch is a single gather and the
+mixture costs the loader little next to one dataset (`benchmarks/data_loading.py`).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -40,8 +43,11 @@ from torch import Tensor
 from vla.config import DatasetConfig, MixtureEntry
 from vla.data.normalize import EmbodimentNormalizers, normalize_batch, pad_last
 from vla.errors import ConfigError, FeatureMismatchError
-from vla.features import ACTION, ACTION_DIM_PAD, EMBODIMENT, OBS_STATE, is_image_key
+from vla.features import ACTION, ACTION_DIM_PAD, CAMERA_PAD, EMBODIMENT, OBS_STATE, is_image_key
 from vla.policy import PolicyConfig
+
+if TYPE_CHECKING:
+    from vla.data.chunks import ChunkSampler
 
 
 def check_entries(entries: list[MixtureEntry], temperature: float) -> None:
@@ -141,6 +147,37 @@ class MixtureData:
         self.cached = all(p.cached for p in self.parts)
         self._any_camera_pad = any(p.camera_pad is not None for p in self.parts)
         self._num_workers, self._iter = num_workers, None
+        # Per entry: its action dims that are padding (E, D_a) and its absent cameras (E, n_cam).
+        self._action_pad = torch.arange(self.policy_cfg.action_dim)[None] >= torch.tensor(self.action_dims)[:, None]
+        n_cam = len(self.policy_cfg.image_keys())
+        self._camera_pad = torch.stack([p.camera_pad if p.camera_pad is not None else torch.zeros(n_cam, dtype=bool)
+                                        for p in self.parts]) if self._any_camera_pad else None
+        if self.cached:
+            self._store, self._entry_start, self._entry_rows = self._one_store(seed)
+
+    def _one_store(self, seed: int) -> tuple[ChunkSampler, Tensor, Tensor]:
+        """Every entry's cached rows in one `ChunkSampler`, state and action normalized with the
+        entry's statistics and zero-padded once, up front: a mixture batch is then one gather
+        (drawing per entry and concatenating the parts cost half the samples/s). The entries'
+        own samplers are released, so the features are held once."""
+        from vla.data.chunks import ChunkSampler
+
+        columns = []
+        for part in self.parts:  # non-finite values were refused when each entry was opened
+            normalized = normalize_batch(dict(part._sampler.columns), part.normalizer)
+            widths = {OBS_STATE: self.policy_cfg.state_dim, ACTION: self.policy_cfg.action_dim}
+            columns.append({k: pad_last(v, widths[k]) if k in widths else v for k, v in normalized.items()})
+        for key in columns[0]:
+            shapes = {name: tuple(c[key].shape[1:]) for name, c in zip(self.names, columns)}
+            if len(set(shapes.values())) > 1:
+                raise FeatureMismatchError(f"dataset.mixture: {key!r} has different shapes across entries {shapes}; "
+                                           f"only observation.state and action may differ (they are zero-padded)")
+        samplers = [p._sampler for p in self.parts]
+        store = ChunkSampler.concatenate(samplers, columns, seed=seed)
+        rows = torch.tensor([len(s) for s in samplers])
+        for part in self.parts:
+            part._sampler = None
+        return store, torch.cumsum(rows, 0) - rows, rows
 
     def _mixture_policy_config(self, policy_cfg: PolicyConfig) -> PolicyConfig:
         cfg = copy.deepcopy(self.parts[0].policy_cfg)
@@ -164,33 +201,44 @@ class MixtureData:
                 self._iter = iter(self._raw_loader())
             return next(self._iter)
         which = torch.multinomial(self.probabilities, self.batch_size, replacement=True, generator=self.generator)
-        counts = torch.bincount(which, minlength=len(self.parts)).tolist()
-        return concat_batches([self._finish(i, self.parts[i].next_batch(n)) for i, n in enumerate(counts) if n])
+        return self._gather(which, torch.rand(self.batch_size, generator=self.generator))
 
     def entry_batch(self, i: int, n: int, generator: torch.Generator) -> dict:
         """``n`` samples of entry ``i`` alone, drawn with ``generator`` (not the training stream),
         finished like a training batch: what the per-entry losses in the training logs read."""
-        part = self.parts[i]
-        if part.cached:
-            return self._finish(i, part._sampler.get(torch.randint(part.num_frames, (n,), generator=generator)))
+        if self.cached:
+            return self._gather(torch.full((n,), i), torch.rand(n, generator=generator))
         from torch.utils.data import default_collate
 
+        part = self.parts[i]
         rows = torch.randint(len(part.dataset), (n,), generator=generator).tolist()
         batch = part.finish_raw(default_collate([part.dataset[r] for r in rows]))
         return self._finish(i, resize_images(batch, self.policy_cfg.backbone.image_size))
 
+    def _gather(self, which: Tensor, u: Tensor) -> dict:
+        """The cached samples of entries ``which`` (B,) at uniform positions ``u`` (B,) in [0, 1)
+        of each entry's rows: one gather from the joint store, then the per-row tags."""
+        rows = self._entry_rows[which]
+        batch = self._store.get(self._entry_start[which] + torch.minimum((u * rows).long(), rows - 1))
+        return self._tag(batch, which)
+
+    def _tag(self, batch: dict, which: Tensor) -> dict:
+        """Where each sample came from: its embodiment, its padded action dims, its absent cameras."""
+        batch[EMBODIMENT] = which.long()
+        if ACTION in batch:
+            batch[ACTION_DIM_PAD] = self._action_pad[which]
+        if self._camera_pad is not None:
+            batch[CAMERA_PAD] = self._camera_pad[which]
+        return batch
+
     def _finish(self, i: int, batch: dict) -> dict:
-        """One entry's part of a batch: normalized with its statistics, padded, tagged."""
+        """One entry's part of a raw batch: normalized with its statistics, padded, tagged."""
         batch = normalize_batch(batch, self.parts[i].normalizer)
-        # camera_is_pad on every part when any entry lacks a camera, so the parts share their keys
-        batch = self.parts[i].with_camera_pad(batch, always=self._any_camera_pad)
         n = batch[OBS_STATE].shape[0]
         batch[OBS_STATE] = pad_last(batch[OBS_STATE], self.policy_cfg.state_dim)
         if ACTION in batch:
             batch[ACTION] = pad_last(batch[ACTION], self.policy_cfg.action_dim)
-            batch[ACTION_DIM_PAD] = (torch.arange(self.policy_cfg.action_dim) >= self.action_dims[i]).expand(n, -1)
-        batch[EMBODIMENT] = torch.full((n,), i, dtype=torch.long)
-        return batch
+        return self._tag(batch, torch.full((n,), i))
 
     def _raw_loader(self):
         """The raw path (a trainable backbone): one DataLoader over every entry's lerobot dataset,
@@ -217,13 +265,11 @@ class MixtureData:
                           num_workers=self._num_workers, persistent_workers=self._num_workers > 0)
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "parts": [p.state_dict() for p in self.parts]}
+        return {"generator": self.generator.get_state()}  # every draw, cached or raw, comes from it
 
     def load_state_dict(self, state: dict) -> None:
         if "generator" in state:
             self.generator.set_state(state["generator"])
-        for part, s in zip(self.parts, state.get("parts", [])):
-            part.load_state_dict(s)
 
 
 class _DrawForever(torch.utils.data.Sampler):
