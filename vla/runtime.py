@@ -64,7 +64,7 @@ class RuntimePolicy:
         # The dataset's mapping (that embodiment's, in a mixture) turns an env's keys into the
         # policy's as it turned the dataset's: a camera under the dataset's name, a state slice,
         # a camera the dataset lacked (zero images, masked tokens whatever the env has).
-        self.feature_map = observation_map(policy.trained_on, embodiment)
+        self.feature_map = observation_map(getattr(policy, "trained_on", None), embodiment)
         self.camera_pad = [image_key(c) in self.feature_map.absent for c in cfg.backbone.cameras]
         if ACTION not in normalizer.keys():
 
