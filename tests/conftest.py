@@ -181,17 +181,21 @@ def pusht_style(tmp_path_factory):
     import numpy as np
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
+    from vla.scheduling import without_realtime_threads
+
     root = tmp_path_factory.mktemp("byod") / "pusht-style"
-    ds = LeRobotDataset.create("lab/pusht-style", 10, PUSHT_STYLE_FEATURES, root=root, use_videos=True,
-                               video_backend="pyav")
     ramp = np.linspace(0, 255, 640, dtype=np.float32)[None, :, None]
-    for episode in range(2):
-        for t in range(12):
-            image = np.broadcast_to((ramp + 20 * t) % 256, (480, 640, 3)).astype(np.uint8)
-            ds.add_frame({"observation.image": image,
-                          "observation.state": np.array([100 + t, 200 + episode, 0.5, -0.5], np.float32),
-                          "observation.environment_state": np.array([t, 0, 1], np.float32),
-                          "action": np.array([300 + t, 400 - t, 7], np.float32), "task": PUSHT_TASK})
-        ds.save_episode()
-    ds.finalize()
+    # lerobot's AV1 encoder would raise this (root) process's main thread to SCHED_FIFO 99
+    with without_realtime_threads():
+        ds = LeRobotDataset.create("lab/pusht-style", 10, PUSHT_STYLE_FEATURES, root=root, use_videos=True,
+                                   video_backend="pyav")
+        for episode in range(2):
+            for t in range(12):
+                image = np.broadcast_to((ramp + 20 * t) % 256, (480, 640, 3)).astype(np.uint8)
+                ds.add_frame({"observation.image": image,
+                              "observation.state": np.array([100 + t, 200 + episode, 0.5, -0.5], np.float32),
+                              "observation.environment_state": np.array([t, 0, 1], np.float32),
+                              "action": np.array([300 + t, 400 - t, 7], np.float32), "task": PUSHT_TASK})
+            ds.save_episode()
+        ds.finalize()
     return root

@@ -48,6 +48,10 @@ def test_eval_writes_report_and_videos(trained_run, tmp_path, capsys):
     assert "| lift | 0% | 0% | 0% |" in (out_dir / "report.md").read_text()
     videos = list((out_dir / "videos").glob("*.mp4"))
     assert len(videos) == 1 and videos[0].stat().st_size > 1000
+    import av
+
+    with av.open(str(videos[0])) as container:  # the env's control rate: the video plays in real time
+        assert container.streams.video[0].average_rate == 20
 
 
 def test_report_gives_the_share_of_episodes_that_reached_each_stage(tmp_path):

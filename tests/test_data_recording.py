@@ -395,3 +395,76 @@ def _child(mode: str, root: str) -> None:
 
 if __name__ == "__main__":
     _child(*sys.argv[1:])
+
+
+class RealtimeThreads:
+    """Polls this process's threads while in use; ``seen``: the (policy, priority) of any that
+    ran at a realtime policy."""
+
+    def __enter__(self):
+        import threading
+
+        self.seen, self._stop = set(), threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self):
+        while not self._stop.is_set():
+            for tid in os.listdir("/proc/self/task"):
+                try:
+                    policy = os.sched_getscheduler(int(tid))
+                    if policy in (os.SCHED_FIFO, os.SCHED_RR):  # (pyarrow's I/O threads run at SCHED_BATCH)
+                        self.seen.add((policy, os.sched_getparam(int(tid)).sched_priority))
+                except OSError:  # the thread ended
+                    pass
+            self._stop.wait(0.002)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def may_raise_to_realtime() -> bool:
+    """Whether this process could put a thread at SCHED_FIFO (root, or CAP_SYS_NICE)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+    except PermissionError:
+        return False
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    return True
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getscheduler") or not may_raise_to_realtime(),
+                    reason="this process may not use realtime scheduling, so no encoder can")
+def test_the_video_encoder_never_runs_at_realtime_priority(tmp_path):
+    """LeRobot's AV1 encoder (SVT-AV1) starts its threads at SCHED_FIFO 99 where it may, ahead of
+    a control loop recording beside it; the recorder keeps them at normal priority."""
+    def record(root, guarded: bool):
+        from contextlib import nullcontext
+
+        from vla.scheduling import without_realtime_threads
+
+        features = {CAM: {"dtype": "video", "shape": (SIZE, SIZE, 3), "names": ["height", "width", "channels"]},
+                    "action": {"dtype": "float32", "shape": (2,), "names": None}}
+        frames = [{CAM: np.full((SIZE, SIZE, 3), 9 * t, np.uint8), "action": np.zeros(2, np.float32), "task": "x"}
+                  for t in range(20)]
+        with RealtimeThreads() as threads, (without_realtime_threads() if guarded else nullcontext()):
+            ds = LeRobotDataset.create("local/rt", 20, features, root=root, streaming_encoding=True)
+            for frame in frames:
+                ds.add_frame(dict(frame))
+            ds.save_episode()
+            ds.finalize()
+        return threads.seen
+
+    assert (os.SCHED_FIFO, 99) in record(tmp_path / "bare", guarded=False)  # lerobot alone: the hazard
+    assert record(tmp_path / "guarded", guarded=True) == set()
+    env = CountingEnv()
+    with RealtimeThreads() as threads, make_recorder(tmp_path / "recorder", env) as rec:
+        obs, _ = env.reset(seed=0)
+        for _ in range(6):
+            rec.add_frame(obs, np.zeros(len(ACTION_NAMES), np.float32))
+            obs, *_ = env.step(None)
+        rec.save_episode()
+    assert threads.seen == set() and os.sched_getscheduler(0) == os.SCHED_OTHER
+    assert may_raise_to_realtime()  # the capability came back: a franky connection may still go realtime

@@ -233,10 +233,15 @@ def test_collect_train_and_eval_a_task_set_through_the_cli(tmp_path, capsys):
 
     capsys.readouterr()
     assert main(["eval", "env=metaworld", two, "env.image_size=32", f"eval.checkpoint={run}", "eval.episodes=4",
-                 "eval.n_envs=2", "env.max_episode_steps=5", "eval.max_videos=0", f"eval.output_dir={out}"]) == 0
+                 "eval.n_envs=2", "env.max_episode_steps=5", "eval.max_videos=1", f"eval.output_dir={out}"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert [r["task"] for r in report["episodes_detail"]] == ["reach-v3", "push-v3"] * 2  # seed 100000 + k: k mod 2
     assert report["per_task"].keys() == {"reach-v3", "push-v3"}
     assert all(r["episodes"] == 2 for r in report["per_task"].values())
     table = (out / "report.md").read_text()
     assert "| reach-v3 | 2 |" in table and "| push-v3 | 2 |" in table
+    import av
+
+    video, = (out / "videos").glob("*.mp4")
+    with av.open(str(video)) as container:  # in real time: Meta-World's 80 Hz, not the tabletop's 20
+        assert container.streams.video[0].average_rate == 80

@@ -139,6 +139,13 @@ def test_train_eval_and_resume_a_mixture(lift_dataset, pusht_style, tmp_path, ca
     assert "embodiment 'sawyer': this checkpoint knows lift, pusht" in capsys.readouterr().err
     assert main([*evaluate, "eval.embodiment=lift", f"eval.output_dir={tmp_path / 'eval'}"]) == 0
     assert json.loads((tmp_path / "eval" / "report.json").read_text())["episodes"] == 1
+    # the checkpoint as a collection agent, as one of its embodiments
+    collect = ["collect", "env=lift", f"collect.agent={out}", "collect.episodes=1", "collect.success_only=false",
+               "env.max_episode_steps=3", "dataset.repo_id=local/rollouts"]
+    assert main([*collect, f"dataset.root={tmp_path / 'refused'}"]) == 2
+    assert "collect.embodiment" in capsys.readouterr().err and not (tmp_path / "refused").exists()
+    assert main([*collect, "collect.embodiment=lift", f"dataset.root={tmp_path / 'rollouts'}"]) == 0
+    assert json.loads((tmp_path / "rollouts" / "meta" / "info.json").read_text())["total_frames"] == 3
 
     assert main(["train", "--resume", entries, f"output_dir={out}", "train.steps=3", *TINY]) == 0
     assert (out / "checkpoints" / "000003").exists()

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from benchmarks.quality import main
 
 
@@ -93,3 +95,44 @@ def test_paired_comparison_uses_only_shared_seeds_and_refuses_disjoint_ones(tmp_
     with pytest.raises(SystemExit) as e:
         paired([str(tmp_path / "a.json"), str(tmp_path / "b.json")])
     assert e.value.code == 2 and "share no episode seed" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # ~3 minutes: three collections, three trainings, six evaluations, each its own process
+def test_a_tiny_generalist_comparison_runs_and_resumes(tmp_path, capsys):
+    """benchmarks.generalist: a family of two tabletop tasks and one of Meta-World, each entry
+    collected by its expert; two specialists and the generalist trained at equal total steps
+    (2 per family) and evaluated on each of their entries as that embodiment."""
+    import yaml
+
+    from benchmarks.generalist import main as generalist
+    from tests.conftest import TINY
+
+    short = ["env.max_episode_steps=4", "env.image_size=32"]
+    anyhow = ["collect.success_only=false"]  # 4 steps: the experts' demos are cut short
+    plan = {"recipe": "dita-cpu", "steps_per_family": 2, "data_root": str(tmp_path / "data"), "episodes": 2,
+            "eval_seed": 100000, "overrides": [*TINY, "train.save_every=2", "policy.backbone.max_text_tokens=16"],
+            "families": {
+                "tabletop": [{"name": "lift", "env": ["env=lift", *short], "collect": anyhow, "episodes": 1},
+                             {"name": "place", "env": ["env=place", *short], "collect": anyhow, "episodes": 1}],
+                "metaworld": [{"name": "reach", "env": ["env=metaworld", *short], "episodes": 1,
+                               "collect": ["collect=expert", *anyhow],
+                               "features": {"cameras": {"agentview": "observation.images.corner"}}}]}}
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
+    results, markdown = tmp_path / "generalist.json", tmp_path / "RESULTS.md"
+    args = ["--plan", str(tmp_path / "plan.yaml"), "--out", str(tmp_path / "runs"), "--results", str(results),
+            "--markdown", str(markdown), "--threads", "1", "--eval-envs", "1"]
+    generalist(args)
+    runs = json.loads(results.read_text())["runs"]
+    assert {k: r["steps"] for k, r in runs.items() if k.startswith("train/")} == {
+        "train/tabletop/seed0": 2, "train/metaworld/seed0": 2, "train/generalist/seed0": 4}
+    assert sorted(k for k in runs if k.startswith("eval/")) == [
+        "eval/generalist/lift/seed0", "eval/generalist/place/seed0", "eval/generalist/reach/seed0",
+        "eval/metaworld/reach/seed0", "eval/tabletop/lift/seed0", "eval/tabletop/place/seed0"]
+    assert all(r["episodes"] == 2 for k, r in runs.items() if k.startswith("eval/"))
+    assert runs["eval/generalist/reach/seed0"]["per_task"] == {"reach-v3": {"successes": 0, "episodes": 2}}
+    table = markdown.read_text()
+    assert "| tabletop | lift | 0% [0%, 66%] (1 seed) | 0% [0%, 66%] (1 seed) | +0 |" in table
+    assert "| **metaworld** | mean |  |  | **+0** |" in table
+    capsys.readouterr()
+    generalist(args)  # a second sitting finds everything done
+    assert "[" not in capsys.readouterr().out

@@ -137,3 +137,33 @@ def test_policy_agent_drives_one_unbatched_env(parts):
     single = {k: (v[0] if k != "task" else v[0]) for k, v in obs(0).items()}
     action = agent.act(single)
     assert action.shape == (7,)
+
+
+def test_the_dataset_mapping_reaches_the_env_observation(parts):
+    """A policy trained on a dataset that called its camera `observation.image`, had no wrist
+    camera and kept the arm in the first 11 of 14 state values, runs on an env that speaks that
+    dataset's keys: the checkpoint's mapping (config.json "data") renames, slices and pads."""
+    policy, normalizer = parts
+    policy.trained_on = {"features": {"cameras": {"agentview": "observation.image", "wrist": None},
+                                      "state": "observation.state[0:11]"}}
+    try:
+        runtime = RuntimePolicy(policy, normalizer)
+        spy = Spy(runtime)
+        own = obs(3)
+        theirs = {"observation.image": own["observation.images.agentview"], "task": own["task"],
+                  OBS_STATE: np.concatenate([own[OBS_STATE], np.full((B, 3), 9.0, np.float32)], axis=1)}
+        torch.manual_seed(0)
+        first = runtime.act(theirs)
+        seen = spy.seen[-1]
+        assert seen["camera_is_pad"].tolist() == [[False, True]] * B  # the wrist camera's tokens are masked
+        torch.testing.assert_close(seen[OBS_STATE][:, -1], torch.from_numpy(own[OBS_STATE]))  # 11 of 14 values
+        # what the env has beyond the dataset changes nothing: a wrist image stays a masked zero image
+        runtime.reset()
+        torch.manual_seed(0)
+        again = runtime.act({**theirs, "observation.images.wrist": own["observation.images.wrist"]})
+        np.testing.assert_array_equal(first, again)
+        with pytest.raises(ValueError, match=r"no observation.images.agentview \(nor observation.image, which "
+                                             r"the dataset's mapping reads it from\)"):
+            runtime.act({k: v for k, v in theirs.items() if k != "observation.image"})
+    finally:
+        policy.trained_on = None

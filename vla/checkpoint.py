@@ -186,6 +186,7 @@ def load_policy(path_or_id: str,
             f"{model_dir}: weights do not match the {meta['policy']} config "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
+    policy.trained_on = meta.get("data")
     return policy.to(device).eval(), normalizer.to(device)
 
 

@@ -91,7 +91,8 @@ def collect_agent(env_cfg, c, env, device: str):
     from vla.checkpoint import load_policy
     from vla.runtime import PolicyAgent, RuntimePolicy
 
-    return PolicyAgent(RuntimePolicy(*load_policy(c.agent, device)))
+    policy, normalizer = load_policy(c.agent, device)
+    return PolicyAgent(RuntimePolicy(policy, normalizer, embodiment=c.embodiment))
 
 
 def collect_env_and_agent(env_cfg, c, device: str, threads: int | None = None):

@@ -120,6 +120,7 @@ class TrainConfig:
 class CollectConfig:
     episodes: int = 100               # successful episodes to save (all episodes if not success_only)
     agent: str = "expert"             # "expert" or a checkpoint path / hub id
+    embodiment: str | None = None     # a mixture checkpoint agent's entry to run as; None = the only one
     success_only: bool = True
     seed: int = 0                     # attempt k resets with seed + k
     max_attempts: int | None = None

@@ -116,6 +116,10 @@ class Policy(nn.Module, ABC):
     """Base class: owns the shared backbone; subclasses add a head (see module docstring)."""
 
     config_class = PolicyConfig
+    # What the policy was trained on, as its checkpoint records it (config.json "data": the
+    # dataset and how its keys became the policy's features); the runtime maps an env's
+    # observations with it. None: not recorded (the identity mapping).
+    trained_on: dict | None = None
 
     def __init__(self, config: PolicyConfig, width: int):
         super().__init__()

@@ -63,10 +63,13 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
 
 
 def rollout(runtime, env_cfg: EnvConfig, *, episodes: int, n_envs: int, seed: int, video_dir: Path | None = None,
-            max_videos: int = 0, fps: int = 20, progress: bool = True) -> list[dict]:
-    """Run ``episodes`` episodes; returns one record per episode, ordered by episode index."""
+            max_videos: int = 0, fps: int | None = None, progress: bool = True) -> list[dict]:
+    """Run ``episodes`` episodes; returns one record per episode, ordered by episode index.
+    Videos play in real time: at ``fps``, by default the env's own rate (its ``render_fps``;
+    Meta-World steps at 80 Hz, the tabletop at 20)."""
     n_envs = max(1, min(n_envs, episodes))
     envs = make_vector_env(env_cfg, n_envs)
+    fps = fps or int(envs.metadata.get("render_fps") or 20)
     records: list[dict] = []
     try:
         obs, _ = envs.reset(seed=[seed + i for i in range(n_envs)])

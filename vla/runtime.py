@@ -28,7 +28,8 @@ from torch import Tensor
 from vla.contract import check_observation
 from vla.data.normalize import EmbodimentNormalizers, Normalizer, pad_last
 from vla.errors import CheckpointError, ConfigError
-from vla.features import ACTION, ACTION_DIM_PAD, EMBODIMENT, OBS_STATE, TASK, image_key
+from vla.data.mapping import observation_map
+from vla.features import ACTION, ACTION_DIM_PAD, CAMERA_PAD, EMBODIMENT, OBS_STATE, TASK, image_key
 from vla.policy import Policy
 
 
@@ -54,10 +55,17 @@ class RuntimePolicy:
         # A mixture checkpoint runs as one of its embodiments: that entry's statistics, token and widths.
         self.embodiment, self.state_dim, self.action_dim = None, cfg.state_dim, cfg.action_dim
         if isinstance(normalizer, EmbodimentNormalizers):
+            names = normalizer.names
             self.embodiment, normalizer, dims = normalizer.select(embodiment)
             self.state_dim, self.action_dim = dims["state_dim"], dims["action_dim"]
+            embodiment = names[self.embodiment]
         elif embodiment is not None:
             raise ConfigError(f"embodiment {embodiment!r}: this checkpoint was trained on one dataset, not a mixture")
+        # The dataset's mapping (that embodiment's, in a mixture) turns an env's keys into the
+        # policy's as it turned the dataset's: a camera under the dataset's name, a state slice,
+        # a camera the dataset lacked (zero images, masked tokens whatever the env has).
+        self.feature_map = observation_map(getattr(policy, "trained_on", None), embodiment)
+        self.camera_pad = [image_key(c) in self.feature_map.absent for c in cfg.backbone.cameras]
         if ACTION not in normalizer.keys():
 
             raise CheckpointError("this checkpoint has no action statistics: it was trained without actions "
@@ -115,13 +123,25 @@ class RuntimePolicy:
         return {k: torch.stack([self._text_cache[t][k] for t in tasks]) for k in self._text_cache[tasks[0]]}
 
     def _checked(self, obs: dict) -> tuple[dict[str, np.ndarray], Tensor]:
-        """The observation's camera images (B, H, W, 3) and state (B, D_s), or a ValueError
-        naming the key that is wrong."""
+        """The observation's camera images (B, H, W, 3) and state (B, D_s), mapped as the
+        training data was, or a ValueError naming the key that is wrong."""
+        obs = self.feature_map.apply(obs)
         images = {}
-        for c in self.policy.config.backbone.cameras:
+        for c, pad in zip(self.policy.config.backbone.cameras, self.camera_pad):
+            if pad:
+                continue
+            if image_key(c) not in obs:
+                source = str(self.feature_map.sources_of(image_key(c))[0])
+                also = f" (nor {source}, which the dataset's mapping reads it from)" if source != image_key(c) else ""
+                raise ValueError(f"the observation has no {image_key(c)}{also}; it has {sorted(obs)}")
             images[c] = x = np.asarray(obs[image_key(c)])
             if x.ndim != 4 or x.shape[-1] != 3:
                 raise ValueError(f"{image_key(c)}: expected (B, H, W, 3) uint8 images, got shape {x.shape}")
+        real = next(iter(images.values()))
+        for c, pad in zip(self.policy.config.backbone.cameras, self.camera_pad):
+            if pad:  # as in training: a zero image the size of a real one, its tokens masked
+                images[c] = np.zeros_like(real)
+        images = {c: images[c] for c in self.policy.config.backbone.cameras}
         state = torch.as_tensor(np.asarray(obs[OBS_STATE]), dtype=torch.float32, device=self.device)
         if state.ndim != 2 or state.shape[1] != self.state_dim:
             raise ValueError(f"{OBS_STATE}: expected (B, {self.state_dim}), got {tuple(state.shape)}")
@@ -175,6 +195,8 @@ class RuntimePolicy:
         # time (a behavior-token policy re-plans every N steps and starts afresh at 0)
         obs = {"frames": frames, "text": self._text_features(tasks), OBS_STATE: state, TASK: tasks,
                "step": torch.tensor(steps, device=self.device)}
+        if any(self.camera_pad):
+            obs[CAMERA_PAD] = torch.tensor(self.camera_pad, device=self.device).expand(len(tasks), -1)
         if self.embodiment is not None:
             b, width = len(tasks), self.policy.config.action_dim
             obs[EMBODIMENT] = torch.full((b,), self.embodiment, dtype=torch.long, device=self.device)

@@ -88,6 +88,7 @@ class Trainer:
                            is_main=self.dist.is_main, barrier=self.dist.barrier, progress=progress)
         self.policy_cfg = self.data.policy_cfg
         self.policy: Policy = make_policy(self.policy_cfg).to(self.device)
+        self.policy.trained_on = dataset_record(run.dataset)  # checkpoints and in-training evals map with it
         self.normalizer = self.data.normalizer.to(self.device)
         if run.train.init_from and not resume:
             self._init_weights(run.train.init_from)
@@ -181,15 +182,8 @@ class Trainer:
             "rng": rng_state(),
             "run_config": asdict(self.run_cfg),
         }
-        ds = self.run_cfg.dataset
-
-        def about(entry) -> dict:
-            return {"repo_id": entry.repo_id, "root": entry.root,
-                    "features": {k: v for k, v in asdict(entry.features).items() if v}}
-
-        data = {"mixture": [{"name": e.name, "weight": e.weight, **about(e)} for e in ds.mixture],
-                "temperature": ds.temperature} if ds.mixture else about(ds)
-        return save_checkpoint(self.out, self.step, self.policy, self.normalizer, state, weights, data)
+        return save_checkpoint(self.out, self.step, self.policy, self.normalizer, state, weights,
+                               self.policy.trained_on)
 
     # --- the loop --------------------------------------------------------------------------
     def train_step(self, batch: dict) -> dict[str, float]:
@@ -334,3 +328,15 @@ def train(run: RunConfig, policy_cfg: PolicyConfig | None, *, resume: bool = Fal
     finally:
         trainer.dist.close()
 
+
+def dataset_record(ds) -> dict:
+    """What a checkpoint records of its ``dataset`` config (config.json ``data``): each dataset's
+    id, root and feature mapping, a mixture's entries by name with their weights."""
+    def about(entry) -> dict:
+        return {"repo_id": entry.repo_id, "root": entry.root,
+                "features": {k: v for k, v in asdict(entry.features).items() if v}}
+
+    if ds.mixture:
+        return {"mixture": [{"name": e.name, "weight": e.weight, **about(e)} for e in ds.mixture],
+                "temperature": ds.temperature}
+    return about(ds)

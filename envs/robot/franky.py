@@ -43,12 +43,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import socket
 import threading
 import time
-from contextlib import contextmanager
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -56,30 +54,9 @@ from scipy.spatial.transform import Rotation
 from envs.robot.base import Command, Robot, RobotState, square_image
 from envs.robot.config import RobotConfig
 from vla.errors import LinkLost, NotYet, RobotError
+from vla.scheduling import keeps_thread_scheduling  # franky.Robot raises its calling thread to FIFO 99
 
 logger = logging.getLogger(__name__)
-
-
-@contextmanager
-def keeps_thread_scheduling() -> Iterator[None]:
-    """Give the calling thread its scheduling policy back after a franky connection.
-
-    Constructing ``franky.Robot`` raises the calling thread to SCHED_FIFO at priority 99 wherever
-    the process may (as root, say), even under ``RealtimeConfig.Ignore``. Here that thread is
-    Python's: it runs the policy, and every thread and process it starts afterwards inherits the
-    policy, so torch's workers, a simulator stepping at 1 kHz or a second `vla` process would run
-    at top realtime priority and starve everything else on the machine (a CI run hung so). The
-    control thread libfranka runs a motion on is not this one, and keeps what libfranka gives it.
-    """
-    if not hasattr(os, "sched_getscheduler"):  # not Linux
-        yield
-        return
-    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)  # 0: the calling thread
-    try:
-        yield
-    finally:
-        if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, param):
-            os.sched_setscheduler(0, policy, param)
 
 
 class CameraSource(Protocol):

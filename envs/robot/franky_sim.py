@@ -26,7 +26,7 @@ def start_franky_sim(log: Path, timeout: float = 60.0) -> tuple[subprocess.Popen
     """Start `franky-sim -s mujoco`; wait until a client can connect. Returns (process, host)."""
     import franky
 
-    from envs.robot.franky import keeps_thread_scheduling
+    from vla.scheduling import keeps_thread_scheduling
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log.open("w") as out:

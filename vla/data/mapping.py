@@ -101,12 +101,14 @@ class FeatureMap:
 
     @classmethod
     def from_config(cls, cfg, prefix: str = "dataset.features") -> "FeatureMap":
-        """From a `FeatureMapConfig` (``dataset.features``): cameras, state, action, environment_state."""
+        """From a `FeatureMapConfig` (``dataset.features``), or the same as a dict (a checkpoint's
+        record of it): cameras, state, action, environment_state."""
+        get = cfg.get if isinstance(cfg, Mapping) else lambda name: getattr(cfg, name)
         mapping, labels = {}, {}
-        for camera, key in dict(cfg.cameras or {}).items():
+        for camera, key in dict(get("cameras") or {}).items():
             mapping[image_key(camera)], labels[image_key(camera)] = key, f"{prefix}.cameras.{camera}"
         for name, feature in (("state", OBS_STATE), ("action", ACTION), ("environment_state", OBS_ENV_STATE)):
-            value = getattr(cfg, name)
+            value = get(name)
             if value is not None:
                 mapping[feature], labels[feature] = value, f"{prefix}.{name}"
         return cls(mapping, labels)
@@ -246,3 +248,16 @@ def _names(spec: dict, key: str) -> list[str]:
 
 def _bookkeeping(key: str) -> bool:
     return key in ("timestamp", "frame_index", "episode_index", "index", "task_index")
+
+
+def observation_map(trained_on: dict | None, embodiment: str | None = None) -> FeatureMap:
+    """The mapping a checkpoint was trained with (its config.json ``data``: one dataset's
+    ``features``, or a mixture entry's, by embodiment name), to apply to an env's observations
+    so they reach the policy as the dataset's did. No record: the identity."""
+    record = trained_on or {}
+    if "mixture" in record:
+        entry = next((e for e in record["mixture"] if e.get("name") == embodiment), {})
+        record, prefix = entry, f"dataset.mixture[{embodiment}].features"
+    else:
+        prefix = "dataset.features"
+    return FeatureMap.from_config(record.get("features") or {}, prefix)

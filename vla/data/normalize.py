@@ -192,7 +192,7 @@ class EmbodimentNormalizers(nn.Module):
         if name is None:
             if len(names) > 1:
                 raise ConfigError(f"this checkpoint knows {len(names)} embodiments ({', '.join(names)}); "
-                                  f"choose one with eval.embodiment=<name> (deploy.embodiment=<name>)")
+                                  f"choose one with eval.embodiment=<name> (or deploy.embodiment, collect.embodiment)")
             name = names[0]
         if name not in self.parts:
             raise ConfigError(f"embodiment {name!r}: this checkpoint knows {', '.join(names)}")

@@ -21,6 +21,9 @@ copy each time). Instead the recorder:
   place too, so a kill mid-write would otherwise lose the feature schema).
 - encodes video while recording (lerobot's streaming encoder), so saving takes ~0.2 s instead
   of ~0.8 s for a 150-frame, two-camera episode, and no PNG staging files pile up.
+- keeps the video encoder's threads at normal priority: SVT-AV1 asks for SCHED_FIFO 99 where
+  the process may (root), which would preempt a control loop recording beside it
+  (`vla.scheduling.without_realtime_threads`).
 - on opening an existing dataset, rolls back whatever an interrupted save left
   (`repair_dataset`), under an exclusive lock, so two recorders never write one dataset.
 
@@ -64,6 +67,7 @@ from vla.data.source import (
     scan_dataset,
 )
 from vla.features import ACTION, OBS_IMAGES, OBS_PREFIX, PHASE, TASK, is_image_key
+from vla.scheduling import without_realtime_threads
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +209,7 @@ class EpisodeRecorder:
             task = frame["task"]  # lerobot pops it from the frame
             # lerobot appends a frame key by key (and feeds the video encoders): a Ctrl-C in the
             # middle would leave an episode whose features disagree on its length.
-            with sigint_deferred():
+            with sigint_deferred(), without_realtime_threads():  # see vla/scheduling.py
                 self.dataset.add_frame(frame)
                 self._episode_tasks.add(task)
                 self._frames += 1
@@ -239,7 +243,7 @@ class EpisodeRecorder:
             raise ValueError("no frames to save: call add_frame first")
         index = self.dataset.meta.total_episodes
         self._register_tasks()
-        with SuppressProgressBars():
+        with SuppressProgressBars(), without_realtime_threads():
             self.dataset.save_episode()
         # Commit: footers on the episode's data file, then on its metadata file (lerobot 0.6.1
         # has no public call that closes them without ending the recording session).
@@ -264,7 +268,8 @@ class EpisodeRecorder:
 
     def discard_episode(self) -> None:
         """Drop the frames buffered since the last save (nothing of them reaches the dataset)."""
-        self.dataset.clear_episode_buffer()
+        with without_realtime_threads():
+            self.dataset.clear_episode_buffer()
         self._frames, self._episode_tasks = 0, set()
 
     def close(self) -> None:
@@ -275,7 +280,8 @@ class EpisodeRecorder:
             if self._frames:
                 logger.warning("%s: discarding %d unsaved frames", self.root, self._frames)
                 self.discard_episode()
-            self.dataset.finalize()
+            with without_realtime_threads():
+                self.dataset.finalize()
         finally:
             self.dataset = None
             os.close(self._lock)
