@@ -204,3 +204,34 @@ def test_a_mixture_trains_under_ddp(lift_dataset, pusht_style, tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     saved = json.loads((out / "checkpoints" / "last" / "pretrained_model" / "normalization.json").read_text())
     assert sorted(saved["embodiments"]) == ["lift", "pusht"]
+
+
+def test_omnijarvis_stage_two_reads_empty_thoughts_where_a_dataset_has_no_phase_labels(lift_dataset, pusht_style):
+    """A dataset recorded elsewhere has no `annotation.phase`: stage 2 reads "" for its thoughts
+    (the behavior tokens follow at once), beside an entry whose expert labelled its phases."""
+    from tests.test_omnijarvis import TINY_OJ
+    from vla.cli import compose
+    from vla.features import PHASE
+    from vla.policy import make_policy
+
+    _, policy_cfg = compose([*TINY_OJ, "policy.stage=vla"])
+    data = MixtureData(mixture_config(lift_dataset, pusht_style), policy_cfg, seed=0, device=torch.device("cpu"),
+                       num_workers=0, batch_size=32)
+    batch = data.next_batch()
+    pusht = (batch[EMBODIMENT] == 1).tolist()
+    assert any(pusht) and not all(pusht)
+    thoughts = [row[-1] for row in batch[PHASE]]
+    assert all(t == "" for t, p in zip(thoughts, pusht) if p)
+    assert any(t for t, p in zip(thoughts, pusht) if not p)  # the lift expert's phase labels
+    model = make_policy(data.policy_cfg)
+    model.tokenizer_trained.fill_(True)
+    loss, logs = model.compute_loss(batch)
+    assert torch.isfinite(loss) and "thought_loss" in logs
+    # one such dataset alone trains too
+    from vla.config import DatasetConfig, FeatureMapConfig
+    from vla.data.pipeline import TrainingData
+
+    alone = TrainingData(DatasetConfig(repo_id="lab/pusht-style", root=str(pusht_style), features=FeatureMapConfig(
+        cameras={"agentview": "observation.image", "wrist": "observation.image"})), policy_cfg, seed=0,
+        device=torch.device("cpu"), num_workers=0, batch_size=4)
+    assert alone.next_batch()[PHASE] == [[""] * len(policy_cfg.frame_offsets()[PHASE])] * 4
