@@ -58,14 +58,18 @@ def dataset_root(plan: dict, entry: dict) -> Path:
 
 
 def collect(plan: dict, entry: dict, threads: int) -> None:
+    """The entry's dataset, topped up to its episode count: a collection cut short (the end of a
+    sitting) keeps the episodes it saved, and the next one appends the rest from other seeds."""
     root = dataset_root(plan, entry)
-    if (root / "meta" / "info.json").exists():
+    info = root / "meta" / "info.json"
+    have = json.loads(info.read_text())["total_episodes"] if info.exists() else 0
+    if have >= entry["episodes"]:
         return
     root.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "vla.cli", "collect", f"recipe={plan['recipe']}", *entry["env"],
-           *entry.get("collect", []), f"collect.episodes={entry['episodes']}", f"dataset.root={root}",
-           f"dataset.repo_id=local/{entry['name']}"]
-    print(f"[collect {entry['name']}] {entry['episodes']} episodes", flush=True)
+           *entry.get("collect", []), f"collect.episodes={entry['episodes'] - have}", f"dataset.root={root}",
+           f"dataset.repo_id=local/{entry['name']}", f"collect.seed={1_000_000 * (have > 0) + 10_000 * have}"]
+    print(f"[collect {entry['name']}] {entry['episodes'] - have} episodes", flush=True)
     run_logged(cmd, root.parent / f"{entry['name']}.collect.log", threads)
 
 
@@ -90,11 +94,11 @@ def train(args, plan: dict, model: str, seed: int) -> None:
     cmd = [sys.executable, "-m", "vla.cli", "train", f"recipe={plan['recipe']}", mixture_override(plan, entries),
            f"output_dir={out}", f"seed={seed}", f"train.steps={steps}", "train.max_seconds=null",
            *plan.get("overrides", [])]
-    if resumable(out):
-        cmd = [*cmd[:4], "--resume", *cmd[4:]]
     print(f"[{key}] {steps} steps on {', '.join(e['name'] for e in entries)}", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    run_logged(cmd, out.parent / "train.log", args.threads)
+    if not (out / "summary.json").exists():  # else it finished, and only its record is missing
+        run_logged([*cmd[:4], "--resume", *cmd[4:]] if resumable(out) else cmd, out.parent / "train.log",
+                   args.threads)
     summary = json.loads((out / "summary.json").read_text())
     record_run(args.results, key, {"model": model, "seed": seed, "steps": summary["steps"],
                                    "train_seconds": summary["train_seconds"], "final_loss": summary["final_loss"],
