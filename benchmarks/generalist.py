@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -97,6 +98,8 @@ def train(args, plan: dict, model: str, seed: int) -> None:
     print(f"[{key}] {steps} steps on {', '.join(e['name'] for e in entries)}", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not (out / "summary.json").exists():  # else it finished, and only its record is missing
+        if not resumable(out):
+            shutil.rmtree(out, ignore_errors=True)  # killed before its first checkpoint
         run_logged([*cmd[:4], "--resume", *cmd[4:]] if resumable(out) else cmd, out.parent / "train.log",
                    args.threads)
     summary = json.loads((out / "summary.json").read_text())
