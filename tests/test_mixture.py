@@ -146,6 +146,26 @@ def test_train_eval_and_resume_a_mixture(lift_dataset, pusht_style, tmp_path, ca
     assert "collect.embodiment" in capsys.readouterr().err and not (tmp_path / "refused").exists()
     assert main([*collect, "collect.embodiment=lift", f"dataset.root={tmp_path / 'rollouts'}"]) == 0
     assert json.loads((tmp_path / "rollouts" / "meta" / "info.json").read_text())["total_frames"] == 3
+    # deploy checks a robot against the embodiment it runs as: its widths, its camera under the dataset's key
+    from types import SimpleNamespace
+
+    from vla.checkpoint import load_policy
+    from vla.deploy import check_compatible
+    from vla.runtime import RuntimePolicy
+
+    runtime = RuntimePolicy(*load_policy(str(out)), embodiment="pusht")
+
+    def robot(state_dim: int, action_dim: int, camera: str = "observation.image"):  # a robot's feature lists
+        features = {camera: {"shape": (96, 96, 3)}, OBS_STATE: {"shape": (state_dim,)}}
+        return SimpleNamespace(observation_features=features, action_features={ACTION: {"shape": (action_dim,)}},
+                               config=SimpleNamespace(cameras=["top"], action_space="eef_delta"))
+    check_compatible(robot(4, 3), runtime)
+    with pytest.raises(ValueError, match="expects 4 values, the robot gives 11"):
+        check_compatible(robot(11, 3), runtime)
+    with pytest.raises(ValueError, match=r"outputs 3 values"):
+        check_compatible(robot(4, 7), runtime)
+    with pytest.raises(ValueError, match=r"needs 'observation.images.agentview' \(nor 'observation.image', which"):
+        check_compatible(robot(4, 3, camera="observation.images.top"), runtime)
 
     assert main(["train", "--resume", entries, f"output_dir={out}", "train.steps=3", *TINY]) == 0
     assert (out / "checkpoints" / "000003").exists()

@@ -381,21 +381,26 @@ def _ms(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.1f} ms"
 
 
-def check_compatible(robot, policy) -> None:
-    """The robot's features must be what the policy consumes; the error names the key."""
+def check_compatible(robot, runtime) -> None:
+    """The robot's features, mapped as the runtime maps them (the checkpoint's dataset mapping,
+    a mixture's embodiment), must be what the policy consumes; the error names the key."""
     from vla.features import ACTION, OBS_STATE, image_key
 
     feats = robot.observation_features
-    cfg = policy.config
-    for camera in cfg.backbone.cameras:
-        if image_key(camera) not in feats:
-            raise ValueError(f"the policy needs {image_key(camera)!r}, which the robot does not provide "
+    probe = runtime.feature_map.apply({k: np.zeros((1, *f["shape"])) for k, f in feats.items() if "shape" in f})
+    cameras = runtime.policy.config.backbone.cameras
+    for camera, pad in zip(cameras, runtime.camera_pad):
+        if not pad and image_key(camera) not in probe:
+            source = str(runtime.feature_map.sources_of(image_key(camera))[0])
+            also = f" (nor {source!r}, which the checkpoint's mapping reads it from)" if source != image_key(camera) \
+                else ""
+            raise ValueError(f"the policy needs {image_key(camera)!r}{also}, which the robot does not provide "
                              f"(robot.cameras={list(robot.config.cameras)})")
-    if feats[OBS_STATE]["shape"][0] != cfg.state_dim:
-        raise ValueError(f"{OBS_STATE}: the policy expects {cfg.state_dim} values, the robot gives "
-                         f"{feats[OBS_STATE]['shape'][0]}")
-    if robot.action_features[ACTION]["shape"][0] != cfg.action_dim:
-        raise ValueError(f"{ACTION}: the policy outputs {cfg.action_dim} values, robot.action_space="
+    width = probe[OBS_STATE].shape[-1] if OBS_STATE in probe else 0
+    if width != runtime.state_dim:
+        raise ValueError(f"{OBS_STATE}: the policy expects {runtime.state_dim} values, the robot gives {width}")
+    if robot.action_features[ACTION]["shape"][0] != runtime.action_dim:
+        raise ValueError(f"{ACTION}: the policy outputs {runtime.action_dim} values, robot.action_space="
                          f"{robot.config.action_space} takes {robot.action_features[ACTION]['shape'][0]}")
 
 
@@ -406,7 +411,7 @@ def deploy(run, *, progress: bool = True) -> dict:
     ckpt = cfg.checkpoint or run.output_dir
     policy, runtime = _load_runtime(run, ckpt)
     out = Path(cfg.output_dir or Path(run.output_dir) / "deploy")
-    robot = _make_compatible_robot(run, policy, out)
+    robot = _make_compatible_robot(run, runtime, out)
     protocol = _protocol(run, ckpt, policy, runtime)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)  # before connecting: a fault while connecting is logged there
@@ -447,13 +452,13 @@ def _load_runtime(run, ckpt) -> tuple:
     return policy, RuntimePolicy.from_settings(policy, normalizer, run.deploy, "deploy")
 
 
-def _make_compatible_robot(run, policy, out: Path) -> SafeRobot:
+def _make_compatible_robot(run, runtime, out: Path) -> SafeRobot:
     """The robot (not yet connected) behind its safety layer, with the features the policy consumes."""
     from envs.robot import make_robot
 
     try:
         robot = make_robot(run.robot, log_path=out / "interventions.jsonl", dry_run=run.deploy.dry_run)
-        check_compatible(robot, policy)
+        check_compatible(robot, runtime)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return robot
