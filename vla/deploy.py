@@ -373,6 +373,10 @@ def write_report(out: Path, summary: dict) -> None:
         f"- safety: {s['safety']['commands_sent']} commands, {s['safety']['commands_changed']} changed; "
         f"interventions {s['safety']['interventions'] or 'none'}",
     ]
+    if "server" in s:
+        lines.append(f"- policy server {p.get('server')}: round trip p50 {_ms(s['server']['round_trip_ms']['p50'])}, "
+                     f"p99 {_ms(s['server']['round_trip_ms']['p99'])}, of which on the server p50 "
+                     f"{_ms(s['server']['server_ms']['p50'])}")
     lines += [f"- stop: {m}" for m in s["messages"]]
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
@@ -388,8 +392,7 @@ def check_compatible(robot, runtime) -> None:
 
     feats = robot.observation_features
     probe = runtime.feature_map.apply({k: np.zeros((1, *f["shape"])) for k, f in feats.items() if "shape" in f})
-    cameras = runtime.policy.config.backbone.cameras
-    for camera, pad in zip(cameras, runtime.camera_pad):
+    for camera, pad in zip(runtime.cameras, runtime.camera_pad):
         if not pad and image_key(camera) not in probe:
             source = str(runtime.feature_map.sources_of(image_key(camera))[0])
             also = f" (nor {source!r}, which the checkpoint's mapping reads it from)" if source != image_key(camera) \
@@ -408,26 +411,33 @@ def deploy(run, *, progress: bool = True) -> dict:
     """Load the checkpoint, connect the robot, run `deploy.episodes` episodes; returns the summary."""
     cfg = run.deploy
     _check_settings(run)
-    ckpt = cfg.checkpoint or run.output_dir
-    policy, runtime = _load_runtime(run, ckpt)
+    ckpt = cfg.server or cfg.checkpoint or run.output_dir
+    runtime = _load_runtime(run, ckpt)
     out = Path(cfg.output_dir or Path(run.output_dir) / "deploy")
-    robot = _make_compatible_robot(run, runtime, out)
-    protocol = _protocol(run, ckpt, policy, runtime)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)  # before connecting: a fault while connecting is logged there
     recorder = None
     try:
-        with robot:
-            recorder = _make_recorder(run, robot, out)  # once connected: a robot never reached records nothing
-            results = _run_episodes(Deployer(robot, runtime, cfg, recorder=recorder, progress=progress), progress)
-    except BaseException:
-        if created and not any(out.iterdir()):  # refused before anything happened: leave nothing behind
-            out.rmdir()
-        raise
+        robot = _make_compatible_robot(run, runtime, out)
+        protocol = _protocol(run, ckpt, runtime)
+        created = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)  # before connecting: a fault while connecting is logged there
+        try:
+            with robot:
+                recorder = _make_recorder(run, robot, out)  # once connected: a robot never reached records nothing
+                results = _run_episodes(Deployer(robot, runtime, cfg, recorder=recorder, progress=progress),
+                                        progress)
+        except BaseException:
+            if created and not any(out.iterdir()):  # refused before anything happened: leave nothing behind
+                out.rmdir()
+            raise
     finally:
         if recorder is not None:
             recorder.close()
+        if cfg.server:
+            runtime.close()
     summary = summarize(results, robot, protocol)
+    if cfg.server:  # what the network and the server added to each chunk
+        summary["server"] = {"round_trip_ms": percentiles_ms(runtime.round_trips),
+                             "server_ms": percentiles_ms(runtime.server_seconds)}
     write_report(out, summary)
     return summary
 
@@ -442,14 +452,41 @@ def _check_settings(run) -> None:
         raise ConfigError(str(e)) from None
 
 
-def _load_runtime(run, ckpt) -> tuple:
-    """(policy, the RuntimePolicy that deploy drives) from the checkpoint."""
+def _load_runtime(run, ckpt):
+    """What deploy drives: a RuntimePolicy on the checkpoint, or a RemotePolicy on the server."""
+    cfg = run.deploy
+    if cfg.server:
+        return _connect_server(cfg)
     from vla.checkpoint import load_policy
     from vla.distributed import pick_device
     from vla.runtime import RuntimePolicy
 
     policy, normalizer = load_policy(ckpt, pick_device(run.device))
-    return policy, RuntimePolicy.from_settings(policy, normalizer, run.deploy, "deploy")
+    return RuntimePolicy.from_settings(policy, normalizer, cfg, "deploy")
+
+
+def _connect_server(cfg):
+    """A connected RemotePolicy; the sampling settings are the server's (serve.*), so deploy.* ones
+    that would change them are refused, as is an embodiment the server does not run."""
+    from vla.remote import PolicyServerError, RemotePolicy
+
+    for key in ("inference_steps", "test_time_scaling", "checkpoint"):
+        if getattr(cfg, key) is not None:
+            raise ConfigError(f"deploy.{key} with deploy.server: the server decides it (vla serve serve.{key}=...)")
+    try:
+        remote = RemotePolicy(cfg.server, timeout=cfg.server_timeout, n_action_steps=cfg.n_action_steps).connect()
+    except PolicyServerError as e:  # nothing has moved yet: a setting to fix, not a fault
+        raise ConfigError(f"deploy.server: {e}") from None
+    served = remote.metadata.get("embodiment")
+    if cfg.embodiment is not None and cfg.embodiment != served:
+        remote.close()
+        raise ConfigError(f"deploy.embodiment={cfg.embodiment!r}, but the server runs {served!r} "
+                          f"(vla serve serve.embodiment=...)")
+    if remote.n_action_steps > remote.horizon:
+        remote.close()
+        raise ConfigError(f"deploy.n_action_steps={remote.n_action_steps} must be <= the server's horizon "
+                          f"{remote.horizon}")
+    return remote
 
 
 def _make_compatible_robot(run, runtime, out: Path) -> SafeRobot:
@@ -476,7 +513,7 @@ def _make_recorder(run, robot: SafeRobot, out: Path):
                            robot_type=f"franka_{rcfg.backend}", task=rcfg.task)
 
 
-def _protocol(run, ckpt, policy, runtime) -> dict:
+def _protocol(run, ckpt, runtime) -> dict:
     """What the report's numbers were measured under."""
     cfg, rcfg = run.deploy, run.robot
     return {"checkpoint": ckpt, "backend": rcfg.backend, "action_space": rcfg.action_space,
@@ -484,7 +521,7 @@ def _protocol(run, ckpt, policy, runtime) -> dict:
             "n_action_steps": runtime.n_action_steps, "temporal_ensemble": cfg.temporal_ensemble,
             "episodes": cfg.episodes, "max_steps": cfg.max_steps,
             "seeds": f"{cfg.seed} .. {cfg.seed + cfg.episodes - 1}",
-            "policy": policy.config.name, **policy.sampling_protocol(), "safety": asdict(rcfg.safety)}
+            **runtime.describe(), "safety": asdict(rcfg.safety)}
 
 
 def _run_episodes(deployer: Deployer, progress: bool) -> list[EpisodeResult]:
