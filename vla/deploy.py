@@ -456,7 +456,13 @@ def _load_runtime(run, ckpt):
     """What deploy drives: a RuntimePolicy on the checkpoint, or a RemotePolicy on the server."""
     cfg = run.deploy
     if cfg.server:
+        if cfg.threads is not None:
+            raise ConfigError("deploy.threads with deploy.server: the server's are serve.threads")
         return _connect_server(cfg)
+    if cfg.threads is not None:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
     from vla.checkpoint import load_policy
     from vla.distributed import pick_device
     from vla.runtime import RuntimePolicy
