@@ -75,11 +75,24 @@ def collect(plan: dict, entry: dict, threads: int) -> None:
 
 
 def mixture_override(plan: dict, entries: list[dict]) -> str:
-    """``dataset.mixture=[...]`` for the entries, in Hydra's flow syntax (JSON is a subset)."""
+    """``dataset.mixture=[...]`` for the entries, in Hydra's override syntax."""
     spec = [{"name": e["name"], "root": str(dataset_root(plan, e)), **({"features": e["features"]}
                                                                       if e.get("features") else {})}
             for e in entries]
-    return "dataset.mixture=" + json.dumps(spec)
+    return "dataset.mixture=" + hydra_value(spec)
+
+
+def hydra_value(value) -> str:
+    """A value as a Hydra override writes it: bare keys, quoted strings, null."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {hydra_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(hydra_value(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return str(value)
 
 
 def run_dir(args, model: str, seed: int) -> Path:

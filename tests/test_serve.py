@@ -57,7 +57,7 @@ def test_a_served_chunk_is_the_in_process_chunk(served):
     with RemotePolicy(url) as remote:
         meta = remote.metadata
         assert meta["policy"] == "dita" and len(meta["weights_sha256"]) == 16
-        assert (remote.horizon, remote.n_obs_steps, remote.state_dim, remote.action_dim) == (8, 1, 11, 7)
+        assert (remote.horizon, remote.n_obs_steps, remote.state_dim, remote.action_dim) == (8, 2, 11, 7)
         assert remote.cameras == ["agentview", "wrist"] and remote.camera_pad == [False, False]
         assert remote.health()["ok"]
         remote.reset()

@@ -52,7 +52,8 @@ def _encode(obj: Any) -> Any:
 def _decode(obj: dict) -> Any:
     if "__ndarray__" in obj:
         dtype, shape, data = obj["__ndarray__"]
-        return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape)
+        # a writable array: torch warns on (and must not write through) a read-only buffer
+        return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape).copy()
     return obj
 
 
