@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -58,23 +59,40 @@ def dataset_root(plan: dict, entry: dict) -> Path:
 
 
 def collect(plan: dict, entry: dict, threads: int) -> None:
+    """The entry's dataset, topped up to its episode count: a collection cut short (the end of a
+    sitting) keeps the episodes it saved, and the next one appends the rest from other seeds."""
     root = dataset_root(plan, entry)
-    if (root / "meta" / "info.json").exists():
+    info = root / "meta" / "info.json"
+    have = json.loads(info.read_text())["total_episodes"] if info.exists() else 0
+    if have >= entry["episodes"]:
         return
     root.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "vla.cli", "collect", f"recipe={plan['recipe']}", *entry["env"],
-           *entry.get("collect", []), f"collect.episodes={entry['episodes']}", f"dataset.root={root}",
-           f"dataset.repo_id=local/{entry['name']}"]
-    print(f"[collect {entry['name']}] {entry['episodes']} episodes", flush=True)
+           *entry.get("collect", []), f"collect.episodes={entry['episodes'] - have}", f"dataset.root={root}",
+           f"dataset.repo_id=local/{entry['name']}", f"collect.seed={1_000_000 * (have > 0) + 10_000 * have}"]
+    print(f"[collect {entry['name']}] {entry['episodes'] - have} episodes", flush=True)
     run_logged(cmd, root.parent / f"{entry['name']}.collect.log", threads)
 
 
 def mixture_override(plan: dict, entries: list[dict]) -> str:
-    """``dataset.mixture=[...]`` for the entries, in Hydra's flow syntax (JSON is a subset)."""
+    """``dataset.mixture=[...]`` for the entries, in Hydra's override syntax."""
     spec = [{"name": e["name"], "root": str(dataset_root(plan, e)), **({"features": e["features"]}
                                                                       if e.get("features") else {})}
             for e in entries]
-    return "dataset.mixture=" + json.dumps(spec)
+    return "dataset.mixture=" + hydra_value(spec)
+
+
+def hydra_value(value) -> str:
+    """A value as a Hydra override writes it: bare keys, quoted strings, null."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {hydra_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(hydra_value(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return str(value)
 
 
 def run_dir(args, model: str, seed: int) -> Path:
@@ -90,11 +108,13 @@ def train(args, plan: dict, model: str, seed: int) -> None:
     cmd = [sys.executable, "-m", "vla.cli", "train", f"recipe={plan['recipe']}", mixture_override(plan, entries),
            f"output_dir={out}", f"seed={seed}", f"train.steps={steps}", "train.max_seconds=null",
            *plan.get("overrides", [])]
-    if resumable(out):
-        cmd = [*cmd[:4], "--resume", *cmd[4:]]
     print(f"[{key}] {steps} steps on {', '.join(e['name'] for e in entries)}", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    run_logged(cmd, out.parent / "train.log", args.threads)
+    if not (out / "summary.json").exists():  # else it finished, and only its record is missing
+        if not resumable(out):
+            shutil.rmtree(out, ignore_errors=True)  # killed before its first checkpoint
+        run_logged([*cmd[:4], "--resume", *cmd[4:]] if resumable(out) else cmd, out.parent / "train.log",
+                   args.threads)
     summary = json.loads((out / "summary.json").read_text())
     record_run(args.results, key, {"model": model, "seed": seed, "steps": summary["steps"],
                                    "train_seconds": summary["train_seconds"], "final_loss": summary["final_loss"],

@@ -90,9 +90,16 @@ def test_deploy_on_sim_records_and_reports(trained_run, tmp_path, capsys, mode):
 
 
 def test_deploy_dry_run_moves_nothing(trained_run, tmp_path):
-    out = tmp_path / "dry"
-    assert main(["deploy", f"deploy.checkpoint={trained_run}", f"deploy.output_dir={out}", "deploy.max_steps=6",
-                 "deploy.dry_run=true", "deploy.async_inference=false", "deploy.record=false"]) == 0
+    import torch
+
+    out, threads = tmp_path / "dry", torch.get_num_threads()
+    try:
+        assert main(["deploy", f"deploy.checkpoint={trained_run}", f"deploy.output_dir={out}", "deploy.max_steps=6",
+                     "deploy.dry_run=true", "deploy.async_inference=false", "deploy.record=false",
+                     "deploy.threads=1"]) == 0
+        assert torch.get_num_threads() == 1  # deploy.threads: inference's torch threads
+    finally:
+        torch.set_num_threads(threads)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["protocol"]["dry_run"] and summary["safety"]["commands_sent"] == 6
     assert "(dry run)" in (out / "report.md").read_text()

@@ -102,6 +102,7 @@ NOT_RUN = {
     "torchrun": "tests/test_train.py runs the trainer under torch.distributed.run",
     "vla twin": "a server until Ctrl-C: tests/test_robot_ros.py and test_deploy.py drive the twin",
     "vla deploy": "needs the twin or an arm: tests/test_deploy.py deploys to the twin over DDS and rosbridge",
+    "vla serve": "a server until Ctrl-C: tests/test_serve.py serves a checkpoint and deploys through it",
     "envs.robot.rosbridge_server": "a server: tests/test_rosbridge_server.py",
     "vla convert": "needs a robosuite HDF5 file: tests/test_convert.py converts one through the same command",
     "env.id=Pendulum-v1": "needs a checkpoint trained for Pendulum's 1-D action",

@@ -146,6 +146,26 @@ def test_train_eval_and_resume_a_mixture(lift_dataset, pusht_style, tmp_path, ca
     assert "collect.embodiment" in capsys.readouterr().err and not (tmp_path / "refused").exists()
     assert main([*collect, "collect.embodiment=lift", f"dataset.root={tmp_path / 'rollouts'}"]) == 0
     assert json.loads((tmp_path / "rollouts" / "meta" / "info.json").read_text())["total_frames"] == 3
+    # deploy checks a robot against the embodiment it runs as: its widths, its camera under the dataset's key
+    from types import SimpleNamespace
+
+    from vla.checkpoint import load_policy
+    from vla.deploy import check_compatible
+    from vla.runtime import RuntimePolicy
+
+    runtime = RuntimePolicy(*load_policy(str(out)), embodiment="pusht")
+
+    def robot(state_dim: int, action_dim: int, camera: str = "observation.image"):  # a robot's feature lists
+        features = {camera: {"shape": (96, 96, 3)}, OBS_STATE: {"shape": (state_dim,)}}
+        return SimpleNamespace(observation_features=features, action_features={ACTION: {"shape": (action_dim,)}},
+                               config=SimpleNamespace(cameras=["top"], action_space="eef_delta"))
+    check_compatible(robot(4, 3), runtime)
+    with pytest.raises(ValueError, match="expects 4 values, the robot gives 11"):
+        check_compatible(robot(11, 3), runtime)
+    with pytest.raises(ValueError, match=r"outputs 3 values"):
+        check_compatible(robot(4, 7), runtime)
+    with pytest.raises(ValueError, match=r"needs 'observation.images.agentview' \(nor 'observation.image', which"):
+        check_compatible(robot(4, 3, camera="observation.images.top"), runtime)
 
     assert main(["train", "--resume", entries, f"output_dir={out}", "train.steps=3", *TINY]) == 0
     assert (out / "checkpoints" / "000003").exists()
@@ -204,3 +224,34 @@ def test_a_mixture_trains_under_ddp(lift_dataset, pusht_style, tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     saved = json.loads((out / "checkpoints" / "last" / "pretrained_model" / "normalization.json").read_text())
     assert sorted(saved["embodiments"]) == ["lift", "pusht"]
+
+
+def test_omnijarvis_stage_two_reads_empty_thoughts_where_a_dataset_has_no_phase_labels(lift_dataset, pusht_style):
+    """A dataset recorded elsewhere has no `annotation.phase`: stage 2 reads "" for its thoughts
+    (the behavior tokens follow at once), beside an entry whose expert labelled its phases."""
+    from tests.test_omnijarvis import TINY_OJ
+    from vla.cli import compose
+    from vla.features import PHASE
+    from vla.policy import make_policy
+
+    _, policy_cfg = compose([*TINY_OJ, "policy.stage=vla"])
+    data = MixtureData(mixture_config(lift_dataset, pusht_style), policy_cfg, seed=0, device=torch.device("cpu"),
+                       num_workers=0, batch_size=32)
+    batch = data.next_batch()
+    pusht = (batch[EMBODIMENT] == 1).tolist()
+    assert any(pusht) and not all(pusht)
+    thoughts = [row[-1] for row in batch[PHASE]]
+    assert all(t == "" for t, p in zip(thoughts, pusht) if p)
+    assert any(t for t, p in zip(thoughts, pusht) if not p)  # the lift expert's phase labels
+    model = make_policy(data.policy_cfg)
+    model.tokenizer_trained.fill_(True)
+    loss, logs = model.compute_loss(batch)
+    assert torch.isfinite(loss) and "thought_loss" in logs
+    # one such dataset alone trains too
+    from vla.config import DatasetConfig, FeatureMapConfig
+    from vla.data.pipeline import TrainingData
+
+    alone = TrainingData(DatasetConfig(repo_id="lab/pusht-style", root=str(pusht_style), features=FeatureMapConfig(
+        cameras={"agentview": "observation.image", "wrist": "observation.image"})), policy_cfg, seed=0,
+        device=torch.device("cpu"), num_workers=0, batch_size=4)
+    assert alone.next_batch()[PHASE] == [[""] * len(policy_cfg.frame_offsets()[PHASE])] * 4

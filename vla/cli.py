@@ -220,6 +220,13 @@ def cmd_deploy(run, policy_cfg, args) -> None:
         raise RobotError(s["messages"][-1])
 
 
+def cmd_serve(run, policy_cfg, args) -> None:
+    """Serve a checkpoint over a websocket for `vla deploy deploy.server=ws://host:port` (until Ctrl-C)."""
+    from vla.serve import serve
+
+    serve(run)
+
+
 def cmd_convert(run, policy_cfg, args) -> None:
     """Convert robomimic / robosuite HDF5 demos into a LeRobot dataset at dataset.root."""
     from envs.robosuite_tasks.convert import convert_hdf5
@@ -240,7 +247,7 @@ def _device(run):
 
 
 COMMANDS = {"collect": cmd_collect, "train": cmd_train, "eval": cmd_eval, "twin": cmd_twin, "deploy": cmd_deploy,
-            "convert": cmd_convert}
+            "serve": cmd_serve, "convert": cmd_convert}
 
 
 def main(argv: list[str] | None = None) -> int:

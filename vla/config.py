@@ -166,10 +166,30 @@ class DeployConfig:
     test_time_scaling: int | None = None  # DUST: vision steps per action step q (N_o = q * N_A)
     max_inference_seconds: float = 2.0    # the arm holds while it waits for a chunk; longer than this ends the run
     embodiment: str | None = None         # a mixture checkpoint's entry to run as; None = the only one
+    server: str | None = None             # ws://host:port of a `vla serve` to get chunks from (no torch here);
+                                          # None = load the checkpoint in this process
+    server_timeout: float = 10.0          # s to connect and for each reply; longer is a fault (the arm holds)
+    threads: int | None = None            # torch intra-op threads for in-process inference; None = torch's default
+                                          # (1 beside a simulator on 2 cores: 57 ms a chunk instead of 83)
     dry_run: bool = False                 # compute, check and log commands; send none
     record: bool = True                   # record every episode as a LeRobot dataset
     dataset_root: str | None = None       # None = <output_dir>/deploy/data
     output_dir: str | None = None         # None = <output_dir>/deploy
+
+
+@dataclass
+class ServeConfig:
+    """``vla serve``: a checkpoint served over a websocket (vla/serve.py) to `deploy.server`."""
+
+    checkpoint: str | None = None         # checkpoint directory or hub id; None = output_dir
+    host: str = "0.0.0.0"                 # the address to listen on (0.0.0.0: every interface)
+    port: int = 8765                      # 0 = any free port (printed)
+    threads: int | None = None            # torch intra-op threads; None = torch's default
+    embodiment: str | None = None         # a mixture checkpoint's entry to serve as; None = the only one
+    n_action_steps: int | None = None     # the chunking the server advertises; None = the checkpoint's
+    temporal_ensemble: float | None = None  # unused by served chunks (the client ensembles); kept for the runtime
+    inference_steps: int | None = None    # denoising steps per chunk; None = the checkpoint's
+    test_time_scaling: int | None = None  # DUST: vision steps per action step; None = the checkpoint's
 
 
 @dataclass
@@ -196,6 +216,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     robot: RobotConfig = field(default_factory=RobotConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     convert: ConvertConfig = field(default_factory=ConvertConfig)
     policy: Any = None                # the policy's own config dataclass (selected by name)
     output_dir: str = "outputs/run"
@@ -255,7 +276,10 @@ LIMITS: dict[str, tuple[str, float]] = {
     "eval.temporal_ensemble": (">=", 0),
     "deploy.episodes": (">=", 1), "deploy.max_steps": (">=", 1), "deploy.n_action_steps": (">=", 1),
     "deploy.inference_steps": (">=", 1), "deploy.test_time_scaling": (">=", 1),
-    "deploy.temporal_ensemble": (">=", 0), "deploy.max_inference_seconds": (">", 0),
+    "deploy.temporal_ensemble": (">=", 0), "deploy.max_inference_seconds": (">", 0), "deploy.server_timeout": (">", 0),
+    "deploy.threads": (">=", 1),
+    "serve.port": (">=", 0), "serve.threads": (">=", 1), "serve.n_action_steps": (">=", 1),
+    "serve.inference_steps": (">=", 1), "serve.test_time_scaling": (">=", 1),
     "env.image_size": (">=", 8), "env.max_episode_steps": (">=", 1), "dataset.temperature": (">", 0),
 }
 

@@ -373,6 +373,10 @@ def write_report(out: Path, summary: dict) -> None:
         f"- safety: {s['safety']['commands_sent']} commands, {s['safety']['commands_changed']} changed; "
         f"interventions {s['safety']['interventions'] or 'none'}",
     ]
+    if "server" in s:
+        lines.append(f"- policy server {p.get('server')}: round trip p50 {_ms(s['server']['round_trip_ms']['p50'])}, "
+                     f"p99 {_ms(s['server']['round_trip_ms']['p99'])}, of which on the server p50 "
+                     f"{_ms(s['server']['server_ms']['p50'])}")
     lines += [f"- stop: {m}" for m in s["messages"]]
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
@@ -381,21 +385,25 @@ def _ms(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.1f} ms"
 
 
-def check_compatible(robot, policy) -> None:
-    """The robot's features must be what the policy consumes; the error names the key."""
+def check_compatible(robot, runtime) -> None:
+    """The robot's features, mapped as the runtime maps them (the checkpoint's dataset mapping,
+    a mixture's embodiment), must be what the policy consumes; the error names the key."""
     from vla.features import ACTION, OBS_STATE, image_key
 
     feats = robot.observation_features
-    cfg = policy.config
-    for camera in cfg.backbone.cameras:
-        if image_key(camera) not in feats:
-            raise ValueError(f"the policy needs {image_key(camera)!r}, which the robot does not provide "
+    probe = runtime.feature_map.apply({k: np.zeros((1, *f["shape"])) for k, f in feats.items() if "shape" in f})
+    for camera, pad in zip(runtime.cameras, runtime.camera_pad):
+        if not pad and image_key(camera) not in probe:
+            source = str(runtime.feature_map.sources_of(image_key(camera))[0])
+            also = f" (nor {source!r}, which the checkpoint's mapping reads it from)" if source != image_key(camera) \
+                else ""
+            raise ValueError(f"the policy needs {image_key(camera)!r}{also}, which the robot does not provide "
                              f"(robot.cameras={list(robot.config.cameras)})")
-    if feats[OBS_STATE]["shape"][0] != cfg.state_dim:
-        raise ValueError(f"{OBS_STATE}: the policy expects {cfg.state_dim} values, the robot gives "
-                         f"{feats[OBS_STATE]['shape'][0]}")
-    if robot.action_features[ACTION]["shape"][0] != cfg.action_dim:
-        raise ValueError(f"{ACTION}: the policy outputs {cfg.action_dim} values, robot.action_space="
+    width = probe[OBS_STATE].shape[-1] if OBS_STATE in probe else 0
+    if width != runtime.state_dim:
+        raise ValueError(f"{OBS_STATE}: the policy expects {runtime.state_dim} values, the robot gives {width}")
+    if robot.action_features[ACTION]["shape"][0] != runtime.action_dim:
+        raise ValueError(f"{ACTION}: the policy outputs {runtime.action_dim} values, robot.action_space="
                          f"{robot.config.action_space} takes {robot.action_features[ACTION]['shape'][0]}")
 
 
@@ -403,26 +411,33 @@ def deploy(run, *, progress: bool = True) -> dict:
     """Load the checkpoint, connect the robot, run `deploy.episodes` episodes; returns the summary."""
     cfg = run.deploy
     _check_settings(run)
-    ckpt = cfg.checkpoint or run.output_dir
-    policy, runtime = _load_runtime(run, ckpt)
+    ckpt = cfg.server or cfg.checkpoint or run.output_dir
+    runtime = _load_runtime(run, ckpt)
     out = Path(cfg.output_dir or Path(run.output_dir) / "deploy")
-    robot = _make_compatible_robot(run, policy, out)
-    protocol = _protocol(run, ckpt, policy, runtime)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)  # before connecting: a fault while connecting is logged there
     recorder = None
     try:
-        with robot:
-            recorder = _make_recorder(run, robot, out)  # once connected: a robot never reached records nothing
-            results = _run_episodes(Deployer(robot, runtime, cfg, recorder=recorder, progress=progress), progress)
-    except BaseException:
-        if created and not any(out.iterdir()):  # refused before anything happened: leave nothing behind
-            out.rmdir()
-        raise
+        robot = _make_compatible_robot(run, runtime, out)
+        protocol = _protocol(run, ckpt, runtime)
+        created = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)  # before connecting: a fault while connecting is logged there
+        try:
+            with robot:
+                recorder = _make_recorder(run, robot, out)  # once connected: a robot never reached records nothing
+                results = _run_episodes(Deployer(robot, runtime, cfg, recorder=recorder, progress=progress),
+                                        progress)
+        except BaseException:
+            if created and not any(out.iterdir()):  # refused before anything happened: leave nothing behind
+                out.rmdir()
+            raise
     finally:
         if recorder is not None:
             recorder.close()
+        if cfg.server:
+            runtime.close()
     summary = summarize(results, robot, protocol)
+    if cfg.server:  # what the network and the server added to each chunk
+        summary["server"] = {"round_trip_ms": percentiles_ms(runtime.round_trips),
+                             "server_ms": percentiles_ms(runtime.server_seconds)}
     write_report(out, summary)
     return summary
 
@@ -437,23 +452,56 @@ def _check_settings(run) -> None:
         raise ConfigError(str(e)) from None
 
 
-def _load_runtime(run, ckpt) -> tuple:
-    """(policy, the RuntimePolicy that deploy drives) from the checkpoint."""
+def _load_runtime(run, ckpt):
+    """What deploy drives: a RuntimePolicy on the checkpoint, or a RemotePolicy on the server."""
+    cfg = run.deploy
+    if cfg.server:
+        if cfg.threads is not None:
+            raise ConfigError("deploy.threads with deploy.server: the server's are serve.threads")
+        return _connect_server(cfg)
+    if cfg.threads is not None:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
     from vla.checkpoint import load_policy
     from vla.distributed import pick_device
     from vla.runtime import RuntimePolicy
 
     policy, normalizer = load_policy(ckpt, pick_device(run.device))
-    return policy, RuntimePolicy.from_settings(policy, normalizer, run.deploy, "deploy")
+    return RuntimePolicy.from_settings(policy, normalizer, cfg, "deploy")
 
 
-def _make_compatible_robot(run, policy, out: Path) -> SafeRobot:
+def _connect_server(cfg):
+    """A connected RemotePolicy; the sampling settings are the server's (serve.*), so deploy.* ones
+    that would change them are refused, as is an embodiment the server does not run."""
+    from vla.remote import PolicyServerError, RemotePolicy
+
+    for key in ("inference_steps", "test_time_scaling", "checkpoint"):
+        if getattr(cfg, key) is not None:
+            raise ConfigError(f"deploy.{key} with deploy.server: the server decides it (vla serve serve.{key}=...)")
+    try:
+        remote = RemotePolicy(cfg.server, timeout=cfg.server_timeout, n_action_steps=cfg.n_action_steps).connect()
+    except PolicyServerError as e:  # nothing has moved yet: a setting to fix, not a fault
+        raise ConfigError(f"deploy.server: {e}") from None
+    served = remote.metadata.get("embodiment")
+    if cfg.embodiment is not None and cfg.embodiment != served:
+        remote.close()
+        raise ConfigError(f"deploy.embodiment={cfg.embodiment!r}, but the server runs {served!r} "
+                          f"(vla serve serve.embodiment=...)")
+    if remote.n_action_steps > remote.horizon:
+        remote.close()
+        raise ConfigError(f"deploy.n_action_steps={remote.n_action_steps} must be <= the server's horizon "
+                          f"{remote.horizon}")
+    return remote
+
+
+def _make_compatible_robot(run, runtime, out: Path) -> SafeRobot:
     """The robot (not yet connected) behind its safety layer, with the features the policy consumes."""
     from envs.robot import make_robot
 
     try:
         robot = make_robot(run.robot, log_path=out / "interventions.jsonl", dry_run=run.deploy.dry_run)
-        check_compatible(robot, policy)
+        check_compatible(robot, runtime)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return robot
@@ -471,7 +519,7 @@ def _make_recorder(run, robot: SafeRobot, out: Path):
                            robot_type=f"franka_{rcfg.backend}", task=rcfg.task)
 
 
-def _protocol(run, ckpt, policy, runtime) -> dict:
+def _protocol(run, ckpt, runtime) -> dict:
     """What the report's numbers were measured under."""
     cfg, rcfg = run.deploy, run.robot
     return {"checkpoint": ckpt, "backend": rcfg.backend, "action_space": rcfg.action_space,
@@ -479,7 +527,7 @@ def _protocol(run, ckpt, policy, runtime) -> dict:
             "n_action_steps": runtime.n_action_steps, "temporal_ensemble": cfg.temporal_ensemble,
             "episodes": cfg.episodes, "max_steps": cfg.max_steps,
             "seeds": f"{cfg.seed} .. {cfg.seed + cfg.episodes - 1}",
-            "policy": policy.config.name, **policy.sampling_protocol(), "safety": asdict(rcfg.safety)}
+            **runtime.describe(), "safety": asdict(rcfg.safety)}
 
 
 def _run_episodes(deployer: Deployer, progress: bool) -> list[EpisodeResult]:

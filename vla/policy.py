@@ -111,6 +111,11 @@ class PolicyConfig:
         """False for a mode that trains without the action feature (video-only pretraining)."""
         return True
 
+    def optional_features(self) -> set[str]:
+        """String features of ``frame_offsets`` a dataset may lack (annotations that datasets
+        recorded elsewhere do not have): a sample then reads "" for each. None by default."""
+        return set()
+
 
 class Policy(nn.Module, ABC):
     """Base class: owns the shared backbone; subclasses add a head (see module docstring)."""

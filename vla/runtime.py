@@ -80,6 +80,14 @@ class RuntimePolicy:
         self._text_cache: dict[str, dict[str, Tensor]] = {}
         self.reset()
 
+    @property
+    def cameras(self) -> list[str]:
+        return list(self.policy.config.backbone.cameras)
+
+    def describe(self) -> dict:
+        """What a report says about the policy: its name and how it samples."""
+        return {"policy": self.policy.config.name, **self.policy.sampling_protocol()}
+
     @classmethod
     def from_settings(cls, policy: Policy, normalizer: Normalizer, settings, where: str) -> RuntimePolicy:
         """A runtime from a config section with n_action_steps, temporal_ensemble, inference_steps

@@ -90,6 +90,11 @@ class OmniJarvisConfig(PolicyConfig):
     def replan_steps(self) -> int:
         return self.replan_every or self.chunk_length
 
+    def optional_features(self) -> set[str]:
+        # A dataset without phase labels (recorded elsewhere) trains stage 2 with empty thoughts:
+        # the behavior tokens follow the thought marker directly, as with thoughts switched off.
+        return {PHASE} if self.stage == "vla" else set()
+
     def frame_offsets(self) -> dict[str, list[int]]:
         """A training sample starts a behavior window at frame s: observations from the
         history before s to the window's end (the encoder reads s .. s+C-1; the decoder the

@@ -90,12 +90,16 @@ class ChunkSampler:
         a batch drawn across them is one gather. Row r of sampler i is row ``starts[i] + r``."""
         first = samplers[0]
         out = cls.__new__(cls)
-        out.offsets, out.future_offsets, out.image_offsets = first.offsets, first.future_offsets, first.image_offsets
+        # a key only some read (an annotation the others lack) is "" in theirs
+        out.offsets = {k: v for s in samplers for k, v in s.offsets.items()}
+        out.future_offsets, out.image_offsets = first.future_offsets, first.image_offsets
         starts = np.cumsum([0] + [len(s) for s in samplers])[:-1]
         out.ep_start = torch.cat([s.ep_start + int(o) for s, o in zip(samplers, starts)])
         out.ep_end = torch.cat([s.ep_end + int(o) for s, o in zip(samplers, starts)])
         out.columns = {k: torch.cat([c[k] for c in columns]) for k in columns[0]}
-        out.strings = {k: np.concatenate([s.strings[k] for s in samplers]) for k in first.strings}
+        strings = dict.fromkeys(k for s in samplers for k in s.strings)
+        out.strings = {k: np.concatenate([s.strings[k] if k in s.strings else np.full(len(s), "", dtype=object)
+                                          for s in samplers]) for k in strings}
         out.frames = {k: torch.cat([s.frames[k] for s in samplers]) for k in first.frames}
         out.text = {k: torch.cat([s.text[k] for s in samplers]) for k in first.text}
         task_starts = np.cumsum([0] + [len(s.task_names) for s in samplers])[:-1]

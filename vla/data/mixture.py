@@ -212,7 +212,7 @@ class MixtureData:
 
         part = self.parts[i]
         rows = torch.randint(len(part.dataset), (n,), generator=generator).tolist()
-        batch = part.finish_raw(default_collate([part.dataset[r] for r in rows]))
+        batch = part.with_blanks(part.finish_raw(default_collate([part.dataset[r] for r in rows])))
         return self._finish(i, resize_images(batch, self.policy_cfg.backbone.image_size))
 
     def _gather(self, which: Tensor, u: Tensor) -> dict:
@@ -257,7 +257,7 @@ class MixtureData:
             groups: dict[int, list] = {}
             for entry, item in items:
                 groups.setdefault(entry, []).append(item)
-            finished = [resize_images(self.parts[i].finish_raw(default_collate(group)), size)
+            finished = [resize_images(self.parts[i].with_blanks(self.parts[i].finish_raw(default_collate(group))), size)
                         for i, group in sorted(groups.items())]
             return concat_batches([self._finish(i, b) for i, b in zip(sorted(groups), finished)])
 

@@ -100,7 +100,11 @@ class TrainingData:
         if cameras and all(k in absent for k in cameras):
             raise FeatureMismatchError("dataset.features.cameras: every camera the policy reads is null; "
                                        "a dataset needs at least one of them")
-        check_features(features, {k: v for k, v in required_features(self.policy_cfg).items() if k not in absent})
+        # annotations a dataset recorded elsewhere lacks: every sample reads "" for them
+        self.blank = {k: v for k, v in self.policy_cfg.frame_offsets().items()
+                      if k in self.policy_cfg.optional_features() and k not in features}
+        check_features(features, {k: v for k, v in required_features(self.policy_cfg).items()
+                                  if k not in absent and k not in self.blank})
         # cameras the dataset lacks: their images are zeros and their tokens masked (CAMERA_PAD)
         self.camera_pad = torch.tensor([k in absent for k in cameras]) if absent & set(cameras) else None
         self.string_keys = [k for k in self.policy_cfg.frame_offsets() if features.get(k, {}).get("dtype") == "string"]
@@ -112,7 +116,7 @@ class TrainingData:
         self.normalizer = Normalizer(self.feature_map.stats(meta_ds.meta.stats), modes)
         frozen = self.policy_cfg.backbone.freeze_vision and self.policy_cfg.backbone.freeze_text
         self.cached = ds_cfg.cache_features and frozen
-        offsets = self.policy_cfg.frame_offsets()
+        offsets = {k: v for k, v in self.policy_cfg.frame_offsets().items() if k not in self.blank}
         self.future = self.policy_cfg.future_offsets()
         if self.cached:
             self._sampler = self._cached_sampler(meta_ds, offsets, seed, device, is_main, barrier, progress)
@@ -179,12 +183,20 @@ class TrainingData:
         """The next training batch (not normalized), of ``size`` samples (the cached path) or
         ``batch_size``."""
         if self._sampler is not None:
-            return self.with_camera_pad(self._sampler.sample(size or self.batch_size))
+            return self.with_blanks(self.with_camera_pad(self._sampler.sample(size or self.batch_size)))
         if size not in (None, self.batch_size):
             raise ValueError("the raw path's DataLoader yields batches of batch_size only")
         if self._iter is None:
             self._iter = self._raw_batches()
-        return self.with_camera_pad(next(self._iter))
+        return self.with_blanks(self.with_camera_pad(next(self._iter)))
+
+    def with_blanks(self, batch: dict) -> dict:
+        """``batch`` with "" (and no padding) for each optional annotation this dataset lacks."""
+        b = len(batch[OBS_STATE])
+        for key, offsets in self.blank.items():
+            batch[key] = [[""] * len(offsets) for _ in range(b)]
+            batch[f"{key}_is_pad"] = torch.zeros(b, len(offsets), dtype=torch.bool)
+        return batch
 
     def with_camera_pad(self, batch: dict, always: bool = False) -> dict:
         """``batch`` with ``camera_is_pad`` (B, n_cam) when this dataset lacks a camera (or
