@@ -112,6 +112,23 @@ def hear_ctrl_c() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def once_deploy_is_stepping(action) -> None:
+    """Run ``action`` on a thread once a deploy loop in this process is stepping (its inference
+    thread is up, plus a second): a fault injected mid-run, not during start-up."""
+    import threading
+    import time
+
+    def wait_then_act():
+        deadline = time.monotonic() + 300
+        while not any(t.name == "vla-inference" for t in threading.enumerate()):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+        time.sleep(1.0)
+        action()
+    threading.Thread(target=wait_then_act, daemon=True).start()
+
+
 def child_hears_ctrl_c() -> None:
     """preexec_fn for a child process: SIGINT back to its default, so Python installs its handler."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -3,14 +3,12 @@
 import json
 import os
 import signal
-import threading
-import time
 
 import numpy as np
 import pytest
 
 from vla.cli import main
-from tests.conftest import hear_ctrl_c
+from tests.conftest import hear_ctrl_c, once_deploy_is_stepping
 from vla.deploy import ActionSchedule
 
 pytestmark = pytest.mark.timeout(600)
@@ -111,18 +109,9 @@ def test_ctrl_c_leaves_the_arm_holding_and_the_episode_saved(trained_run, tmp_pa
 
     out = tmp_path / "interrupted"
 
-    def interrupt_once_stepping():  # Ctrl-C in the middle of the control loop, not during start-up
-        deadline = time.monotonic() + 300
-        while not any(t.name == "vla-inference" for t in threading.enumerate()):
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.05)
-        time.sleep(1.0)
-        os.kill(os.getpid(), signal.SIGINT)
-
     previous = signal.getsignal(signal.SIGINT)
     hear_ctrl_c()
-    threading.Thread(target=interrupt_once_stepping, daemon=True).start()
+    once_deploy_is_stepping(lambda: os.kill(os.getpid(), signal.SIGINT))  # Ctrl-C mid-run
     try:
         code = main(["deploy", f"deploy.checkpoint={trained_run}", f"deploy.output_dir={out}", "deploy.max_steps=2000",
                     "deploy.stop_on_success=false", "robot.safety.max_consecutive_limited=100000"])

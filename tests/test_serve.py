@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import once_deploy_is_stepping
 from vla.cli import main
 from vla.remote import PolicyServerError, RemotePolicy, pack, unpack
 
@@ -125,17 +126,7 @@ def test_vla_serve_and_vla_deploy_from_the_command_line(trained_run, tmp_path, c
         assert "the server decides it (vla serve serve.inference_steps=...)" in capsys.readouterr().err
 
         killed = tmp_path / "killed"
-        import threading
-
-        def kill_once_stepping():  # mid-run: once the control loop's inference thread is up
-            deadline = time.monotonic() + 300
-            while not any(t.name == "vla-inference" for t in threading.enumerate()):
-                if time.monotonic() > deadline:
-                    return
-                time.sleep(0.05)
-            time.sleep(1.0)
-            proc.kill()
-        threading.Thread(target=kill_once_stepping, daemon=True).start()
+        once_deploy_is_stepping(proc.kill)
         code = main(["deploy", f"deploy.server={url}", f"deploy.output_dir={killed}", "deploy.max_steps=100000",
                      "deploy.stop_on_success=false", "robot.safety.max_consecutive_limited=100000",
                      "deploy.server_timeout=2"])
