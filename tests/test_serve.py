@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import once_deploy_is_stepping
 from vla.cli import main
+from vla.rtc import ChunkPrefix
 from vla.remote import PolicyServerError, RemotePolicy, pack, unpack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +74,16 @@ def test_a_served_chunk_is_the_in_process_chunk(served):
         with pytest.raises(PolicyServerError, match=r"bad request: observation.state: expected \(B, 11\)"):
             remote.predict_chunk([bad], step=0)
         assert remote.predict_chunk([observation(1)], step=1).shape == (8, 7)  # the connection lives on
+        # real-time chunking: the plan travels with the request and the server conditions on it
+        assert remote.follows_prefix
+        plan = ChunkPrefix(np.full((6, 7), 0.5, np.float32), delay=2, method="inpaint")
+        torch.manual_seed(0)
+        chunk = remote.predict_chunk([observation()], step=0, prefix=plan)
+        torch.manual_seed(0)
+        np.testing.assert_allclose(chunk, server.runtime.predict_chunk([observation()], 0, plan), atol=1e-6)
+        assert not np.allclose(chunk, local, atol=1e-3)
+        with pytest.raises(PolicyServerError, match="bad request: chunk prefix: 3 action values"):
+            remote.predict_chunk([observation()], step=0, prefix=ChunkPrefix(np.zeros((6, 3)), delay=2))
 
 
 def test_a_slow_or_malformed_or_lost_server_is_one_line(served, monkeypatch):

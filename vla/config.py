@@ -171,6 +171,15 @@ class DeployConfig:
     server_timeout: float = 10.0          # s to connect and for each reply; longer is a fault (the arm holds)
     threads: int | None = None            # torch intra-op threads for in-process inference; None = torch's default
                                           # (1 beside a simulator on 2 cores: 57 ms a chunk instead of 83)
+    # Real-time chunking (vla/rtc.py): each chunk is sampled to agree with the plan that runs while it
+    # is computed, instead of only skipping the actions it arrives too late for. Dita and DUST.
+    rtc: bool = False
+    rtc_method: str = "guidance"          # guidance (RTC's, a backward pass per denoising step) | inpaint (none)
+    rtc_max_guidance: float = 5.0         # RTC's beta: the cap on the guidance weight
+    # Added inference delay, to rehearse a slower policy: asynchronous inference waits this long
+    # before handing over each chunk; synchronous inference (the lockstep sim) lets the chunk take
+    # effect this many ms of control steps after its observation, the old plan running meanwhile.
+    inject_delay_ms: float = 0.0
     dry_run: bool = False                 # compute, check and log commands; send none
     record: bool = True                   # record every episode as a LeRobot dataset
     dataset_root: str | None = None       # None = <output_dir>/deploy/data
@@ -277,7 +286,7 @@ LIMITS: dict[str, tuple[str, float]] = {
     "deploy.episodes": (">=", 1), "deploy.max_steps": (">=", 1), "deploy.n_action_steps": (">=", 1),
     "deploy.inference_steps": (">=", 1), "deploy.test_time_scaling": (">=", 1),
     "deploy.temporal_ensemble": (">=", 0), "deploy.max_inference_seconds": (">", 0), "deploy.server_timeout": (">", 0),
-    "deploy.threads": (">=", 1),
+    "deploy.threads": (">=", 1), "deploy.rtc_max_guidance": (">", 0), "deploy.inject_delay_ms": (">=", 0),
     "serve.port": (">=", 0), "serve.threads": (">=", 1), "serve.n_action_steps": (">=", 1),
     "serve.inference_steps": (">=", 1), "serve.test_time_scaling": (">=", 1),
     "env.image_size": (">=", 8), "env.max_episode_steps": (">=", 1), "dataset.temperature": (">", 0),

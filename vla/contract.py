@@ -14,7 +14,7 @@ from typing import TypedDict
 
 from torch import Tensor
 
-from vla.features import ACTION, ACTION_DIM_PAD, CAMERA_PAD, EMBODIMENT, OBS_STATE, TASK
+from vla.features import ACTION, ACTION_DIM_PAD, ACTION_PREFIX, CAMERA_PAD, EMBODIMENT, OBS_STATE, TASK
 
 # The functional form, because the LeRobot feature names have dots in them.
 Observation = TypedDict("Observation", {
@@ -72,3 +72,11 @@ def check_observation(obs: dict, config) -> None:
         _expect(obs, EMBODIMENT, (obs[OBS_STATE].shape[0],))
     if obs.get("step") is not None:
         _expect(obs, "step", (obs[OBS_STATE].shape[0],))
+    guide = obs.get(ACTION_PREFIX)
+    if guide is not None:
+        b = obs[OBS_STATE].shape[0]
+        if tuple(guide.actions.shape) != (b, config.horizon, config.action_dim) or \
+                tuple(guide.weights.shape) != (b, config.horizon):
+            raise ValueError(f"{ACTION_PREFIX}: expected actions {(b, config.horizon, config.action_dim)} and "
+                             f"weights {(b, config.horizon)}, got {tuple(guide.actions.shape)} and "
+                             f"{tuple(guide.weights.shape)}")

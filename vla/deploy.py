@@ -36,6 +36,7 @@ from envs.robot.base import RobotState
 from envs.robot.safety import SafeRobot
 from vla.config import DeployConfig
 from vla.errors import ConfigError, RobotError, SafetyStop
+from vla.rtc import METHODS, ChunkPrefix
 from vla.runtime import ensemble_average
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,10 @@ class EpisodeResult:
     latencies: list[float] = field(default_factory=list)    # s per inference
     obs_to_command: list[float] = field(default_factory=list)  # s from reading an observation to its command
     dataset_episode: int | None = None
+    # smoothness: |a_t - 2 a_(t-1) + a_(t-2)| of the sent commands (all but the gripper), at the first
+    # step of each new chunk and at every other step with two planned steps before it
+    boundary_jerk: list[float] = field(default_factory=list)
+    within_chunk_jerk: list[float] = field(default_factory=list)
 
 
 class InferenceTimeout(RuntimeError):
@@ -89,6 +94,18 @@ class ActionSchedule:
             return c[step - s]
         return ensemble_average(np.stack([c[step - s] for s, c in live]), self.ensemble)
 
+    def source(self, step: int) -> int | None:
+        """The observation step of the chunk that plans ``step`` (the newest one covering it)."""
+        live = [s for s, c in self.chunks if s <= step < s + len(c)]
+        return live[-1] if live else None
+
+    def plan(self, step: int) -> np.ndarray | None:
+        """The newest chunk's actions from ``step`` on (n, D), or None when it plans nothing there."""
+        if not self.chunks:
+            return None
+        s, c = self.chunks[-1]
+        return c[step - s:] if s <= step < s + len(c) else None
+
     def needs_chunk(self, step: int, lead: int) -> bool:
         """Start inferring now so a chunk lands before this one's n_action_steps run out."""
         if not self.chunks:
@@ -99,12 +116,17 @@ class ActionSchedule:
         return step - start >= self.n_action_steps - lead
 
 
+def predict(runtime, history: list[dict], step: int, prefix=None) -> np.ndarray:
+    """A chunk from the runtime (in-process or remote), conditioned on ``prefix`` when there is one."""
+    return runtime.predict_chunk(history, step) if prefix is None else runtime.predict_chunk(history, step, prefix)
+
+
 class InferenceWorker:
     """Runs `runtime.predict_chunk` on a thread, one request at a time."""
 
-    def __init__(self, runtime):
-        self.runtime = runtime
-        self._request: tuple[list[dict], int] | None = None
+    def __init__(self, runtime, inject_delay: float = 0.0):
+        self.runtime, self.inject_delay = runtime, inject_delay
+        self._request: tuple[list[dict], int, object] | None = None
         self._result: tuple[int, np.ndarray, float] | None = None
         self._error: BaseException | None = None
         self._cv = threading.Condition()
@@ -113,9 +135,9 @@ class InferenceWorker:
         self._thread = threading.Thread(target=self._run, name="vla-inference", daemon=True)
         self._thread.start()
 
-    def submit(self, history: list[dict], step: int) -> None:
+    def submit(self, history: list[dict], step: int, prefix=None) -> None:
         with self._cv:
-            self._request, self.busy = (history, step), True
+            self._request, self.busy = (history, step, prefix), True
             self._cv.notify()
 
     def poll(self) -> tuple[int, np.ndarray, float] | None:
@@ -139,10 +161,12 @@ class InferenceWorker:
                     self._cv.wait()
                 if self._closed:
                     return
-                (history, step), self._request = self._request, None
+                (history, step, prefix), self._request = self._request, None
             start = time.perf_counter()
             try:
-                chunk = self.runtime.predict_chunk(history, step)
+                chunk = predict(self.runtime, history, step, prefix)
+                if self.inject_delay > 0:  # deploy.inject_delay_ms: rehearse a slower policy
+                    time.sleep(self.inject_delay)
             except BaseException as e:  # surfaced on the control thread by poll()
                 with self._cv:
                     self._error, self.busy = e, False
@@ -165,6 +189,9 @@ class _EpisodeLoop:
     latency_ema: float = 0.0             # s; how early the next asynchronous inference starts
     last_command: float | None = None
     waiting_since: float | None = None   # when the chunks ran dry; None while an action is planned
+    pending: tuple[int, np.ndarray, int] | None = None  # synchronous with an injected delay: (start, chunk, lands at)
+    recent_sent: deque = field(default_factory=lambda: deque(maxlen=3))  # the last sent commands (None: held)
+    last_source: int | None = None       # the observation step of the chunk the last command came from
 
 
 class Deployer:
@@ -174,6 +201,8 @@ class Deployer:
         self.robot, self.runtime, self.config, self.recorder = robot, runtime, config, recorder
         self.period = 1.0 / robot.config.control_hz
         self.progress = progress
+        # synchronous inference with deploy.inject_delay_ms: a chunk takes effect this many steps late
+        self.delay_steps = math.ceil(config.inject_delay_ms / 1000.0 / self.period - 1e-9)
 
     def run_episode(self) -> EpisodeResult:
         """Tick every period until max_steps, success (if it stops the run), a fault or Ctrl-C;
@@ -194,7 +223,7 @@ class Deployer:
         runtime.reset()
         schedule = ActionSchedule(runtime.horizon, runtime.n_action_steps, cfg.temporal_ensemble)
         history: deque[dict] = deque(maxlen=runtime.n_obs_steps)
-        worker = InferenceWorker(runtime) if cfg.async_inference else None
+        worker = InferenceWorker(runtime, cfg.inject_delay_ms / 1000.0) if cfg.async_inference else None
         now = time.monotonic()
         loop = _EpisodeLoop(EpisodeResult(), schedule, history, worker, start=now, next_tick=now)
         if self.progress:
@@ -211,7 +240,7 @@ class Deployer:
         loop.history.append(obs)
         if loop.worker is not None:
             self._infer_async(loop)
-        elif loop.schedule.needs_chunk(loop.step, 0):
+        else:
             self._infer_now(loop)
         sent = self._act(loop, state, tick)
         self._record(loop, obs, sent, tick)
@@ -231,22 +260,46 @@ class Deployer:
             result.chunks += 1
             result.latencies.append(latency)
             loop.latency_ema = latency if result.chunks == 1 else 0.8 * loop.latency_ema + 0.2 * latency
-        if not worker.busy and loop.schedule.needs_chunk(loop.step, math.ceil(loop.latency_ema / self.period)):
-            worker.submit(list(loop.history), loop.step)
+        lead = math.ceil(loop.latency_ema / self.period)
+        if not worker.busy and loop.schedule.needs_chunk(loop.step, lead):
+            worker.submit(list(loop.history), loop.step, self._prefix(loop, lead))
 
     def _infer_now(self, loop: _EpisodeLoop) -> None:
-        """Synchronous inference: the loop waits for the chunk (on the lockstep sim, `vla eval`'s rollout)."""
+        """Synchronous inference: the loop waits for the chunk (on the lockstep sim, `vla eval`'s rollout).
+        With an injected delay of d steps the chunk takes effect d steps after its observation, the
+        current plan running meanwhile: asynchronous inference's timing, without its wall clock."""
+        if loop.pending is not None and loop.step >= loop.pending[2]:
+            start, chunk, _ = loop.pending
+            loop.pending = None
+            loop.schedule.add(start, chunk, loop.step)
+        if loop.pending is not None or not loop.schedule.needs_chunk(loop.step, self.delay_steps):
+            return
         t0 = time.perf_counter()
-        loop.schedule.add(loop.step, self.runtime.predict_chunk(list(loop.history), loop.step), loop.step)
+        chunk = predict(self.runtime, list(loop.history), loop.step, self._prefix(loop, self.delay_steps))
         loop.result.chunks += 1
         loop.result.latencies.append(time.perf_counter() - t0)
+        if self.delay_steps == 0:
+            loop.schedule.add(loop.step, chunk, loop.step)
+        else:
+            loop.pending = (loop.step, chunk, loop.step + self.delay_steps)
+
+    def _prefix(self, loop: _EpisodeLoop, delay: int) -> ChunkPrefix | None:
+        """Real-time chunking: what the current plan runs from this step on, of which the first
+        ``delay`` actions will have run when the next chunk arrives; None without a plan (or RTC)."""
+        plan = loop.schedule.plan(loop.step) if self.config.rtc else None
+        if plan is None:
+            return None
+        return ChunkPrefix(plan, delay, self.config.rtc_max_guidance, self.config.rtc_method)
 
     def _act(self, loop: _EpisodeLoop, state: RobotState, tick: float) -> np.ndarray:
         """Send the action planned for this step, or hold while none is; returns what the dataset records."""
         action = loop.schedule.action(loop.step)
         if action is not None:
             loop.waiting_since = None
-            return self.robot.send_action(action)
+            sent = self.robot.send_action(action)
+            self._note_smoothness(loop, sent, loop.schedule.source(loop.step))
+            return sent
+        loop.recent_sent.append(None)
         self.robot.hold()
         loop.result.held_steps += 1
         if loop.waiting_since is None:
@@ -256,6 +309,17 @@ class Deployer:
                                    f"(deploy.max_inference_seconds={self.config.max_inference_seconds}); "
                                    "the arm is holding")
         return self.robot.hold_action(state)
+
+    @staticmethod
+    def _note_smoothness(loop: _EpisodeLoop, sent: np.ndarray, source: int | None) -> None:
+        """The command's second difference (all but the gripper), filed under chunk boundary or not."""
+        loop.recent_sent.append(np.asarray(sent, dtype=np.float64)[:-1])
+        if len(loop.recent_sent) == 3 and all(a is not None for a in loop.recent_sent):
+            a0, a1, a2 = loop.recent_sent
+            jerk = float(np.linalg.norm(a2 - 2 * a1 + a0))
+            boundary = loop.last_source is not None and source != loop.last_source
+            (loop.result.boundary_jerk if boundary else loop.result.within_chunk_jerk).append(jerk)
+        loop.last_source = source
 
     def _record(self, loop: _EpisodeLoop, obs: dict, sent: np.ndarray, tick: float) -> None:
         """Timings, the dataset frame and the step count of a step whose command has gone out."""
@@ -347,6 +411,8 @@ def summarize(results: list[EpisodeResult], robot: SafeRobot, protocol: dict) ->
         "chunks": sum(r.chunks for r in results),
         "stale_actions_skipped": sum(r.stale_skipped for r in results),
         "held_steps": sum(r.held_steps for r in results),
+        "boundary_jerk": _mean([x for r in results for x in r.boundary_jerk]),
+        "within_chunk_jerk": _mean([x for r in results for x in r.within_chunk_jerk]),
         "overruns": sum(r.overruns for r in results),
         "safety": robot.summary(),
         "dataset_episodes": [r.dataset_episode for r in results],
@@ -369,6 +435,7 @@ def write_report(out: Path, summary: dict) -> None:
         f"- inference ({'async' if p['async_inference'] else 'sync'}): {s['chunks']} chunks, "
         f"p50 {_ms(s['inference_ms']['p50'])}, p99 {_ms(s['inference_ms']['p99'])}; "
         f"stale actions skipped {s['stale_actions_skipped']}; held steps {s['held_steps']}",
+        _smoothness_line(s, p),
         f"- observation to command: p50 {_ms(s['obs_to_command_ms']['p50'])}, p99 {_ms(s['obs_to_command_ms']['p99'])}",
         f"- safety: {s['safety']['commands_sent']} commands, {s['safety']['commands_changed']} changed; "
         f"interventions {s['safety']['interventions'] or 'none'}",
@@ -379,6 +446,24 @@ def write_report(out: Path, summary: dict) -> None:
                      f"{_ms(s['server']['server_ms']['p50'])}")
     lines += [f"- stop: {m}" for m in s["messages"]]
     (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def _smoothness_line(s: dict, p: dict) -> str:
+    line = (f"- smoothness (|second difference| of the commands, gripper excluded): at chunk boundaries "
+            f"{_num(s['boundary_jerk'])}, within chunks {_num(s['within_chunk_jerk'])}")
+    if p["rtc"]:
+        line += f"; real-time chunking ({p['rtc_method']})"
+    if p["inject_delay_ms"]:
+        line += f"; injected delay {p['inject_delay_ms']:g} ms"
+    return line
+
+
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
 
 
 def _ms(v: float | None) -> str:
@@ -413,6 +498,11 @@ def deploy(run, *, progress: bool = True) -> dict:
     _check_settings(run)
     ckpt = cfg.server or cfg.checkpoint or run.output_dir
     runtime = _load_runtime(run, ckpt)
+    if cfg.rtc and not runtime.follows_prefix:
+        if cfg.server:
+            runtime.close()
+        raise ConfigError(f"deploy.rtc: the {runtime.describe()['policy']} policy samples no noise process to guide "
+                          "(real-time chunking needs Dita or DUST)")
     out = Path(cfg.output_dir or Path(run.output_dir) / "deploy")
     recorder = None
     try:
@@ -446,6 +536,11 @@ def _check_settings(run) -> None:
     """The deploy and robot settings, checked before anything loads (ConfigError names the field)."""
     if run.deploy.episodes < 1 or run.deploy.max_steps < 1:
         raise ConfigError("deploy.episodes and deploy.max_steps must be >= 1")
+    if run.deploy.rtc_method not in METHODS:
+        raise ConfigError(f"deploy.rtc_method={run.deploy.rtc_method!r}; choose one of {list(METHODS)}")
+    if run.deploy.rtc and run.deploy.temporal_ensemble is not None:
+        raise ConfigError("deploy.rtc with deploy.temporal_ensemble: real-time chunking continues one plan, "
+                          "ensembling averages several; choose one")
     try:
         run.robot.check()
     except ValueError as e:
@@ -525,6 +620,7 @@ def _protocol(run, ckpt, runtime) -> dict:
     return {"checkpoint": ckpt, "backend": rcfg.backend, "action_space": rcfg.action_space,
             "control_hz": rcfg.control_hz, "dry_run": cfg.dry_run, "async_inference": cfg.async_inference,
             "n_action_steps": runtime.n_action_steps, "temporal_ensemble": cfg.temporal_ensemble,
+            "rtc": cfg.rtc, "rtc_method": cfg.rtc_method, "inject_delay_ms": cfg.inject_delay_ms,
             "episodes": cfg.episodes, "max_steps": cfg.max_steps,
             "seeds": f"{cfg.seed} .. {cfg.seed + cfg.episodes - 1}",
             **runtime.describe(), "safety": asdict(rcfg.safety)}

@@ -76,6 +76,13 @@ class GrowingKVCache:
         self.k[layer], self.v[layer] = k, v
         return k, v
 
+    def fork(self) -> "GrowingKVCache":
+        """A cache holding the same keys / values: appending to it leaves this one as it is (a shared
+        prefix that several suffixes extend in turn, e.g. one per guided denoising step)."""
+        out = GrowingKVCache()
+        out.k, out.v = dict(self.k), dict(self.v)
+        return out
+
     def repeat_interleave(self, n: int) -> "GrowingKVCache":
         """The same cache with every batch row repeated ``n`` times (row b -> rows b*n .. b*n+n-1)."""
         out = GrowingKVCache()

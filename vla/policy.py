@@ -16,7 +16,10 @@ A **Batch** (training, produced by :mod:`vla.data`, already normalized) holds
     task                     list[str] of length B
 
 An **Observation** (sampling) is the same without ``action`` / ``action_is_pad``; at run
-time it also carries ``step`` (B,) long: control steps since each env's episode began.
+time it also carries ``step`` (B,) long: control steps since each env's episode began, and
+with real-time chunking ``action_prefix`` (a vla.heads.guidance.ActionPrefix: (B, H, D_a)
+normalized actions the chunk should agree with where its (B, H) weights say), which policies
+with ``supports_guidance`` follow.
 Both are typed in :mod:`vla.contract` (``Batch``, ``Observation``), and their shapes are
 checked there before a policy sees them (the trainer checks every batch, the runtime every
 observation).
@@ -125,6 +128,9 @@ class Policy(nn.Module, ABC):
     # dataset and how its keys became the policy's features); the runtime maps an env's
     # observations with it. None: not recorded (the identity mapping).
     trained_on: dict | None = None
+    # Whether sample_actions honours an Observation's ``action_prefix`` (real-time chunking's
+    # guided denoising, vla/heads/guidance.py): policies whose actions come from a noise process.
+    supports_guidance: bool = False
 
     def __init__(self, config: PolicyConfig, width: int):
         super().__init__()

@@ -12,8 +12,9 @@ are unchanged.
 
 Wire format: one websocket, msgpack messages, numpy arrays as ``{"__ndarray__": [dtype, shape,
 bytes]}``. The server speaks first (``{"op": "metadata", ...}``); then each request gets one
-reply: ``{"op": "chunk", "history": [obs, ...], "step": k}`` -> ``{"op": "chunk", "actions":
-(H, D_a), "server_seconds": s}``; ``{"op": "reset"}`` -> ``{"op": "reset"}``; ``{"op":
+reply: ``{"op": "chunk", "history": [obs, ...], "step": k}`` (with real-time chunking also
+``"prefix": {"actions": (n, D_a), "delay": d, "max_guidance": b, "method": m}``) -> ``{"op":
+"chunk", "actions": (H, D_a), "server_seconds": s}``; ``{"op": "reset"}`` -> ``{"op": "reset"}``; ``{"op":
 "health"}`` -> ``{"op": "health", "ok": true, ...}``; a request the server cannot serve ->
 ``{"op": "error", "message": ...}``.
 
@@ -31,6 +32,7 @@ import msgpack
 import numpy as np
 
 from vla.errors import RobotError
+from vla.rtc import ChunkPrefix
 
 PROTOCOL = 1
 
@@ -158,10 +160,19 @@ class RemotePolicy:
     def health(self) -> dict:
         return self._request({"op": "health"}, "health")
 
-    def predict_chunk(self, history: list[dict], step: int) -> np.ndarray:
-        """Unbatched raw observations, oldest first -> (horizon, action_dim) actions."""
+    @property
+    def follows_prefix(self) -> bool:
+        """Whether the served policy can be given a chunk prefix (real-time chunking)."""
+        return bool(self.metadata.get("follows_prefix", False))
+
+    def predict_chunk(self, history: list[dict], step: int, prefix: ChunkPrefix | None = None) -> np.ndarray:
+        """Unbatched raw observations, oldest first -> (horizon, action_dim) actions; with a
+        ``prefix``, sampled to agree with the plan being executed (vla/rtc.py)."""
         started = time.perf_counter()
-        reply = self._request({"op": "chunk", "history": [_plain(o) for o in history], "step": int(step)}, "chunk")
+        message = {"op": "chunk", "history": [_plain(o) for o in history], "step": int(step)}
+        if prefix is not None:
+            message["prefix"] = prefix.to_wire()
+        reply = self._request(message, "chunk")
         actions = reply.get("actions")
         if not (isinstance(actions, np.ndarray) and actions.shape == (self.horizon, self.action_dim)
                 and np.issubdtype(actions.dtype, np.floating) and np.isfinite(actions).all()):

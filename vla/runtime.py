@@ -29,8 +29,10 @@ from vla.contract import check_observation
 from vla.data.normalize import EmbodimentNormalizers, Normalizer, pad_last
 from vla.errors import CheckpointError, ConfigError
 from vla.data.mapping import observation_map
-from vla.features import ACTION, ACTION_DIM_PAD, CAMERA_PAD, EMBODIMENT, OBS_STATE, TASK, image_key
+from vla.features import ACTION, ACTION_DIM_PAD, ACTION_PREFIX, CAMERA_PAD, EMBODIMENT, OBS_STATE, TASK, image_key
+from vla.heads.guidance import ActionPrefix
 from vla.policy import Policy
+from vla.rtc import ChunkPrefix
 
 
 def ensemble_average(preds: np.ndarray, coefficient: float) -> np.ndarray:
@@ -83,6 +85,11 @@ class RuntimePolicy:
     @property
     def cameras(self) -> list[str]:
         return list(self.policy.config.backbone.cameras)
+
+    @property
+    def follows_prefix(self) -> bool:
+        """Whether chunks can be sampled to agree with a plan (real-time chunking, vla/rtc.py)."""
+        return self.policy.supports_guidance
 
     def describe(self) -> dict:
         """What a report says about the policy: its name and how it samples."""
@@ -234,17 +241,34 @@ class RuntimePolicy:
         return actions
 
     @torch.no_grad()
-    def predict_chunk(self, history: list[dict], step: int) -> np.ndarray:
+    def predict_chunk(self, history: list[dict], step: int, prefix: ChunkPrefix | None = None) -> np.ndarray:
         """Stateless chunk for asynchronous control: unbatched raw observations, oldest first
         (the last ``n_obs_steps`` are used; fewer repeat the oldest) -> (horizon, D_a) actions.
 
         ``step`` is the control step of the newest observation since the episode began. The
-        caller decides which of the returned actions are still current when it arrives.
+        caller decides which of the returned actions are still current when it arrives. With a
+        ``prefix`` (real-time chunking, vla/rtc.py) the chunk is sampled to agree with the plan
+        being executed: a policy with ``supports_guidance`` only.
         """
         recent = list(history[-self.n_obs_steps:])
         recent = [recent[0]] * (self.n_obs_steps - len(recent)) + recent
         obs = self._assemble([self._frame(batch_of_one(o)) for o in recent], [recent[-1][TASK]], [step])
+        if prefix is not None:
+            obs[ACTION_PREFIX] = self._action_prefix(prefix)
         return self._sample(obs)[0]
+
+    def _action_prefix(self, prefix: ChunkPrefix) -> ActionPrefix:
+        """A raw-unit plan -> the normalized (1, H, D_a) guidance target the policy samples toward."""
+        if not self.policy.supports_guidance:
+            raise ValueError(f"policy {self.policy.config.name!r} cannot follow a chunk prefix (real-time chunking "
+                             "needs a diffusion or flow action head)")
+        if prefix.actions.shape[1] != self.action_dim:
+            raise ValueError(f"chunk prefix: {prefix.actions.shape[1]} action values, the policy has {self.action_dim}")
+        actions, weights = prefix.padded(self.horizon)
+        target = self.normalizer.normalize(ACTION, torch.as_tensor(actions, device=self.device))
+        target = pad_last(target, self.policy.config.action_dim)  # a mixture's embodiment: zeros past its dims
+        return ActionPrefix(target[None], torch.as_tensor(weights, device=self.device)[None], prefix.max_guidance,
+                            prefix.method)
 
     def _predict(self, tasks: list[str]) -> np.ndarray:
         return self._sample(self._observation(tasks))

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from vla.remote import PROTOCOL, pack, unpack
+from vla.rtc import ChunkPrefix
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +69,10 @@ class PolicyServer:
             return {"op": "error", "message": f"unknown op {op!r}"}
         try:
             history, step = list(request["history"]), int(request["step"])
+            prefix = ChunkPrefix.from_wire(request.get("prefix"))  # real-time chunking (vla/rtc.py)
             with self._lock:
                 started = time.perf_counter()
-                actions = self.runtime.predict_chunk(history, step)
+                actions = self.runtime.predict_chunk(history, step, prefix)
                 seconds = time.perf_counter() - started
                 self.requests += 1
         except (KeyError, TypeError, ValueError) as e:  # a bad observation: the runtime names the key
@@ -128,6 +130,7 @@ def server_for(run) -> PolicyServer:
         "horizon": runtime.horizon, "n_action_steps": runtime.n_action_steps,
         "embodiment": cfg.embodiment if runtime.embodiment is None else policy.config.embodiments[runtime.embodiment],
         "trained_on": policy.trained_on, "sampling": policy.sampling_protocol(), "device": str(runtime.device),
+        "follows_prefix": runtime.follows_prefix,
     }
     return PolicyServer(runtime, metadata)
 

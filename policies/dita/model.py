@@ -13,18 +13,22 @@ KV cache exact: the prefix runs once per chunk, only the H + 1 suffix tokens per
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor, nn
 
 from policies.dita.config import DitaConfig
-from vla.features import ACTION_DIM_PAD
+from vla.features import ACTION_DIM_PAD, ACTION_PREFIX
 from vla.heads import make_noise_process, sinusoidal_embedding
+from vla.heads.guidance import ActionPrefix, guided_output
 from vla.layers import DecoderBlock, GrowingKVCache, RMSNorm, Rotary, StaticKVCache, causal_mask, default_ffn_dim
 from vla.policy import Policy, action_dims_kept, mask_dims, masked_mse
 
 
 class DitaPolicy(Policy):
     config_class = DitaConfig
+    supports_guidance = True
 
     def __init__(self, config: DitaConfig):
         super().__init__(config, width=config.width)
@@ -113,6 +117,8 @@ class DitaPolicy(Policy):
         keep = action_dims_kept(obs)
         x = mask_dims(x, keep)
         mask = self._full_mask(prefix.mask)
+        if obs.get(ACTION_PREFIX) is not None:  # real-time chunking: agree with the plan being executed
+            return self._sample_guided(prefix.tokens, mask, x, keep, obs[ACTION_PREFIX])
         use_cache = self.config.use_prefix_cache if use_cache is None else use_cache
         sample = self._sample_cached if use_cache else self._sample_uncached
         return sample(prefix.tokens, mask, x, keep)
@@ -161,3 +167,25 @@ class DitaPolicy(Policy):
             h = self._run(self._suffix(x, tt), suffix_mask, n_p, cache)  # writes [N_p, L) in place
             x = self.process.step(x, mask_dims(self.action_out(self.norm(h[:, 1:])), keep), t, t_next)
         return x
+
+    def _sample_guided(self, prefix_tokens: Tensor, mask: Tensor, x: Tensor, keep: Tensor | None,
+                       guide: ActionPrefix) -> Tensor:
+        """Like :meth:`_sample_cached`, each step's output guided toward ``guide`` (vla.heads.guidance).
+        The guidance differentiates through the suffix, so the prefix's keys / values sit in a
+        concatenating cache that every step extends afresh instead of the in-place static one."""
+        n_p = self.n_prefix
+        prefix_cache = GrowingKVCache()
+        self._run(prefix_tokens, mask[:, :, :n_p, :n_p], 0, prefix_cache)
+        suffix_mask = mask[:, :, n_p:, :]
+        times = self.process.sampling_times()
+        for t, t_next in zip(times[:-1], times[1:]):
+            epsilon = partial(self._suffix_epsilon, t=t, suffix_mask=suffix_mask, cache=prefix_cache, keep=keep)
+            x = self.process.step(x, mask_dims(guided_output(self.process, x, t, epsilon, guide), keep), t, t_next)
+        return x
+
+    def _suffix_epsilon(self, noisy: Tensor, t: float, suffix_mask: Tensor, cache: GrowingKVCache,
+                        keep: Tensor | None) -> Tensor:
+        """Predicted epsilon of one denoising step over a fork of the prefix's keys / values."""
+        tt = torch.full((noisy.shape[0],), t, device=noisy.device)
+        h = self._run(self._suffix(noisy, tt), suffix_mask, self.n_prefix, cache.fork())
+        return mask_dims(self.action_out(self.norm(h[:, 1:])), keep)

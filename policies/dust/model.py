@@ -27,8 +27,9 @@ from torch import Tensor, nn
 
 from policies.dust.blocks import DiTBlock, FinalLayer, MMDiTBlock, TimeEmbedder, sincos_1d, sincos_2d
 from policies.dust.config import DustConfig
-from vla.features import ACTION, ACTION_DIM_PAD, CAMERA_PAD, OBS_STATE
+from vla.features import ACTION, ACTION_DIM_PAD, ACTION_PREFIX, CAMERA_PAD, OBS_STATE
 from vla.heads import make_noise_process
+from vla.heads.guidance import guided_output
 from vla.layers import DecoderBlock, Rotary, default_ffn_dim
 from vla.policy import Policy, action_dims_kept, mask_dims, masked_mse
 
@@ -66,6 +67,7 @@ class DenoiserContext:
 
 class DustPolicy(Policy):
     config_class = DustConfig
+    supports_guidance = True
 
     def __init__(self, config: DustConfig):
         super().__init__(config, width=config.width)
@@ -264,10 +266,14 @@ class DustPolicy(Policy):
             gen = torch.Generator(device=device).manual_seed(0) if noise is not None else None
             future = torch.randn(b, self.n_future, self.vision_dim, device=device, dtype=dtype, generator=gen)
         updates, update_at = 0, q - 1 if cfg.action_update == "end" else 0
+        guide = obs.get(ACTION_PREFIX)  # real-time chunking: agree with the plan being executed
         for j in range(n_o):
             t_a, t_o = 1.0 - updates / n_a, 1.0 - j / n_o
-            v_a, v_o = self.velocity(state, actions, torch.full((b,), t_a, device=device), future,
-                                     torch.full((b,), t_o, device=device), ctx)
+            ta, to = torch.full((b,), t_a, device=device), torch.full((b,), t_o, device=device)
+            if guide is not None and j % q == update_at:
+                v_a, v_o = self._guided_velocity(guide, state, actions, t_a, future, t_o, ctx, keep)
+            else:
+                v_a, v_o = self.velocity(state, actions, ta, future, to, ctx)
             if cfg.world_model:
                 future = self.process.step(future, v_o, t_o, 1.0 - (j + 1) / n_o)
             if j % q == update_at:
@@ -276,6 +282,21 @@ class DustPolicy(Policy):
         self.counters["action_updates"] += updates
         self.last_action_time = 1.0 - updates / n_a
         return actions, future
+
+    def _guided_velocity(self, guide, state: Tensor, actions: Tensor, t_a: float, future: Tensor | None, t_o: float,
+                         ctx, keep: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """One pass whose action velocity is guided toward ``guide`` (real-time chunking,
+        vla/heads/guidance.py); the vision velocity is the same pass's."""
+        b, device = actions.shape[0], actions.device
+        ta, to = torch.full((b,), t_a, device=device), torch.full((b,), t_o, device=device)
+        out: dict[str, Tensor | None] = {}
+
+        def action_velocity(a: Tensor) -> Tensor:
+            out["v_a"], out["v_o"] = self.velocity(state, a, ta, future, to, ctx)
+            return mask_dims(out["v_a"], keep)
+
+        v_a = guided_output(self.process, actions, t_a, action_velocity, guide)
+        return v_a, (out["v_o"].detach() if out["v_o"] is not None else None)
 
     # --- sampling knobs ----------------------------------------------------------------------
     def set_test_time_scaling(self, factor: int) -> None:

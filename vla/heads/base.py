@@ -68,6 +68,23 @@ class NoiseProcess(ABC):
     def model_time(self, t: Tensor | float) -> Tensor:
         """The scalar the model embeds for time ``t`` (float, [0, 1000))."""
 
+    # --- the flow view, for guidance (vla/heads/guidance.py) ----------------------------------
+    # Every process's state is a scaled rectified-flow state: x_t = c * ((1 - s) x0 + s eps), and
+    # its model output says what x0 and eps are. Guidance written once for the flow (RTC's
+    # formulas) then serves every process.
+    @abstractmethod
+    def flow_time(self, t: float) -> tuple[float, float]:
+        """``(s, c)``: the flow time and scale of this process's state at time ``t``."""
+
+    @abstractmethod
+    def to_velocity(self, x_t: Tensor, model_out: Tensor, t: float) -> Tensor:
+        """The flow velocity ``u = eps - x0`` the model output implies at ``(x_t, t)``."""
+
+    @abstractmethod
+    def from_velocity(self, x_t: Tensor, velocity: Tensor, t: float) -> Tensor:
+        """The model output that implies flow velocity ``velocity`` at ``(x_t, t)`` (inverse of
+        :meth:`to_velocity`)."""
+
 
 def sinusoidal_embedding(time: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Transformer sinusoidal embedding of ``time`` ``(B,)`` -> ``(B, dim)``."""

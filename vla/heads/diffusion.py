@@ -61,3 +61,21 @@ class DiffusionProcess(NoiseProcess):
         # The integer DDPM step, as Dita's timestep token embeds it.
         t = torch.as_tensor(t, dtype=torch.float32)
         return (t * self.T).round()
+
+    # x_t = sqrt(a) x0 + sqrt(1 - a) eps  =  c ((1 - s) x0 + s eps)  with  c = sqrt(a) + sqrt(1 - a)
+    def _alpha_bar(self, t: float) -> float:
+        return float(self.sampler.alphas_cumprod[int(round(t * self.T))])
+
+    def flow_time(self, t: float) -> tuple[float, float]:
+        a = self._alpha_bar(t)
+        c = a ** 0.5 + (1 - a) ** 0.5
+        return (1 - a) ** 0.5 / c, c
+
+    def to_velocity(self, x_t: Tensor, model_out: Tensor, t: float) -> Tensor:
+        a = self._alpha_bar(t)
+        x0 = (x_t - (1 - a) ** 0.5 * model_out) / a ** 0.5
+        return model_out - x0
+
+    def from_velocity(self, x_t: Tensor, velocity: Tensor, t: float) -> Tensor:
+        s, c = self.flow_time(t)
+        return x_t / c + (1 - s) * velocity  # eps = x~ + (1 - s) u, where x~ = x_t / c = x0 + s u

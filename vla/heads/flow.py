@@ -42,3 +42,12 @@ class FlowMatchingProcess(NoiseProcess):
 
     def model_time(self, t) -> Tensor:
         return torch.as_tensor(t, dtype=torch.float32) * 1000.0
+
+    def flow_time(self, t: float) -> tuple[float, float]:
+        return float(t), 1.0
+
+    def to_velocity(self, x_t: Tensor, model_out: Tensor, t: float) -> Tensor:
+        return model_out
+
+    def from_velocity(self, x_t: Tensor, velocity: Tensor, t: float) -> Tensor:
+        return velocity

@@ -1,0 +1,93 @@
+"""Real-time chunking (RTC, Black et al. 2025), the robot side: what the next chunk must agree with.
+
+While a chunk executes, the next one is computed from a newer observation. Inference takes d
+control steps, so the first d actions of the new chunk are for steps that the *current* plan
+executes meanwhile: they are already decided. RTC samples the new chunk conditioned on the
+current plan (guided denoising, :mod:`vla.heads.guidance`), so it continues what the arm is
+doing instead of jumping to a different mode at the switch:
+
+    current plan    c c c c c c c c c c c c          (from step k0; the arm is at step k)
+    next chunk              n n n n n n n n n n n n n n n n     observed at step k
+    weights                 1 1 1 1 w w w w 0 0 0 0 0 0 0 0     d = 4 frozen, then decaying to the
+                                                                end of the current plan
+
+The weights follow the paper's soft mask: 1 on the d frozen actions, an exponential decay over
+the rest of the overlap (so the chunk may still correct course), 0 where the current plan has
+nothing to say. This module is numpy only: a robot-side client (``deploy.server``) builds the
+prefix without torch, and the policy server conditions on it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+# How a chunk is made to agree with the plan (vla/heads/guidance.py): RTC's guidance, a
+# vector-Jacobian product through the model at every denoising step, or inpainting of the clean
+# estimate (the Jacobian taken as the identity: no backward pass, no extra time).
+METHODS = ("guidance", "inpaint")
+
+def prefix_weights(delay: int, overlap: int, horizon: int) -> np.ndarray:
+    """(horizon,) guidance weights: 1 for the first ``delay`` actions, then ``c * (e^c - 1) / (e - 1)``
+    with ``c`` falling linearly from 1 towards 0 over the rest of the ``overlap`` actions the
+    current plan covers, and 0 after it (the paper's exponential soft mask, Eq. 5)."""
+    overlap = max(0, min(overlap, horizon))
+    delay = max(0, min(delay, overlap))
+    w = np.zeros(horizon, dtype=np.float32)
+    w[:delay] = 1.0
+    n = overlap - delay
+    if n > 0:
+        c = (overlap - np.arange(delay, overlap)) / (n + 1)  # n values in (0, 1), falling
+        w[delay:overlap] = c * np.expm1(c) / (math.e - 1)
+    return w
+
+
+@dataclass
+class ChunkPrefix:
+    """The current plan as seen from the step the next chunk is observed at (raw action units).
+
+    ``actions`` (n, D_a): what the plan executes at steps k, k+1, ..., k+n-1 (n <= horizon);
+    ``delay``: how many of them will run before the next chunk arrives (its frozen part);
+    ``max_guidance``: the cap on the guidance weight (RTC's beta); ``method``: one of ``METHODS``.
+    """
+
+    actions: np.ndarray
+    delay: int
+    max_guidance: float = 5.0
+    method: str = "guidance"
+
+    def __post_init__(self):
+        self.actions = np.asarray(self.actions, dtype=np.float32)
+        if self.actions.ndim != 2 or len(self.actions) == 0:
+            raise ValueError(f"a chunk prefix needs (n >= 1, D_a) actions, got shape {self.actions.shape}")
+        if not np.isfinite(self.actions).all():
+            raise ValueError("a chunk prefix holds non-finite actions")
+        if self.delay < 0:
+            raise ValueError(f"a chunk prefix's delay must be >= 0, got {self.delay}")
+        if not self.max_guidance > 0:
+            raise ValueError(f"a chunk prefix's max_guidance must be > 0, got {self.max_guidance}")
+        if self.method not in METHODS:
+            raise ValueError(f"a chunk prefix's method is {self.method!r}; expected one of {list(METHODS)}")
+
+    def padded(self, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+        """(horizon, D_a) actions, zeros past the plan, and their (horizon,) weights."""
+        n = min(len(self.actions), horizon)
+        actions = np.zeros((horizon, self.actions.shape[1]), dtype=np.float32)
+        actions[:n] = self.actions[:n]
+        return actions, prefix_weights(self.delay, n, horizon)
+
+    def to_wire(self) -> dict:
+        return {"actions": self.actions, "delay": int(self.delay), "max_guidance": float(self.max_guidance),
+                "method": self.method}
+
+    @classmethod
+    def from_wire(cls, message: dict | None) -> ChunkPrefix | None:
+        if message is None:
+            return None
+        try:
+            return cls(np.asarray(message["actions"]), int(message["delay"]), float(message["max_guidance"]),
+                       str(message["method"]))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"a chunk prefix needs 'actions', 'delay', 'max_guidance' and 'method': {e}") from None
