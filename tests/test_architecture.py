@@ -108,7 +108,7 @@ def test_a_policy_folder_registers_itself(tmp_path, monkeypatch):
     """Adding a policy touches only its own folder: a package under policies/ that registers
     itself in its __init__ is found by name, its model code unimported until built."""
     import policies
-    import vla.policy as registry
+    import vla.policy_config as registry
 
     # discover the real policies first: a package registers itself when first imported, and that
     # must happen into the real registry, not the copy patched in below (else later tests lose them)
@@ -116,7 +116,7 @@ def test_a_policy_folder_registers_itself(tmp_path, monkeypatch):
     package = tmp_path / "mirror_dita"
     package.mkdir()
     (package / "__init__.py").write_text(
-        "from vla.policy import register_policy\n"
+        "from vla.policy_config import register_policy\n"
         "register_policy('mirror_dita', 'policies.dita.config:DitaConfig', 'policies.dita.model:DitaPolicy')\n")
     monkeypatch.setattr(policies, "__path__", [*policies.__path__, str(tmp_path)])
     monkeypatch.setattr(registry, "_discovered", False)

@@ -16,7 +16,7 @@ from vla.features import ACTION, ACTION_PREFIX, OBS_STATE
 from vla.heads import NoiseProcessConfig, make_noise_process
 from vla.heads.guidance import ActionPrefix, guidance_weight, guided_output
 from vla.policy import make_policy
-from vla.rtc import ChunkPrefix, prefix_weights
+from vla.chunking import ChunkPrefix, prefix_weights
 from vla.runtime import RuntimePolicy
 
 PROCESSES = {"flow": NoiseProcessConfig(kind="flow", num_inference_steps=10),
@@ -51,6 +51,7 @@ def test_chunk_prefix_pads_and_refuses_bad_plans():
 def test_the_flow_view_is_each_process_own_parametrisation(kind):
     """x_t = c ((1 - s) x0 + s eps), and an output converts to a velocity and back unchanged."""
     process = make_noise_process(PROCESSES[kind])
+    torch.manual_seed(0)
     x0, eps = torch.randn(4, 8, 3), torch.randn(4, 8, 3)
     for t in process.sampling_times()[:-1]:
         s, c = process.flow_time(t)
@@ -58,8 +59,9 @@ def test_the_flow_view_is_each_process_own_parametrisation(kind):
         torch.testing.assert_close(x_t, c * ((1 - s) * x0 + s * eps), atol=1e-5, rtol=1e-5)
         out = process.target(x0, eps, torch.full((4,), t))  # the exact model output
         u = process.to_velocity(x_t, out, t)
-        torch.testing.assert_close(u, eps - x0, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(process.from_velocity(x_t, u, t), out, atol=1e-4, rtol=1e-4)
+        # float32: at the noisiest DDIM step (alpha_bar ~ 2e-7) recovering x0 amplifies rounding ~2000x
+        torch.testing.assert_close(u, eps - x0, atol=2e-3, rtol=1e-3)
+        torch.testing.assert_close(process.from_velocity(x_t, u, t), out, atol=2e-3, rtol=1e-3)
 
 
 def gaussian_model(process, t, mean):
@@ -189,12 +191,13 @@ class Recorder:
     """Wraps a runtime's predict_chunk: records each call's step and prefix."""
 
     def __init__(self, runtime):
-        self.calls, self._inner = [], runtime.predict_chunk
+        self.calls, self.chunks, self._inner = [], [], runtime.predict_chunk
         runtime.predict_chunk = self
 
     def __call__(self, history, step, prefix=None):
         self.calls.append((step, prefix))
-        return self._inner(history, step, prefix) if prefix is not None else self._inner(history, step)
+        self.chunks.append(self._inner(history, step, prefix) if prefix is not None else self._inner(history, step))
+        return self.chunks[-1]
 
 
 @pytest.mark.parametrize("rtc", [False, True])
@@ -247,3 +250,37 @@ def test_deploy_rtc_on_sim_reports_it_and_refuses_what_it_cannot_do(trained_run,
         assert main([*base, f"deploy.output_dir={tmp_path / 'bad'}", *bad]) == 2
         assert says in capsys.readouterr().err
         assert not (tmp_path / "bad").exists()
+
+
+# --- deploy.time_scale: the same path at a real arm's speed -----------------------------------------
+def test_time_scale_spreads_each_policy_step_over_several_periods(trained_run, tmp_path):
+    from vla.checkpoint import load_policy
+    from vla.config import DeployConfig
+    from vla.deploy import Deployer
+    from vla.runtime import RuntimePolicy
+    from envs.robot import make_robot
+    from envs.robot.config import RobotConfig
+
+    runtime = RuntimePolicy(*load_policy(str(trained_run)))
+    recorder = Recorder(runtime)
+    calls = recorder.calls
+    robot = make_robot(RobotConfig(backend="sim"), log_path=tmp_path / "log.jsonl")
+    sent, send = [], robot.send_action
+    robot.send_action = lambda a: (sent.append(np.array(a)), send(a))[1]
+    deployer = Deployer(robot, runtime, DeployConfig(max_steps=8, async_inference=False, stop_on_success=False,
+                                                     time_scale=2, record=False), progress=False)
+    with robot:
+        robot.reset_episode(0)
+        result = deployer.run_episode()
+    assert result.steps == 8 and len(sent) == 16  # 8 policy steps, 2 periods each
+    assert [s for s, _ in calls] == [0, 4]  # the policy plans in its own steps (4 actions per chunk)
+    for first, second in zip(sent[::2], sent[1::2]):
+        np.testing.assert_array_equal(first, second)  # an eef delta split evenly: half, then half
+    np.testing.assert_allclose(sent[0], np.r_[recorder.chunks[0][0, :-1] / 2, recorder.chunks[0][0, -1]], rtol=1e-6)
+    # joint targets are approached in equal parts from where the step began; the gripper as planned
+    deployer.robot.config.action_space = "joint_position"
+    loop = type("Loop", (), {"step_start": np.zeros(7), "sub": 0})()
+    action = np.r_[np.full(7, 0.4), 1.0]
+    np.testing.assert_allclose(deployer._slowed(action, loop), np.r_[np.full(7, 0.2), 1.0])
+    loop.sub = 1
+    np.testing.assert_allclose(deployer._slowed(action, loop), action)

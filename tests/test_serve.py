@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import once_deploy_is_stepping
 from vla.cli import main
-from vla.rtc import ChunkPrefix
+from vla.chunking import ChunkPrefix
 from vla.remote import PolicyServerError, RemotePolicy, pack, unpack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,6 +105,21 @@ def test_a_slow_or_malformed_or_lost_server_is_one_line(served, monkeypatch):
         RemotePolicy("ws://127.0.0.1:9", timeout=2).connect()  # nothing listens on the discard port
 
 
+# `vla deploy` in a fresh interpreter where importing torch, or a policy's modules other than its
+# config, raises.
+NO_TORCH_CLIENT = """
+import importlib.abc, sys
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        parts = name.split(".")
+        if parts[0] == "torch" or (parts[0] == "policies" and len(parts) > 2 and parts[2] != "config"):
+            raise ImportError("the robot side imported " + name)
+sys.meta_path.insert(0, NoTorch())
+from vla.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def serve_process(checkpoint) -> tuple[subprocess.Popen, str]:
     """`vla serve` as a user starts it, on a free port; (process, its url)."""
     proc = subprocess.Popen([sys.executable, "-m", "vla.cli", "serve", f"serve.checkpoint={checkpoint}",
@@ -135,6 +150,16 @@ def test_vla_serve_and_vla_deploy_from_the_command_line(trained_run, tmp_path, c
         assert main(["deploy", f"deploy.server={url}", "deploy.inference_steps=2",
                      f"deploy.output_dir={tmp_path / 'refused'}"]) == 2
         assert "the server decides it (vla serve serve.inference_steps=...)" in capsys.readouterr().err
+
+        # the robot side imports neither torch nor any policy's model code, real-time chunking included
+        # (with deploy.record=true lerobot's dataset writer brings torch in, but no model)
+        client = subprocess.run([sys.executable, "-c", NO_TORCH_CLIENT, "deploy", "robot=sim", f"deploy.server={url}",
+                                 f"deploy.output_dir={tmp_path / 'robot-side'}", "deploy.max_steps=8",
+                                 "deploy.record=false", "deploy.rtc=true", "deploy.rtc_method=inpaint",
+                                 "deploy.stop_on_success=false"], capture_output=True, text=True, cwd=ROOT)
+        assert client.returncode == 0, client.stdout + client.stderr
+        summary = json.loads((tmp_path / "robot-side" / "summary.json").read_text())
+        assert summary["steps"] == 8 and summary["protocol"]["rtc"] and summary["chunks"] >= 2
 
         killed = tmp_path / "killed"
         once_deploy_is_stepping(proc.kill)

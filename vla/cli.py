@@ -44,7 +44,7 @@ def compose(overrides: list[str]):
     from omegaconf.errors import OmegaConfBaseException
 
     from vla.config import RunConfig, config_dir, open_mappings, parse_run_config
-    from vla.policy import available_policies, policy_config_class
+    from vla.policy_config import available_policies, policy_config_class
 
     mappings = open_mappings()
 

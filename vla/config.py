@@ -16,7 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from envs.robot.config import RobotConfig
 from vla.errors import ConfigError
-from vla.policy import PolicyConfig, policy_config_class
+from vla.policy_config import PolicyConfig, policy_config_class
 
 
 @dataclass
@@ -156,7 +156,7 @@ class EvalConfig:
 class DeployConfig:
     checkpoint: str | None = None         # checkpoint directory or hub id; None = output_dir
     episodes: int = 1
-    max_steps: int = 300                  # control steps per episode
+    max_steps: int = 300                  # policy steps per episode (control periods, unless deploy.time_scale > 1)
     seed: int = 0                         # episode k of a simulated cell resets with seed + k
     stop_on_success: bool = True          # end an episode when the cell reports success (sim / twin)
     async_inference: bool = True
@@ -171,7 +171,7 @@ class DeployConfig:
     server_timeout: float = 10.0          # s to connect and for each reply; longer is a fault (the arm holds)
     threads: int | None = None            # torch intra-op threads for in-process inference; None = torch's default
                                           # (1 beside a simulator on 2 cores: 57 ms a chunk instead of 83)
-    # Real-time chunking (vla/rtc.py): each chunk is sampled to agree with the plan that runs while it
+    # Real-time chunking (vla/chunking.py): each chunk is sampled to agree with the plan that runs while it
     # is computed, instead of only skipping the actions it arrives too late for. Dita and DUST.
     rtc: bool = False
     rtc_method: str = "guidance"          # guidance (RTC's, a backward pass per denoising step) | inpaint (none)
@@ -180,6 +180,11 @@ class DeployConfig:
     # before handing over each chunk; synchronous inference (the lockstep sim) lets the chunk take
     # effect this many ms of control steps after its observation, the old plan running meanwhile.
     inject_delay_ms: float = 0.0
+    # Real-arm speed: each policy step spans this many control periods (eef deltas divided evenly,
+    # joint targets interpolated), so a policy trained at the tabletop's 1 m/s runs the same path
+    # at 1 / time_scale of the speed instead of being clipped by robot.safety.max_eef_speed;
+    # max_steps counts policy steps. 4 suits franka-ros2.yaml's 0.25 m/s.
+    time_scale: int = 1
     dry_run: bool = False                 # compute, check and log commands; send none
     record: bool = True                   # record every episode as a LeRobot dataset
     dataset_root: str | None = None       # None = <output_dir>/deploy/data
@@ -287,6 +292,7 @@ LIMITS: dict[str, tuple[str, float]] = {
     "deploy.inference_steps": (">=", 1), "deploy.test_time_scaling": (">=", 1),
     "deploy.temporal_ensemble": (">=", 0), "deploy.max_inference_seconds": (">", 0), "deploy.server_timeout": (">", 0),
     "deploy.threads": (">=", 1), "deploy.rtc_max_guidance": (">", 0), "deploy.inject_delay_ms": (">=", 0),
+    "deploy.time_scale": (">=", 1),
     "serve.port": (">=", 0), "serve.threads": (">=", 1), "serve.n_action_steps": (">=", 1),
     "serve.inference_steps": (">=", 1), "serve.test_time_scaling": (">=", 1),
     "env.image_size": (">=", 8), "env.max_episode_steps": (">=", 1), "dataset.temperature": (">", 0),

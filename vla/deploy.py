@@ -36,8 +36,7 @@ from envs.robot.base import RobotState
 from envs.robot.safety import SafeRobot
 from vla.config import DeployConfig
 from vla.errors import ConfigError, RobotError, SafetyStop
-from vla.rtc import METHODS, ChunkPrefix
-from vla.runtime import ensemble_average
+from vla.chunking import METHODS, ChunkPrefix, ensemble_average
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +189,8 @@ class _EpisodeLoop:
     last_command: float | None = None
     waiting_since: float | None = None   # when the chunks ran dry; None while an action is planned
     pending: tuple[int, np.ndarray, int] | None = None  # synchronous with an injected delay: (start, chunk, lands at)
+    sub: int = 0                         # the control period within the current policy step (deploy.time_scale)
+    step_start: np.ndarray | None = None  # joint positions when the policy step began (joint targets interpolate)
     recent_sent: deque = field(default_factory=lambda: deque(maxlen=3))  # the last sent commands (None: held)
     last_source: int | None = None       # the observation step of the chunk the last command came from
 
@@ -201,8 +202,11 @@ class Deployer:
         self.robot, self.runtime, self.config, self.recorder = robot, runtime, config, recorder
         self.period = 1.0 / robot.config.control_hz
         self.progress = progress
-        # synchronous inference with deploy.inject_delay_ms: a chunk takes effect this many steps late
-        self.delay_steps = math.ceil(config.inject_delay_ms / 1000.0 / self.period - 1e-9)
+        # deploy.time_scale: one policy step spans this many control periods (the same path, slower)
+        self.time_scale = int(config.time_scale)
+        self.step_period = self.period * self.time_scale
+        # synchronous inference with deploy.inject_delay_ms: a chunk takes effect this many policy steps late
+        self.delay_steps = math.ceil(config.inject_delay_ms / 1000.0 / self.step_period - 1e-9)
 
     def run_episode(self) -> EpisodeResult:
         """Tick every period until max_steps, success (if it stops the run), a fault or Ctrl-C;
@@ -233,15 +237,19 @@ class Deployer:
         return loop
 
     def _tick(self, loop: _EpisodeLoop) -> bool:
-        """One control period: observe, plan, act, record, then wait for the next; True ends the episode (success)."""
+        """One control period: observe, plan, act, record, then wait for the next; True ends the episode (success).
+        The policy observes and plans at the start of each of its steps (every period, or every
+        deploy.time_scale periods)."""
         tick = time.monotonic()
         state = self.robot.read_state()
         obs = self.robot.observation_from(state)
-        loop.history.append(obs)
-        if loop.worker is not None:
-            self._infer_async(loop)
-        else:
-            self._infer_now(loop)
+        if loop.sub == 0:
+            loop.history.append(obs)
+            loop.step_start = np.asarray(state.joint_pos, dtype=np.float64)
+            if loop.worker is not None:
+                self._infer_async(loop)
+            else:
+                self._infer_now(loop)
         sent = self._act(loop, state, tick)
         self._record(loop, obs, sent, tick)
         if self._ends_on_success(loop.result):
@@ -260,7 +268,7 @@ class Deployer:
             result.chunks += 1
             result.latencies.append(latency)
             loop.latency_ema = latency if result.chunks == 1 else 0.8 * loop.latency_ema + 0.2 * latency
-        lead = math.ceil(loop.latency_ema / self.period)
+        lead = math.ceil(loop.latency_ema / self.step_period)
         if not worker.busy and loop.schedule.needs_chunk(loop.step, lead):
             worker.submit(list(loop.history), loop.step, self._prefix(loop, lead))
 
@@ -296,7 +304,7 @@ class Deployer:
         action = loop.schedule.action(loop.step)
         if action is not None:
             loop.waiting_since = None
-            sent = self.robot.send_action(action)
+            sent = self.robot.send_action(self._slowed(action, loop))
             self._note_smoothness(loop, sent, loop.schedule.source(loop.step))
             return sent
         loop.recent_sent.append(None)
@@ -309,6 +317,20 @@ class Deployer:
                                    f"(deploy.max_inference_seconds={self.config.max_inference_seconds}); "
                                    "the arm is holding")
         return self.robot.hold_action(state)
+
+    def _slowed(self, action: np.ndarray, loop: _EpisodeLoop) -> np.ndarray:
+        """The command for this control period of a policy step spanning deploy.time_scale periods:
+        an end-effector delta divided evenly over them, a joint target approached in equal parts
+        from where the step began; the gripper as the policy says. The same path, k times slower."""
+        k = self.time_scale
+        if k == 1:
+            return action
+        out = np.array(action, dtype=np.float64)
+        if self.robot.config.action_space == "eef_delta":
+            out[:-1] /= k
+        else:
+            out[:-1] = loop.step_start + (out[:-1] - loop.step_start) * (loop.sub + 1) / k
+        return out
 
     @staticmethod
     def _note_smoothness(loop: _EpisodeLoop, sent: np.ndarray, source: int | None) -> None:
@@ -330,6 +352,10 @@ class Deployer:
         loop.last_command = now
         if self.recorder is not None:
             self.recorder.add_frame(obs, sent)
+        loop.sub += 1
+        if loop.sub < self.time_scale:
+            return
+        loop.sub = 0
         loop.step += 1
         result.steps = loop.step
         if loop.bar is not None:
@@ -621,6 +647,7 @@ def _protocol(run, ckpt, runtime) -> dict:
             "control_hz": rcfg.control_hz, "dry_run": cfg.dry_run, "async_inference": cfg.async_inference,
             "n_action_steps": runtime.n_action_steps, "temporal_ensemble": cfg.temporal_ensemble,
             "rtc": cfg.rtc, "rtc_method": cfg.rtc_method, "inject_delay_ms": cfg.inject_delay_ms,
+            "time_scale": cfg.time_scale,
             "episodes": cfg.episodes, "max_steps": cfg.max_steps,
             "seeds": f"{cfg.seed} .. {cfg.seed + cfg.episodes - 1}",
             **runtime.describe(), "safety": asdict(rcfg.safety)}

@@ -45,7 +45,7 @@ ACTION_DIM_PAD = "action_dim_is_pad"
 # Cameras a dataset lacks (dataset.features.cameras.<camera>: null), (B, n_cam) bool in the
 # policy's camera order: their images are zeros and their tokens are masked in the prefix.
 CAMERA_PAD = "camera_is_pad"
-# Real-time chunking (vla/rtc.py): the plan a new chunk must agree with, an Observation key at
+# Real-time chunking (vla/chunking.py): the plan a new chunk must agree with, an Observation key at
 # sampling time only (a vla.heads.guidance.ActionPrefix), for policies with supports_guidance.
 ACTION_PREFIX = "action_prefix"
 

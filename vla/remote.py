@@ -32,7 +32,7 @@ import msgpack
 import numpy as np
 
 from vla.errors import RobotError
-from vla.rtc import ChunkPrefix
+from vla.chunking import ChunkPrefix
 
 PROTOCOL = 1
 
@@ -167,7 +167,7 @@ class RemotePolicy:
 
     def predict_chunk(self, history: list[dict], step: int, prefix: ChunkPrefix | None = None) -> np.ndarray:
         """Unbatched raw observations, oldest first -> (horizon, action_dim) actions; with a
-        ``prefix``, sampled to agree with the plan being executed (vla/rtc.py)."""
+        ``prefix``, sampled to agree with the plan being executed (vla/chunking.py)."""
         started = time.perf_counter()
         message = {"op": "chunk", "history": [_plain(o) for o in history], "step": int(step)}
         if prefix is not None:

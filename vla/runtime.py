@@ -32,14 +32,7 @@ from vla.data.mapping import observation_map
 from vla.features import ACTION, ACTION_DIM_PAD, ACTION_PREFIX, CAMERA_PAD, EMBODIMENT, OBS_STATE, TASK, image_key
 from vla.heads.guidance import ActionPrefix
 from vla.policy import Policy
-from vla.rtc import ChunkPrefix
-
-
-def ensemble_average(preds: np.ndarray, coefficient: float) -> np.ndarray:
-    """ACT's temporal ensembling: predictions for one step, oldest first (N, D_a) -> (D_a,);
-    prediction i weighs exp(-coefficient * i), so older ones weigh more."""
-    weights = np.exp(-coefficient * np.arange(len(preds)))
-    return (weights[:, None] * preds).sum(0) / weights.sum()
+from vla.chunking import ChunkPrefix, ensemble_average
 
 
 def batch_of_one(obs: dict) -> dict:
@@ -88,7 +81,7 @@ class RuntimePolicy:
 
     @property
     def follows_prefix(self) -> bool:
-        """Whether chunks can be sampled to agree with a plan (real-time chunking, vla/rtc.py)."""
+        """Whether chunks can be sampled to agree with a plan (real-time chunking, vla/chunking.py)."""
         return self.policy.supports_guidance
 
     def describe(self) -> dict:
@@ -247,7 +240,7 @@ class RuntimePolicy:
 
         ``step`` is the control step of the newest observation since the episode began. The
         caller decides which of the returned actions are still current when it arrives. With a
-        ``prefix`` (real-time chunking, vla/rtc.py) the chunk is sampled to agree with the plan
+        ``prefix`` (real-time chunking, vla/chunking.py) the chunk is sampled to agree with the plan
         being executed: a policy with ``supports_guidance`` only.
         """
         recent = list(history[-self.n_obs_steps:])

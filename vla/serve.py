@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from vla.remote import PROTOCOL, pack, unpack
-from vla.rtc import ChunkPrefix
+from vla.chunking import ChunkPrefix
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class PolicyServer:
             return {"op": "error", "message": f"unknown op {op!r}"}
         try:
             history, step = list(request["history"]), int(request["step"])
-            prefix = ChunkPrefix.from_wire(request.get("prefix"))  # real-time chunking (vla/rtc.py)
+            prefix = ChunkPrefix.from_wire(request.get("prefix"))  # real-time chunking (vla/chunking.py)
             with self._lock:
                 started = time.perf_counter()
                 actions = self.runtime.predict_chunk(history, step, prefix)

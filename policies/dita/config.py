@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vla.heads import NoiseProcessConfig
-from vla.policy import PolicyConfig
+from vla.heads.config import NoiseProcessConfig
+from vla.policy_config import PolicyConfig
 
 
 @dataclass

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vla.backbone import BackboneConfig
-from vla.heads import NoiseProcessConfig
-from vla.policy import PolicyConfig
+from vla.backbone.config import BackboneConfig
+from vla.heads.config import NoiseProcessConfig
+from vla.policy_config import PolicyConfig
 
 CONDITIONING = ("cross_attention", "stream")
 ACTION_UPDATE = ("end", "start")

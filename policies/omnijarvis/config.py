@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vla.features import ACTION, OBS_STATE, PHASE
-from vla.heads import NoiseProcessConfig
-from vla.policy import PolicyConfig
+from vla.heads.config import NoiseProcessConfig
+from vla.policy_config import PolicyConfig
 
 STAGES = ("tokenizer", "vla")
 LATENT_NORMS = ("renorm", "batch", "none")

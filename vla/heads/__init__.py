@@ -6,12 +6,20 @@ imports diffusers).
 """
 
 from vla.errors import ConfigError
-from vla.heads.base import NoiseProcess, NoiseProcessConfig, sinusoidal_embedding
+from vla.heads.config import NoiseProcessConfig
 
 __all__ = ["NoiseProcess", "NoiseProcessConfig", "make_noise_process", "sinusoidal_embedding"]
 
 
-def make_noise_process(cfg: NoiseProcessConfig) -> NoiseProcess:
+def __getattr__(name: str):  # the processes need torch; the config does not
+    if name in ("NoiseProcess", "sinusoidal_embedding"):
+        from vla.heads import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module 'vla.heads' has no attribute {name!r}")
+
+
+def make_noise_process(cfg: NoiseProcessConfig) -> "NoiseProcess":  # noqa: F821
     """The process ``cfg.kind`` names: ``diffusion`` (diffusers' DDPM / DDIM) or ``flow``."""
     if cfg.kind == "diffusion":
         from vla.heads.diffusion import DiffusionProcess

@@ -6,7 +6,8 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from torch import Tensor
 
-from vla.heads.base import NoiseProcess, NoiseProcessConfig
+from vla.heads.base import NoiseProcess
+from vla.heads.config import NoiseProcessConfig
 
 
 class DiffusionProcess(NoiseProcess):

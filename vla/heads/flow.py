@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vla.heads.base import NoiseProcess, NoiseProcessConfig
+from vla.heads.base import NoiseProcess
+from vla.heads.config import NoiseProcessConfig
 
 
 class FlowMatchingProcess(NoiseProcess):

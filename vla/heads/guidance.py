@@ -1,7 +1,7 @@
 """Guided denoising toward a known part of the chunk: real-time chunking's sampler (RTC).
 
 RTC (Black et al. 2025) conditions a chunk on the actions the previous plan executes while the
-chunk is computed (:mod:`vla.rtc` builds them). At every denoising step it nudges the model's
+chunk is computed (:mod:`vla.chunking` builds them). At every denoising step it nudges the model's
 output so that the clean chunk it implies agrees with them where the weights W say, with
 pseudo-inverse guidance (PiGDM):
 
@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from vla.heads.base import NoiseProcess
-from vla.rtc import METHODS
+from vla.chunking import METHODS
 
 
 @dataclass
