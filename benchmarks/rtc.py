@@ -26,31 +26,37 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.common import REPO, machine, markdown_table, write_section
+from benchmarks.common import REPO, RESULTS, machine, markdown_table, write_section
 
 MODES = {"skip": [], "rtc-inpaint": ["deploy.rtc=true", "deploy.rtc_method=inpaint"],
          "rtc-guidance": ["deploy.rtc=true", "deploy.rtc_method=guidance"]}
 MAX_STEPS = {"lift": 150, "stack": 250, "place": 250}  # the tasks' own episode lengths
 
 
-def run_setting(args, delay: float, mode: str, out: Path) -> dict:
+def run_deploy(args, overrides: list[str], out: Path) -> tuple[dict, str]:
+    """One `vla deploy robot=sim` run of ``args.episodes`` episodes on the held-out seeds, synchronous
+    inference, nothing recorded; (its summary.json, the command)."""
     cmd = [sys.executable, "-m", "vla.cli", "deploy", "robot=sim", f"robot.sim_task={args.task}",
            f"deploy.checkpoint={args.checkpoint}", f"deploy.output_dir={out}", f"deploy.episodes={args.episodes}",
-           f"deploy.seed={args.seed}", f"deploy.max_steps={MAX_STEPS.get(args.task, 250)}", "deploy.record=false",
-           "deploy.async_inference=false", f"deploy.inject_delay_ms={delay:g}", f"deploy.threads={args.threads}",
-           *MODES[mode]]
+           f"deploy.seed={args.seed}", f"deploy.max_steps={args.max_steps or MAX_STEPS.get(args.task, 250)}",
+           "deploy.record=false",
+           "deploy.async_inference=false", f"deploy.threads={args.threads}", *overrides]
     print(" ".join(cmd[2:]), flush=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(REPO))
     with open(out.with_suffix(".log"), "w") as log:
         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env).returncode
-    if rc != 0:
+    if rc not in (0, 3):  # 3: the last episode ended on a safety stop, which is a result here
         raise SystemExit(f"{' '.join(cmd[2:])} failed ({rc}); see {out.with_suffix('.log')}")
-    s = json.loads((out / "summary.json").read_text())
+    return json.loads((out / "summary.json").read_text()), " ".join(cmd[2:])
+
+
+def run_setting(args, delay: float, mode: str, out: Path) -> dict:
+    s, command = run_deploy(args, [f"deploy.inject_delay_ms={delay:g}", *MODES[mode]], out)
     return {"task": args.task, "delay_ms": delay, "mode": mode, "checkpoint": str(args.checkpoint),
             "episodes": s["episodes"], "successes": s["successes"], "boundary_jerk": s["boundary_jerk"],
             "within_chunk_jerk": s["within_chunk_jerk"], "inference_ms_p50": s["inference_ms"]["p50"],
             "stale_actions_skipped": s["stale_actions_skipped"], "held_steps": s["held_steps"],
-            "seeds": s["protocol"]["seeds"], "command": " ".join(cmd[2:])}
+            "seeds": s["protocol"]["seeds"], "command": command}
 
 
 def table(results: dict, task: str) -> str:
@@ -68,17 +74,25 @@ def table(results: dict, task: str) -> str:
                            "jerk within chunks", "ratio", "inference p50 (ms)"], rows)
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def deploy_arguments(doc: str, name: str) -> argparse.ArgumentParser:
+    """The options every lockstep-sim deploy benchmark takes; results in benchmarks/<name>.json."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--checkpoint", type=Path, required=True)
     ap.add_argument("--task", default="lift")
     ap.add_argument("--episodes", type=int, default=30)
     ap.add_argument("--seed", type=int, default=100_000, help="the first episode's seed (held out from training)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--max-steps", type=int, default=None, help="policy steps per episode (default: the task's)")
+    ap.add_argument("--out", type=Path, default=REPO / "outputs" / name)
+    ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / f"{name}.json")
+    ap.add_argument("--markdown", type=Path, default=RESULTS)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = deploy_arguments(__doc__, "rtc")
     ap.add_argument("--delays", type=float, nargs="+", default=[0, 100, 200, 300], help="injected ms")
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=REPO / "outputs" / "rtc")
-    ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / "rtc.json")
     args = ap.parse_args(argv)
     results = json.loads(args.results.read_text()) if args.results.exists() else {}
     for delay in args.delays:
@@ -96,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
             f"(a chunk takes effect delay / 50 ms steps after its observation), {args.episodes} episodes per row on "
             f"the same seeds; `python -m benchmarks.rtc --checkpoint {args.checkpoint} --task {args.task}`.\n\n"
             f"{table(results, args.task)}\n\n{machine()}, {args.threads} thread(s) per run.")
-    write_section(f"rtc-{args.task}", body)
+    write_section(f"rtc-{args.task}", body, args.markdown)
 
 
 if __name__ == "__main__":

@@ -284,3 +284,26 @@ def test_time_scale_spreads_each_policy_step_over_several_periods(trained_run, t
     np.testing.assert_allclose(deployer._slowed(action, loop), np.r_[np.full(7, 0.2), 1.0])
     loop.sub = 1
     np.testing.assert_allclose(deployer._slowed(action, loop), action)
+
+
+def test_the_rtc_and_arm_speed_benchmarks_fill_their_tables(trained_run, tmp_path):
+    """A tiny run of each harness: every setting gets a row, a rerun skips what is done."""
+    from benchmarks import arm_speed, rtc
+
+    common = ["--checkpoint", str(trained_run), "--episodes", "1", "--max-steps", "6", "--markdown",
+              str(tmp_path / "RESULTS.md")]
+    rtc.main([*common, "--delays", "0", "100", "--modes", "skip", "rtc-inpaint", "--out", str(tmp_path / "rtc"),
+              "--results", str(tmp_path / "rtc.json")])
+    rows = json.loads((tmp_path / "rtc.json").read_text())
+    assert sorted(rows) == ["lift|0|rtc-inpaint", "lift|0|skip", "lift|100|rtc-inpaint", "lift|100|skip"]
+    assert rows["lift|100|skip"]["stale_actions_skipped"] >= 2 and "deploy.inject_delay_ms=100" in \
+        rows["lift|100|skip"]["command"]
+    arm_speed.main([*common, "--out", str(tmp_path / "speed"), "--results", str(tmp_path / "speed.json")])
+    speed = json.loads((tmp_path / "speed.json").read_text())
+    assert len(speed) == 3 and speed["lift|0.25 m/s, time_scale 4"]["commands_sent"] == 24  # 6 steps x 4 periods
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "Real-time chunking under injected delays: lift" in text and "A real arm's speed limit: lift" in text
+    before = (tmp_path / "rtc.json").stat().st_mtime
+    rtc.main([*common, "--delays", "0", "--modes", "skip", "--out", str(tmp_path / "rtc"),
+              "--results", str(tmp_path / "rtc.json")])
+    assert (tmp_path / "rtc.json").stat().st_mtime == before  # nothing rerun
