@@ -5,6 +5,8 @@
 Runs the commands a user types, as separate processes, on the same seeds:
 
     sim        vla deploy robot=sim             lockstep simulation, synchronous inference (= vla eval)
+    ros2-lockstep  vla twin robot=twin-lockstep  +  vla deploy robot=twin-lockstep   the same rollout
+               through DDS (one twin step per command): a gap to `sim` is the middleware's, not the CPU's
     ros2       vla twin  +  vla deploy robot=twin              DDS on loopback, 20 Hz, async inference
     rosbridge  vla twin  +  rosbridge server  +  vla deploy robot=twin-rosbridge     JSON over a websocket
 
@@ -45,9 +47,9 @@ def deploy(robot: str, out: Path, args, extra: list[str] = ()) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
-def with_twin(fn):
-    """Run fn() while `vla twin` serves the tabletop Panda in its own process."""
-    twin = subprocess.Popen([*VLA, "twin", "robot=twin"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+def with_twin(fn, robot: str = "twin"):
+    """Run fn() while `vla twin robot=<robot>` serves the tabletop Panda in its own process."""
+    twin = subprocess.Popen([*VLA, "twin", f"robot={robot}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             cwd=REPO, start_new_session=True)
     try:
         time.sleep(8.0)  # robosuite start-up
@@ -116,7 +118,7 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=30)
     ap.add_argument("--seed", type=int, default=100_000)  # vla eval's held-out seeds
     ap.add_argument("--out", default="outputs/deploy_twin")
-    ap.add_argument("--only", nargs="*", default=["sim", "ros2", "ros2-sync", "rosbridge", "franky"])
+    ap.add_argument("--only", nargs="*", default=["sim", "ros2", "ros2-sync", "ros2-lockstep", "rosbridge", "franky"])
     args = ap.parse_args()
     os.environ.setdefault("ROS_DOMAIN_ID", "78")
     out = Path(args.out)
@@ -129,6 +131,10 @@ def main() -> None:
     if "ros2-sync" in args.only:  # the loop blocks while it infers: tells latency from twin dynamics
         results["twin over ros2, sync inference"] = with_twin(
             lambda: deploy("twin", out / "ros2-sync", args, ["deploy.async_inference=false"]))
+    if "ros2-lockstep" in args.only:  # the twin steps per command: the middleware without the clock
+        results["twin over ros2, lockstep"] = with_twin(
+            lambda: deploy("twin-lockstep", out / "ros2-lockstep", args, ["deploy.async_inference=false"]),
+            robot="twin-lockstep")
     if "rosbridge" in args.only:
         from envs.robot.rosbridge_server import RosbridgeServer
 

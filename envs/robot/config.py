@@ -118,6 +118,11 @@ class RobotConfig:
     franky_host: str = "172.16.0.2"
     franky_dynamics_factor: float = 0.2   # fraction of Franka's velocity/acceleration limits for motions
     connect_timeout: float = 10.0         # s to wait for the first complete observation
+    # Lockstep (the digital twin and the ROS / rosbridge drivers): the twin steps its simulation once
+    # per arm command instead of at control_hz, and the driver waits after each command for the state
+    # it produced. `vla deploy` through the middleware then rolls out exactly as `robot=sim` does, so
+    # a difference in success is the middleware's, not the CPU's (configs/robot/twin-lockstep.yaml).
+    lockstep: bool = False
 
     def check(self) -> None:
         """Raise ValueError naming the bad field."""

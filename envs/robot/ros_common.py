@@ -55,6 +55,26 @@ class StreamStore:
         self._pose: tuple[float, np.ndarray, np.ndarray] | None = None  # stamp, pos, rot (base frame)
         self._images: dict[str, tuple[float, np.ndarray]] = {}
         self.messages = 0
+        self._arrived = threading.Condition(self._lock)
+        self._counts: dict[str, int] = {}  # messages per stream (joints, pose, each camera)
+
+    def _count(self, stream: str) -> None:
+        """Under the lock: one more message on ``stream``; wakes `wait_for_new`."""
+        self._counts[stream] = self._counts.get(stream, 0) + 1
+        self.messages += 1
+        self._arrived.notify_all()
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def wait_for_new(self, since: dict[str, int], timeout: float) -> bool:
+        """Wait until every stream of a complete state has a message newer than ``since`` (a
+        `counts()`); False after ``timeout`` s."""
+        streams = ["joints", "pose", *self.config.cameras]
+        with self._lock:
+            return self._arrived.wait_for(lambda: all(self._counts.get(s, 0) > since.get(s, 0) for s in streams),
+                                          timeout)
 
     def put_joint_state(self, names: list[str], positions) -> None:
         index = {n: i for i, n in enumerate(names)}
@@ -69,19 +89,19 @@ class StreamStore:
             else:  # the gripper publishes its own JointState: keep its last reading
                 fingers = self._joints[2] if self._joints else np.zeros(2)
             self._joints = (time.monotonic(), q, fingers)
-            self.messages += 1
+            self._count("joints")
 
     def put_pose(self, position, quat_xyzw) -> None:
         pos, rot = pose_to_matrix(position, quat_xyzw)
         with self._lock:
             self._pose = (time.monotonic(), pos, rot)
-            self.messages += 1
+            self._count("pose")
 
     def put_image(self, camera: str, image: np.ndarray) -> None:
         image = square_image(image, self.config.image_size)
         with self._lock:
             self._images[camera] = (time.monotonic(), image)
-            self.messages += 1
+            self._count(camera)
 
     def snapshot(self, to_policy_frame) -> RobotState:
         """The latest complete state; NotYet names the streams that have not arrived."""
@@ -144,6 +164,9 @@ class TopicRobot(Robot):
         return self.store.snapshot(self.to_policy_frame)
 
     def _send(self, command: Command) -> None:
+        if self.config.lockstep:
+            self._send_lockstep(command, wait=True)
+            return
         self._publish_arm(command)
         # The gripper on change, and again every second: a relay that turns widths into gripper
         # actions acts on changes, and a repeat covers a message lost before the subscriber matched.
@@ -154,7 +177,22 @@ class TopicRobot(Robot):
             self._last_gripper_sent = (width, now)
 
     def _hold(self) -> None:
-        self._publish_arm(self.hold_command(self.store.snapshot(self.to_policy_frame)))
+        command = self.hold_command(self.store.snapshot(self.to_policy_frame))
+        if self.config.lockstep:  # the watchdog holds too: it must not block on a cell that went quiet
+            self._send_lockstep(command, wait=False)
+            return
+        self._publish_arm(command)
+
+    def _send_lockstep(self, command: Command, wait: bool) -> None:
+        """A lockstep cell steps once it has a gripper and an arm command, so both go every time; then
+        (``wait``) the state that step produced is awaited, so the next read sees it."""
+        before = self.store.counts()
+        self._publish_gripper(command.gripper_width)
+        self._last_gripper_sent = (command.gripper_width, time.monotonic())
+        self._publish_arm(command)
+        if wait and not self.store.wait_for_new(before, self.config.connect_timeout):
+            raise RobotError(f"lockstep: no new state within {self.config.connect_timeout} s of a command "
+                             "(is the cell running with robot.lockstep=true?)")
 
     def _publish_arm(self, command: Command) -> None:
         if command.joint_pos is not None:

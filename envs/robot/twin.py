@@ -19,9 +19,12 @@ and obeys the same command topics a deploy run publishes on:
     gripper width (Float64)       robosuite's gripper, 0 = closed .. open width
 
 Like a real controller that loses its command stream, it holds the current pose when no
-command arrives for `command_timeout` seconds. Three topics exist only on the twin, for test
-harnesses and benchmarks: ``/twin/reset`` (std_msgs/Int64: a new episode with that seed),
-``/twin/episode`` (std_msgs/Int64: how many episodes have started) and ``/twin/success``
+command arrives for `command_timeout` seconds. With ``robot.lockstep=true`` it does not run on a
+clock: it takes one simulation step each time it has received an arm command and a gripper
+command (a lockstep driver sends both every time), then publishes the state that step produced,
+so a deploy run through DDS or rosbridge is the same rollout as `robot=sim`. Three topics exist
+only on the twin, for test harnesses and benchmarks: ``/twin/reset`` (std_msgs/Int64: a new
+episode with that seed), ``/twin/episode`` (std_msgs/Int64: how many episodes have started) and ``/twin/success``
 (std_msgs/Bool: the task's success predicate so far this episode), every period. For fault
 injection, `muted` names streams to stop publishing (a camera or encoder dropping out), and
 `commands` logs every command received with the measured pose at that moment.
@@ -65,6 +68,8 @@ class DigitalTwin:
         self._gripper_action = -1.0  # open
         self._last_command = 0.0
         self._pending_reset: int | None = None
+        self._step_request = threading.Event()  # lockstep: both command kinds arrived, or a reset
+        self._commanded = {"arm": False, "gripper": False}
         self.muted: set[str] = set()  # streams not published: "joint_states", "ee_pose", or a camera
         self.commands: list[dict] = []  # every arm command received (world frame), with the measured state
         self._thread: threading.Thread | None = None
@@ -100,6 +105,10 @@ class DigitalTwin:
         spinner.start()
         period, next_tick = 1.0 / self.config.control_hz, time.monotonic()
         try:
+            while self.config.lockstep and not self._stopping.is_set():
+                if self._step_request.wait(0.1):
+                    self._step_request.clear()
+                    self._tick()
             while not self._stopping.is_set():
                 self._tick()
                 next_tick += period
@@ -181,6 +190,7 @@ class DigitalTwin:
         """A new episode at the next period (thread-safe; also what /twin/reset does)."""
         with self._lock:
             self._pending_reset = seed
+            self._step_request.set()  # lockstep: applied (and published) at once, without a step
 
     # --- commands (the ROS thread) --------------------------------------------------------------
     def _on_pose_command(self, msg) -> None:
@@ -208,10 +218,19 @@ class DigitalTwin:
             self.commands.append({"time": self._last_command, "kind": kind, "target_pos": target[0],
                                   "target_rot": target[1], "target_joints": joints, "eef_pos": pos, "eef_rot": rot,
                                   "joints": scene.sim.data.qpos[self._arm_qpos].copy()})
+            self._commanded_one("arm")
 
     def _on_gripper_command(self, msg) -> None:
         with self._lock:
             self._gripper_action = robosuite_gripper(msg.data, self.config.gripper_open_width)
+            self._commanded_one("gripper")
+
+    def _commanded_one(self, kind: str) -> None:
+        """Under the lock: lockstep steps once both an arm and a gripper command have arrived."""
+        self._commanded[kind] = True
+        if self.config.lockstep and all(self._commanded.values()):
+            self._commanded = {"arm": False, "gripper": False}
+            self._step_request.set()
 
     def _on_reset(self, msg) -> None:
         self.reset(int(msg.data))
@@ -226,7 +245,13 @@ class DigitalTwin:
                 self.episodes += 1
                 self._pending_reset, self._target, self._gripper_action = None, None, -1.0
                 self.steps, self.success = 0, False
-            if self._target is not None and time.monotonic() - self._last_command > self.command_timeout:
+                if self.config.lockstep:  # a new episode is published as it is, not stepped
+                    self._commanded = {"arm": False, "gripper": False}
+                    self._step_request.clear()
+                    self._publish()
+                    return
+            stale = time.monotonic() - self._last_command > self.command_timeout
+            if self._target is not None and stale and not self.config.lockstep:
                 self._target = None  # the command stream stopped: hold here
             target, gripper = self._target, self._gripper_action
         self.env.step(self._tracking_action(target, gripper))
