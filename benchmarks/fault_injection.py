@@ -12,6 +12,9 @@ a real bridge (rclpy over DDS, or a rosbridge-server-rs websocket) and injects o
     link_dropped        the rosbridge server is killed mid-chunk
     latency_spike       one inference stalls past deploy.max_inference_seconds
     bridge_restarted    the rosbridge server restarts mid-episode
+    server_killed       the policy server (`vla serve`, in-process here) goes away mid-run
+    server_slow         ... answers one chunk later than deploy.server_timeout
+    server_malformed    ... answers a chunk of the wrong shape
 
 and checks, from what the twin itself received: no command outside the limits reached the arm,
 the arm was told to hold (or, with the link gone, the twin's own command timeout held it)
@@ -35,7 +38,9 @@ from envs.robot import RobotConfig, make_robot
 from envs.robot.config import SafetyConfig
 
 SCENARIOS = ["nan_action", "out_of_range", "large_jump", "stale_observation", "link_dropped",
-             "latency_spike", "bridge_restarted"]
+             "latency_spike", "bridge_restarted", "server_killed", "server_slow", "server_malformed"]
+SERVER_FAULTS = ("server_killed", "server_slow", "server_malformed")
+SERVER_TIMEOUT = 1.0  # deploy.server_timeout in the policy-server scenarios
 # Limits for these runs: a real-arm speed limit (2.5 cm per period), a watchdog deadline a
 # CPU-starved twin keeps (the twin and the policy share 2 cores), a quick persistent-limit stop.
 LIMITS = dict(max_eef_speed=0.5, observation_deadline=0.5, max_consecutive_limited=10)
@@ -61,8 +66,12 @@ class FaultyRuntime:
         self.runtime.reset()
         self.chunks = 0
 
-    def predict_chunk(self, history: list[dict], step: int) -> np.ndarray:
-        chunk = self.runtime.predict_chunk(history, step)
+    @property
+    def follows_prefix(self) -> bool:
+        return self.runtime.follows_prefix
+
+    def predict_chunk(self, history: list[dict], step: int, prefix=None) -> np.ndarray:
+        chunk = self.runtime.predict_chunk(history, step, prefix)
         if self.scenario not in LIMIT_FAULTS:
             chunk[:, :3] *= CALM
         k, self.chunks = self.chunks, self.chunks + 1
@@ -81,6 +90,10 @@ class FaultyRuntime:
             chunk[:, 0] = 10.0 * np.sign(chunk[:, 0] + 1e-9)
         elif self.scenario == "latency_spike" and k == FAULT_CHUNK:
             time.sleep(3.0)
+        elif self.scenario == "server_slow" and k == FAULT_CHUNK:
+            time.sleep(3 * SERVER_TIMEOUT)
+        elif self.scenario == "server_malformed":
+            chunk = chunk[:3]
         return chunk
 
 
@@ -139,8 +152,12 @@ def run_scenario(scenario: str, runtime, twin, out: Path, *, bridge=None, max_st
     if uses_bridge:
         cfg.rosbridge_port = bridge.port
 
+    server = None
+
     def inject() -> None:  # environment faults, started when the policy's fault chunk is planned
-        if scenario == "stale_observation":
+        if scenario == "server_killed":
+            threading.Timer(0.0, server.stop).start()
+        elif scenario == "stale_observation":
             threading.Timer(0.1, twin.muted.add, ("wrist",)).start()
         elif scenario == "link_dropped":
             threading.Timer(0.1, bridge.stop).start()  # mid-chunk
@@ -148,6 +165,15 @@ def run_scenario(scenario: str, runtime, twin, out: Path, *, bridge=None, max_st
             threading.Timer(0.1, bridge.restart).start()
 
     faulty = FaultyRuntime(runtime, scenario, on_fault=inject)
+    if scenario in SERVER_FAULTS:  # the loop by the arm, the (faulty) policy behind a websocket
+        from vla.remote import RemotePolicy
+        from vla.serve import PolicyServer, metadata_of
+
+        server = PolicyServer(faulty, metadata_of(runtime, "fault-injection", ""))
+        port = server.start("127.0.0.1", 0)
+        policy = RemotePolicy(f"ws://127.0.0.1:{port}", timeout=SERVER_TIMEOUT).connect()
+    else:
+        policy = faulty
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)  # a fresh dataset: its frames are this run's
@@ -159,7 +185,7 @@ def run_scenario(scenario: str, runtime, twin, out: Path, *, bridge=None, max_st
         with robot:
             robot.reset_episode(1000 + SCENARIOS.index(scenario))
             first = len(twin.commands)
-            result = Deployer(robot, faulty, deploy_cfg, recorder=recorder).run_episode()
+            result = Deployer(robot, policy, deploy_cfg, recorder=recorder).run_episode()
             time.sleep(max(twin.command_timeout, 0.2) + 0.2)  # let a hold, or the twin's own timeout, land
             if result.fault_time is not None and not uses_bridge:
                 # the link is up, so the driver's hold is on its way: on a loaded machine DDS can
@@ -172,6 +198,9 @@ def run_scenario(scenario: str, runtime, twin, out: Path, *, bridge=None, max_st
     finally:
         twin.muted.clear()
         recorder.close()
+        if server is not None:
+            policy.close()
+            server.stop()
         if uses_bridge and not bridge.alive:
             bridge.start()
     frames = LeRobotDataset("local/data", root=out / "data").meta.total_frames

@@ -16,6 +16,8 @@ EXPECTED = {  # scenario -> words the stop message must contain
     "nan_action": "non_finite", "out_of_range": "persistent_limit", "large_jump": "persistent_limit",
     "stale_observation": "stale_observation", "link_dropped": "link_lost",
     "latency_spike": "no action chunk", "bridge_restarted": "link_lost",
+    "server_killed": "connection lost", "server_slow": "no 'chunk' reply within 1 s",
+    "server_malformed": "malformed chunk",
 }
 
 

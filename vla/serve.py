@@ -123,16 +123,21 @@ def server_for(run) -> PolicyServer:
     ckpt = cfg.checkpoint or run.output_dir
     policy, normalizer = load_policy(ckpt, pick_device(run.device))
     runtime = RuntimePolicy.from_settings(policy, normalizer, cfg, "serve")
-    metadata = {
-        "policy": policy.config.name, "checkpoint": str(ckpt), "weights_sha256": weights_hash(resolve_model_dir(ckpt)),
+    return PolicyServer(runtime, metadata_of(runtime, str(ckpt), weights_hash(resolve_model_dir(ckpt))))
+
+
+def metadata_of(runtime, checkpoint: str, weights_sha256: str) -> dict:
+    """What the server tells a client first: everything it checks the robot against."""
+    policy = runtime.policy
+    return {
+        "policy": policy.config.name, "checkpoint": checkpoint, "weights_sha256": weights_sha256,
         "cameras": list(policy.config.backbone.cameras), "camera_pad": list(runtime.camera_pad),
         "state_dim": runtime.state_dim, "action_dim": runtime.action_dim, "n_obs_steps": runtime.n_obs_steps,
         "horizon": runtime.horizon, "n_action_steps": runtime.n_action_steps,
-        "embodiment": cfg.embodiment if runtime.embodiment is None else policy.config.embodiments[runtime.embodiment],
+        "embodiment": None if runtime.embodiment is None else policy.config.embodiments[runtime.embodiment],
         "trained_on": policy.trained_on, "sampling": policy.sampling_protocol(), "device": str(runtime.device),
         "follows_prefix": runtime.follows_prefix,
     }
-    return PolicyServer(runtime, metadata)
 
 
 def serve(run) -> None:

@@ -42,6 +42,11 @@ def import_rclpy():
                          "or use robot.backend=rosbridge") from None
 
 
+def _seconds(msg) -> float:
+    """A stamped message's header time in seconds."""
+    return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+
+
 class Ros2Robot(TopicRobot):
     def __init__(self, config: RobotConfig):
         super().__init__(config)
@@ -63,7 +68,7 @@ class Ros2Robot(TopicRobot):
         node = self._node = rclpy.create_node(f"vla_driver_{next(_node_ids)}", context=self._context)
         sensor = QoSProfile(depth=1, reliability=qos_profile_sensor_data.reliability)
         node.create_subscription(JointState, t.joint_states,
-                                 lambda m: self.store.put_joint_state(list(m.name), m.position), sensor)
+                                 lambda m: self.store.put_joint_state(list(m.name), m.position, _seconds(m)), sensor)
         node.create_subscription(PoseStamped, t.ee_pose, self._on_pose, sensor)
         for camera, topic in self.cameras.items():
             node.create_subscription(Image, topic, lambda m, c=camera: self._on_image(c, m), sensor)
@@ -101,10 +106,11 @@ class Ros2Robot(TopicRobot):
     # --- callbacks (executor thread) -------------------------------------------------------------
     def _on_pose(self, msg) -> None:
         p, o = msg.pose.position, msg.pose.orientation
-        self.store.put_pose((p.x, p.y, p.z), (o.x, o.y, o.z, o.w))
+        self.store.put_pose((p.x, p.y, p.z), (o.x, o.y, o.z, o.w), _seconds(msg))
 
     def _on_image(self, camera: str, msg) -> None:
-        self.store.put_image(camera, decode_image(msg.encoding, msg.height, msg.width, msg.step, bytes(msg.data)))
+        self.store.put_image(camera, decode_image(msg.encoding, msg.height, msg.width, msg.step, bytes(msg.data)),
+                             _seconds(msg))
 
     # --- publishing -------------------------------------------------------------------------------
     def _publish_pose(self, pos: np.ndarray, quat_xyzw: np.ndarray) -> None:

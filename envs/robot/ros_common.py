@@ -11,6 +11,7 @@ camera that stops publishing makes the whole observation stale.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from abc import abstractmethod
@@ -56,27 +57,23 @@ class StreamStore:
         self._images: dict[str, tuple[float, np.ndarray]] = {}
         self.messages = 0
         self._arrived = threading.Condition(self._lock)
-        self._counts: dict[str, int] = {}  # messages per stream (joints, pose, each camera)
+        self._stamps: dict[str, float] = {}  # header stamp (s, the sender's clock) of each stream's latest message
 
-    def _count(self, stream: str) -> None:
-        """Under the lock: one more message on ``stream``; wakes `wait_for_new`."""
-        self._counts[stream] = self._counts.get(stream, 0) + 1
+    def _count(self, stream: str, stamp: float | None) -> None:
+        """Under the lock: a message on ``stream`` stamped ``stamp``; wakes `wait_for_stamps`."""
+        self._stamps[stream] = -math.inf if stamp is None else stamp
         self.messages += 1
         self._arrived.notify_all()
 
-    def counts(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._counts)
-
-    def wait_for_new(self, since: dict[str, int], timeout: float) -> bool:
-        """Wait until every stream of a complete state has a message newer than ``since`` (a
-        `counts()`); False after ``timeout`` s."""
+    def wait_for_stamps(self, since: float, timeout: float) -> bool:
+        """Wait until every stream of a complete state has a message stamped at or after ``since``
+        (the sender's clock); False after ``timeout`` s."""
         streams = ["joints", "pose", *self.config.cameras]
         with self._lock:
-            return self._arrived.wait_for(lambda: all(self._counts.get(s, 0) > since.get(s, 0) for s in streams),
+            return self._arrived.wait_for(lambda: all(self._stamps.get(s, -math.inf) >= since for s in streams),
                                           timeout)
 
-    def put_joint_state(self, names: list[str], positions) -> None:
+    def put_joint_state(self, names: list[str], positions, stamp: float | None = None) -> None:
         index = {n: i for i, n in enumerate(names)}
         topics = self.config.topics
         if not all(n in index for n in topics.arm_joints):
@@ -89,19 +86,19 @@ class StreamStore:
             else:  # the gripper publishes its own JointState: keep its last reading
                 fingers = self._joints[2] if self._joints else np.zeros(2)
             self._joints = (time.monotonic(), q, fingers)
-            self._count("joints")
+            self._count("joints", stamp)
 
-    def put_pose(self, position, quat_xyzw) -> None:
+    def put_pose(self, position, quat_xyzw, stamp: float | None = None) -> None:
         pos, rot = pose_to_matrix(position, quat_xyzw)
         with self._lock:
             self._pose = (time.monotonic(), pos, rot)
-            self._count("pose")
+            self._count("pose", stamp)
 
-    def put_image(self, camera: str, image: np.ndarray) -> None:
+    def put_image(self, camera: str, image: np.ndarray, stamp: float | None = None) -> None:
         image = square_image(image, self.config.image_size)
         with self._lock:
             self._images[camera] = (time.monotonic(), image)
-            self._count(camera)
+            self._count(camera, stamp)
 
     def snapshot(self, to_policy_frame) -> RobotState:
         """The latest complete state; NotYet names the streams that have not arrived."""
@@ -185,12 +182,13 @@ class TopicRobot(Robot):
 
     def _send_lockstep(self, command: Command, wait: bool) -> None:
         """A lockstep cell steps once it has a gripper and an arm command, so both go every time; then
-        (``wait``) the state that step produced is awaited, so the next read sees it."""
-        before = self.store.counts()
+        (``wait``) the state that step produced is awaited (stamped after the command: the cell shares
+        this machine's clock), so the next read sees it."""
+        sent = time.time()
         self._publish_gripper(command.gripper_width)
         self._last_gripper_sent = (command.gripper_width, time.monotonic())
         self._publish_arm(command)
-        if wait and not self.store.wait_for_new(before, self.config.connect_timeout):
+        if wait and not self.store.wait_for_stamps(sent, self.config.connect_timeout):
             raise RobotError(f"lockstep: no new state within {self.config.connect_timeout} s of a command "
                              "(is the cell running with robot.lockstep=true?)")
 

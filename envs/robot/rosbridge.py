@@ -22,6 +22,12 @@ from envs.robot.ros_common import TopicRobot, decode_image
 from vla.errors import LinkLost, RobotError
 
 
+
+def _seconds(msg: dict) -> float | None:
+    """A stamped message's header time in seconds (None without one)."""
+    stamp = msg.get("header", {}).get("stamp")
+    return None if not stamp else stamp.get("sec", 0) + stamp.get("nanosec", 0) * 1e-9
+
 class RosbridgeRobot(TopicRobot):
     def __init__(self, config: RobotConfig):
         super().__init__(config)
@@ -57,7 +63,7 @@ class RosbridgeRobot(TopicRobot):
             return topic
 
         subscribe(t.joint_states, "sensor_msgs/msg/JointState",
-                  lambda m: self.store.put_joint_state(m["name"], m["position"]))
+                  lambda m: self.store.put_joint_state(m["name"], m["position"], _seconds(m)))
         subscribe(t.ee_pose, "geometry_msgs/msg/PoseStamped", self._on_pose)
         for camera, name in self.cameras.items():
             subscribe(name, "sensor_msgs/msg/Image", lambda m, c=camera: self._on_image(c, m))
@@ -99,12 +105,13 @@ class RosbridgeRobot(TopicRobot):
     # --- callbacks (roslibpy's reactor thread) ----------------------------------------------------
     def _on_pose(self, msg: dict) -> None:
         p, o = msg["pose"]["position"], msg["pose"]["orientation"]
-        self.store.put_pose((p["x"], p["y"], p["z"]), (o["x"], o["y"], o["z"], o["w"]))
+        self.store.put_pose((p["x"], p["y"], p["z"]), (o["x"], o["y"], o["z"], o["w"]), _seconds(msg))
 
     def _on_image(self, camera: str, msg: dict) -> None:
         data = msg["data"]  # rosbridge sends uint8[] as base64
         raw = base64.b64decode(data) if isinstance(data, str) else bytes(data)
-        self.store.put_image(camera, decode_image(msg["encoding"], msg["height"], msg["width"], msg["step"], raw))
+        self.store.put_image(camera, decode_image(msg["encoding"], msg["height"], msg["width"], msg["step"], raw),
+                             _seconds(msg))
 
     # --- publishing -------------------------------------------------------------------------------
     def _header(self) -> dict:

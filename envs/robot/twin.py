@@ -70,6 +70,7 @@ class DigitalTwin:
         self._pending_reset: int | None = None
         self._step_request = threading.Event()  # lockstep: both command kinds arrived, or a reset
         self._commanded = {"arm": False, "gripper": False}
+        self._last_published: list = []  # (publisher, message) of the latest state
         self.muted: set[str] = set()  # streams not published: "joint_states", "ee_pose", or a camera
         self.commands: list[dict] = []  # every arm command received (world frame), with the measured state
         self._thread: threading.Thread | None = None
@@ -106,9 +107,12 @@ class DigitalTwin:
         period, next_tick = 1.0 / self.config.control_hz, time.monotonic()
         try:
             while self.config.lockstep and not self._stopping.is_set():
-                if self._step_request.wait(0.1):
+                if self._step_request.wait(0.5):
                     self._step_request.clear()
                     self._tick()
+                else:  # idle: the last state again, stamped as it was, for a driver that just connected
+                    for publisher, msg in self._last_published:
+                        publisher.publish(msg)
             while not self._stopping.is_set():
                 self._tick()
                 next_tick += period
@@ -294,8 +298,7 @@ class DigitalTwin:
         # franka_ros2 reports both fingers as positive openings; robosuite's second finger is negative.
         js.position = [float(v) for v in qpos[self._arm_qpos]] + [float(abs(v)) for v in qpos[self._fingers]]
         js.velocity = [float(v) for v in qvel[self._arm_qvel]] + [0.0, 0.0]
-        if "joint_states" not in self.muted:
-            self._joint_pub.publish(js)
+        published = [] if "joint_states" in self.muted else [(self._joint_pub, js)]
 
         pos, rot = scene.eef_pose()
         pose = PoseStamped()
@@ -305,7 +308,7 @@ class DigitalTwin:
         o = pose.pose.orientation
         o.x, o.y, o.z, o.w = (float(v) for v in matrix_to_quat(self._base_rot.T @ rot))
         if "ee_pose" not in self.muted:
-            self._pose_pub.publish(pose)
+            published.append((self._pose_pub, pose))
 
         obs = self.env.unwrapped._last_obs
         for camera, pub in self._image_pubs.items():
@@ -317,9 +320,12 @@ class DigitalTwin:
             img.height, img.width = frame.shape[:2]
             img.encoding, img.is_bigendian, img.step = "rgb8", 0, frame.shape[1] * 3
             img.data = frame.tobytes()
-            pub.publish(img)
-        self._success_pub.publish(Bool(data=bool(self.success)))
-        self._episode_pub.publish(Int64(data=int(self.episodes)))
+            published.append((pub, img))
+        published += [(self._success_pub, Bool(data=bool(self.success))),
+                      (self._episode_pub, Int64(data=int(self.episodes)))]
+        for publisher, msg in published:
+            publisher.publish(msg)
+        self._last_published = published
 
 
 def run_twin(config: RobotConfig) -> None:
