@@ -15,10 +15,11 @@ diffusion head is sampled through the same formulas: its state is a scaled flow 
 beta caps the weight near pure noise (RTC uses 5).
 
 ``inpaint`` takes the Jacobian as the identity instead: the clean estimate is pulled toward the
-plan directly, with no backward pass (the chunk costs what an unguided one does). It is also the
-robust choice for an epsilon-prediction head, whose clean estimate at the first DDIM steps
-(alpha_bar ~ 1e-7) amplifies the model's error by 1 / sqrt(alpha_bar): there the Jacobian of an
-imperfect model is large, and the guided chunk saturates (measured on a small trained Dita).
+plan directly, with no backward pass (the chunk costs what an unguided one does). It is
+numerically safe where guidance through an epsilon-prediction head is not (at the first DDIM
+steps, alpha_bar ~ 1e-7, the clean estimate amplifies the model's error by 1 / sqrt(alpha_bar);
+on a small trained Dita the guided chunk saturated), but it ignores what the model says: on
+`stack` at 200 ms it smoothed the commands and lost most successes (docs/deploy.md).
 """
 
 from __future__ import annotations
