@@ -196,7 +196,7 @@ class Recorder:
 
     def __call__(self, history, step, prefix=None):
         self.calls.append((step, prefix))
-        self.chunks.append(self._inner(history, step, prefix) if prefix is not None else self._inner(history, step))
+        self.chunks.append(self._inner(history, step, prefix))
         return self.chunks[-1]
 
 

@@ -1,7 +1,6 @@
 """How chunks are stitched together at run time, torch-free (the robot side of `vla deploy` uses it):
-ACT's temporal ensembling, and real-time chunking's condition on the next chunk.
-
-Real-time chunking (RTC, Black et al. 2025): what the next chunk must agree with.
+ACT's temporal ensembling, and what real-time chunking (RTC, Black et al. 2025) makes the next
+chunk agree with.
 
 While a chunk executes, the next one is computed from a newer observation. Inference takes d
 control steps, so the first d actions of the new chunk are for steps that the *current* plan
@@ -31,6 +30,7 @@ import numpy as np
 # vector-Jacobian product through the model at every denoising step, or inpainting of the clean
 # estimate (the Jacobian taken as the identity: no backward pass, no extra time).
 METHODS = ("guidance", "inpaint")
+
 
 def ensemble_average(preds: np.ndarray, coefficient: float) -> np.ndarray:
     """ACT's temporal ensembling: predictions for one step, oldest first (N, D_a) -> (D_a,);

@@ -84,8 +84,12 @@ class ActionSchedule:
         while self.chunks and self.chunks[0][0] + self.horizon <= now:
             self.chunks.popleft()
 
+    def _live(self, step: int) -> list[tuple[int, np.ndarray]]:
+        """The chunks that plan ``step``, oldest first."""
+        return [(s, c) for s, c in self.chunks if s <= step < s + len(c)]
+
     def action(self, step: int) -> np.ndarray | None:
-        live = [(s, c) for s, c in self.chunks if s <= step < s + len(c)]
+        live = self._live(step)
         if not live:
             return None
         if self.ensemble is None:
@@ -95,8 +99,8 @@ class ActionSchedule:
 
     def source(self, step: int) -> int | None:
         """The observation step of the chunk that plans ``step`` (the newest one covering it)."""
-        live = [s for s, c in self.chunks if s <= step < s + len(c)]
-        return live[-1] if live else None
+        live = self._live(step)
+        return live[-1][0] if live else None
 
     def plan(self, step: int) -> np.ndarray | None:
         """The newest chunk's actions from ``step`` on (n, D), or None when it plans nothing there."""
@@ -113,11 +117,6 @@ class ActionSchedule:
             return True  # re-plan back to back
         start = self.chunks[-1][0]
         return step - start >= self.n_action_steps - lead
-
-
-def predict(runtime, history: list[dict], step: int, prefix=None) -> np.ndarray:
-    """A chunk from the runtime (in-process or remote), conditioned on ``prefix`` when there is one."""
-    return runtime.predict_chunk(history, step) if prefix is None else runtime.predict_chunk(history, step, prefix)
 
 
 class InferenceWorker:
@@ -163,7 +162,7 @@ class InferenceWorker:
                 (history, step, prefix), self._request = self._request, None
             start = time.perf_counter()
             try:
-                chunk = predict(self.runtime, history, step, prefix)
+                chunk = self.runtime.predict_chunk(history, step, prefix)
                 if self.inject_delay > 0:  # deploy.inject_delay_ms: rehearse a slower policy
                     time.sleep(self.inject_delay)
             except BaseException as e:  # surfaced on the control thread by poll()
@@ -283,7 +282,7 @@ class Deployer:
         if loop.pending is not None or not loop.schedule.needs_chunk(loop.step, self.delay_steps):
             return
         t0 = time.perf_counter()
-        chunk = predict(self.runtime, list(loop.history), loop.step, self._prefix(loop, self.delay_steps))
+        chunk = self.runtime.predict_chunk(list(loop.history), loop.step, self._prefix(loop, self.delay_steps))
         loop.result.chunks += 1
         loop.result.latencies.append(time.perf_counter() - t0)
         if self.delay_steps == 0:

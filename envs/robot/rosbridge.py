@@ -22,11 +22,11 @@ from envs.robot.ros_common import TopicRobot, decode_image
 from vla.errors import LinkLost, RobotError
 
 
-
 def _seconds(msg: dict) -> float | None:
     """A stamped message's header time in seconds (None without one)."""
     stamp = msg.get("header", {}).get("stamp")
     return None if not stamp else stamp.get("sec", 0) + stamp.get("nanosec", 0) * 1e-9
+
 
 class RosbridgeRobot(TopicRobot):
     def __init__(self, config: RobotConfig):

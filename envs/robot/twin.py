@@ -24,8 +24,9 @@ clock: it takes one simulation step each time it has received an arm command and
 command (a lockstep driver sends both every time), then publishes the state that step produced,
 so a deploy run through DDS or rosbridge is the same rollout as `robot=sim`. Three topics exist
 only on the twin, for test harnesses and benchmarks: ``/twin/reset`` (std_msgs/Int64: a new
-episode with that seed), ``/twin/episode`` (std_msgs/Int64: how many episodes have started) and ``/twin/success``
-(std_msgs/Bool: the task's success predicate so far this episode), every period. For fault
+episode with that seed), ``/twin/episode`` (std_msgs/Int64: how many episodes have started)
+and ``/twin/success`` (std_msgs/Bool: the task's success predicate so far this episode), every
+period. For fault
 injection, `muted` names streams to stop publishing (a camera or encoder dropping out), and
 `commands` logs every command received with the measured pose at that moment.
 """

@@ -271,7 +271,7 @@ class DustPolicy(Policy):
             t_a, t_o = 1.0 - updates / n_a, 1.0 - j / n_o
             ta, to = torch.full((b,), t_a, device=device), torch.full((b,), t_o, device=device)
             if guide is not None and j % q == update_at:
-                v_a, v_o = self._guided_velocity(guide, state, actions, t_a, future, t_o, ctx, keep)
+                v_a, v_o = self._guided_velocity(guide, state, actions, t_a, ta, future, to, ctx, keep)
             else:
                 v_a, v_o = self.velocity(state, actions, ta, future, to, ctx)
             if cfg.world_model:
@@ -283,12 +283,11 @@ class DustPolicy(Policy):
         self.last_action_time = 1.0 - updates / n_a
         return actions, future
 
-    def _guided_velocity(self, guide, state: Tensor, actions: Tensor, t_a: float, future: Tensor | None, t_o: float,
-                         ctx, keep: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def _guided_velocity(self, guide, state: Tensor, actions: Tensor, t_a: float, ta: Tensor, future: Tensor | None,
+                         to: Tensor, ctx, keep: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """One pass whose action velocity is guided toward ``guide`` (real-time chunking,
-        vla/heads/guidance.py); the vision velocity is the same pass's."""
-        b, device = actions.shape[0], actions.device
-        ta, to = torch.full((b,), t_a, device=device), torch.full((b,), t_o, device=device)
+        vla/heads/guidance.py); the vision velocity is the same pass's. ``ta`` / ``to``: the
+        streams' times as (B,) tensors, ``t_a`` the action time as the process takes it."""
         out: dict[str, Tensor | None] = {}
 
         def action_velocity(a: Tensor) -> Tensor:
