@@ -269,6 +269,24 @@ def test_the_gripper_closes_and_opens_without_blocking(host):
         assert max(durations) < 0.4, max(durations)
 
 
+def test_a_target_the_arm_already_holds_starts_no_motion(host):
+    """Each motion restarts franky's planner, which can fail on a micrometre move (error -111)."""
+    with FrankyRobot(make_config(host)) as robot:
+        moves = []
+        original = robot._robot.move
+        robot._robot.move = lambda motion, **kw: (moves.append(type(motion).__name__), original(motion, **kw))[1]
+        try:
+            stream(robot, [0, 0, 0, 0, 0, 0, 0], 5)  # at rest: "stay" is the pose it holds
+            assert moves == []
+            stream(robot, [0.1, 0, 0, 0, 0, 0, 0], 1)
+            assert moves == ["CartesianMotion"]
+            # the command again from the same state is the target of the running motion: not resent
+            robot.send_command(robot.command_from(np.array([0.1, 0, 0, 0, 0, 0, 0]), robot._last_state))
+            assert moves == ["CartesianMotion"]
+        finally:
+            del robot._robot.move
+
+
 def test_the_safety_layer_limits_a_huge_jump(host):
     limit = 0.02
     config = make_config(host, translation_scale=0.5, safety={"max_translation_step": limit})
@@ -333,18 +351,18 @@ def test_franky_errors_map_to_robot_errors(host):
         return move
 
     with FrankyRobot(make_config(host)) as robot:
-        zero = np.zeros(7)
+        step = np.array([0.2, 0, 0, 0, 0, 0, 0])  # a real motion: a "stay" command starts none
         reflex = franky.ControlException('libfranka: Move command aborted: motion aborted by reflex! '
                                          '["cartesian_reflex"]\ncontrol_command_success_rate: 0.92')
         robot._robot.move = raiser(reflex)  # franky.Robot is a Python class: the instance attribute wins
         with pytest.raises(RobotError, match="cartesian_reflex") as info:
-            robot.send_action(zero)
+            robot.send_action(step)
         assert not isinstance(info.value, LinkLost) and "\n" not in str(info.value)
         robot.read_state()  # a control error leaves the link usable
 
         robot._robot.move = raiser(franky.NetworkException("libfranka: UDP receive: Timeout"))
         with pytest.raises(LinkLost, match="UDP receive"):
-            robot.send_action(zero)
+            robot.send_action(step)
         with pytest.raises(LinkLost):  # and the link stays lost until the next connect
             robot.read_state()
         del robot._robot.move

@@ -58,6 +58,10 @@ from vla.scheduling import keeps_thread_scheduling  # franky.Robot raises its ca
 
 logger = logging.getLogger(__name__)
 
+# A new arm target closer than this to the one the arm holds is not sent (see FrankyRobot._adds_nothing).
+TARGET_TOLERANCE_M = 1e-5
+TARGET_TOLERANCE_RAD = 1e-4
+
 
 class CameraSource(Protocol):
     def read(self) -> dict[str, np.ndarray]:
@@ -119,6 +123,7 @@ class FrankyRobot(Robot):
         self._gripper_pending: float | None = None  # newest target the commander has not started
         self._gripper_sent: float | None = None     # last target handed to the commander
         self._complete = False                      # a complete observation has been read
+        self._arm_target: tuple[str, np.ndarray] | None = None  # the running motion's target, base frame
 
     # --- lifecycle ------------------------------------------------------------------------------
     def _connect(self) -> None:
@@ -221,24 +226,58 @@ class FrankyRobot(Robot):
         self._check_link()
         franky = self._franky
         if command.joint_pos is not None:
-            signal = franky.ControlSignalType.JointPositions
-            motion = franky.JointMotion(np.asarray(command.joint_pos, dtype=np.float64).reshape(7),
-                                        franky.ReferenceType.Absolute, return_when_finished=False)
+            kind, target = "joint", np.asarray(command.joint_pos, dtype=np.float64).reshape(7)
         else:
             pos, rot = self.to_base_frame(command.eef_pos, command.eef_rot)
-            target = franky.Affine(np.asarray(pos, dtype=np.float64), Rotation.from_matrix(rot).as_quat())  # x, y, z, w
-            signal = franky.ControlSignalType.CartesianPose
-            motion = franky.CartesianMotion(target, franky.ReferenceType.Absolute, return_when_finished=False)
+            kind, target = "pose", np.concatenate([np.asarray(pos, dtype=np.float64).reshape(3),
+                                                   Rotation.from_matrix(rot).as_rotvec()])
         try:
-            running = self._robot.current_control_signal_type
-            if running is not None and running != signal:
-                # franky cannot switch control types mid-motion: stop the running one first.
-                self._stop_motion(running)
-                self._robot.join_motion(timeout=2.0)
-            self._robot.move(motion, asynchronous=True)
+            if not self._adds_nothing(kind, target):
+                if kind == "joint":
+                    signal = franky.ControlSignalType.JointPositions
+                    motion = franky.JointMotion(target, franky.ReferenceType.Absolute, return_when_finished=False)
+                else:
+                    affine = franky.Affine(target[:3], Rotation.from_rotvec(target[3:]).as_quat())  # x, y, z, w
+                    signal = franky.ControlSignalType.CartesianPose
+                    motion = franky.CartesianMotion(affine, franky.ReferenceType.Absolute, return_when_finished=False)
+                running = self._robot.current_control_signal_type
+                if running is not None and running != signal:
+                    # franky cannot switch control types mid-motion: stop the running one first.
+                    self._stop_motion(running)
+                    self._robot.join_motion(timeout=2.0)
+                self._arm_target = None  # unknown until the new motion has started
+                self._robot.move(motion, asynchronous=True)
+                self._arm_target = (kind, target)
         except Exception as e:
             raise self._error(e, "starting a motion") from None
         self._command_gripper(float(command.gripper_width))
+
+    def _adds_nothing(self, kind: str, target: np.ndarray) -> bool:
+        """True for a target the arm already holds: the running motion's, or, with none running, the pose.
+
+        Each motion restarts franky's Ruckig planner, and a target a few micrometres from a resting
+        arm can fail its synchronization step ("Motion planner failed with error code -111", which a
+        policy's "stay" commands hit while the gripper moves). Below the arm's repeatability (0.1 mm)
+        such a motion moves nothing, so it is not sent.
+        """
+        if self._robot.current_control_signal_type is not None:  # a motion runs (or holds its target)
+            held = self._arm_target
+            return held is not None and held[0] == kind and self._within_tolerance(kind, target, held[1])
+        self._arm_target = None  # stopped, by a stop motion or a reflex: the arm is where it is
+        state = self._robot.state
+        if kind == "joint":
+            here = np.asarray(state.q, dtype=np.float64).reshape(7)
+        else:
+            pose = np.asarray(state.O_T_EE.matrix, dtype=np.float64)
+            here = np.concatenate([pose[:3, 3], Rotation.from_matrix(pose[:3, :3]).as_rotvec()])
+        return self._within_tolerance(kind, target, here)
+
+    @staticmethod
+    def _within_tolerance(kind: str, a: np.ndarray, b: np.ndarray) -> bool:
+        if kind == "joint":
+            return bool(np.abs(a - b).max() < TARGET_TOLERANCE_RAD)
+        turn = (Rotation.from_rotvec(a[3:]) * Rotation.from_rotvec(b[3:]).inv()).magnitude()
+        return bool(np.linalg.norm(a[:3] - b[:3]) < TARGET_TOLERANCE_M and turn < TARGET_TOLERANCE_RAD)
 
     def _hold(self) -> None:
         if self._robot is None:
