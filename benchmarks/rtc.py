@@ -10,7 +10,8 @@ machine a real-time run would mix the delay with CPU starvation (the simulator r
 cameras in ~70 ms of each 50 ms period). Every setting runs the same episode seeds.
 
 Modes: ``skip`` (today's default: actions the chunk arrives too late for are skipped),
-``rtc-inpaint`` and ``rtc-guidance`` (`deploy.rtc=true` with each `deploy.rtc_method`).
+``rtc-inpaint`` and ``rtc-guidance`` (`deploy.rtc=true` with each `deploy.rtc_method`), and each
+with ``-hard`` (`deploy.rtc_mask=hard`: only the frozen actions are pulled onto the plan).
 Reported per setting: success with a Wilson 95% interval, the smoothness of the commands at
 chunk boundaries and within chunks (mean |a_t - 2 a_(t-1) + a_(t-2)|, gripper excluded) and
 inference time. Results are kept per (task, delay, mode) in ``benchmarks/rtc.json`` (a killed
@@ -29,7 +30,10 @@ from pathlib import Path
 from benchmarks.common import REPO, RESULTS, machine, markdown_table, write_section
 
 MODES = {"skip": [], "rtc-inpaint": ["deploy.rtc=true", "deploy.rtc_method=inpaint"],
-         "rtc-guidance": ["deploy.rtc=true", "deploy.rtc_method=guidance"]}
+         "rtc-guidance": ["deploy.rtc=true", "deploy.rtc_method=guidance"],
+         # the paper's hard-masking ablation: only the frozen (delayed) actions are pulled onto the plan
+         "rtc-inpaint-hard": ["deploy.rtc=true", "deploy.rtc_method=inpaint", "deploy.rtc_mask=hard"],
+         "rtc-guidance-hard": ["deploy.rtc=true", "deploy.rtc_method=guidance", "deploy.rtc_mask=hard"]}
 MAX_STEPS = {"lift": 150, "stack": 250, "place": 250}  # the tasks' own episode lengths
 
 

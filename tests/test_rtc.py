@@ -33,14 +33,19 @@ def test_prefix_weights_freeze_the_delay_and_decay_over_the_overlap():
     assert w[4] == pytest.approx(c * math.expm1(c) / (math.e - 1))
     assert (prefix_weights(0, 0, 16) == 0).all()
     assert (prefix_weights(6, 4, 16) == np.r_[np.ones(4), np.zeros(12)]).all()  # no more frozen than planned
+    # the hard mask: the frozen actions only
+    assert (prefix_weights(4, 12, 16, "hard") == np.r_[np.ones(4), np.zeros(12)]).all()
 
 
 def test_chunk_prefix_pads_and_refuses_bad_plans():
     actions, weights = ChunkPrefix(np.ones((5, 7)), delay=2).padded(8)
     assert actions.shape == (8, 7) and (actions[5:] == 0).all() and (weights[5:] == 0).all()
     assert ChunkPrefix.from_wire(ChunkPrefix(np.ones((3, 2)), 1, 2.0).to_wire()).max_guidance == 2.0
+    hard = ChunkPrefix.from_wire(ChunkPrefix(np.ones((5, 2)), 1, mask="hard").to_wire())
+    assert hard.mask == "hard" and (hard.padded(8)[1] == np.r_[1, np.zeros(7)]).all()
     for bad in (dict(actions=np.ones(3), delay=0), dict(actions=np.full((2, 2), np.nan), delay=0),
-                dict(actions=np.ones((2, 2)), delay=-1), dict(actions=np.ones((2, 2)), delay=0, max_guidance=0)):
+                dict(actions=np.ones((2, 2)), delay=-1), dict(actions=np.ones((2, 2)), delay=0, max_guidance=0),
+                dict(actions=np.ones((2, 2)), delay=0, mask="feathered")):
         with pytest.raises(ValueError):
             ChunkPrefix(**bad)
     with pytest.raises(ValueError, match="delay"):
@@ -238,14 +243,16 @@ def test_deploy_rtc_on_sim_reports_it_and_refuses_what_it_cannot_do(trained_run,
     out = tmp_path / "rtc"
     base = ["deploy", f"deploy.checkpoint={trained_run}", f"deploy.output_dir={out}", "deploy.max_steps=10",
             "deploy.async_inference=false", "deploy.record=false", "deploy.stop_on_success=false"]
-    assert main([*base, "deploy.rtc=true", "deploy.inject_delay_ms=100"]) == 0
+    assert main([*base, "deploy.rtc=true", "deploy.inject_delay_ms=100", "deploy.rtc_mask=hard"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["protocol"]["rtc"] and summary["protocol"]["inject_delay_ms"] == 100
+    assert summary["protocol"]["rtc_mask"] == "hard"
     assert summary["stale_actions_skipped"] >= 2
-    assert "real-time chunking (guidance); injected delay 100 ms" in (out / "report.md").read_text()
+    assert "real-time chunking (guidance, hard mask); injected delay 100 ms" in (out / "report.md").read_text()
     capsys.readouterr()
     for bad, says in ((["deploy.rtc=true", "deploy.temporal_ensemble=0.1"], "choose one"),
                       (["deploy.rtc_method=magic"], "deploy.rtc_method"),
+                      (["deploy.rtc_mask=feathered"], "deploy.rtc_mask"),
                       (["deploy.inject_delay_ms=-1"], "deploy.inject_delay_ms")):
         assert main([*base, f"deploy.output_dir={tmp_path / 'bad'}", *bad]) == 2
         assert says in capsys.readouterr().err

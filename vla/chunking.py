@@ -30,6 +30,10 @@ import numpy as np
 # vector-Jacobian product through the model at every denoising step, or inpainting of the clean
 # estimate (the Jacobian taken as the identity: no backward pass, no extra time).
 METHODS = ("guidance", "inpaint")
+# Which planned actions the next chunk is pulled towards: the paper's soft mask (the frozen ones,
+# then a decay over the rest of the overlap), or only the frozen ones (its "hard masking" ablation;
+# the chunk's later actions then follow the new observation alone).
+MASKS = ("soft", "hard")
 
 
 def ensemble_average(preds: np.ndarray, coefficient: float) -> np.ndarray:
@@ -39,16 +43,17 @@ def ensemble_average(preds: np.ndarray, coefficient: float) -> np.ndarray:
     return (weights[:, None] * preds).sum(0) / weights.sum()
 
 
-def prefix_weights(delay: int, overlap: int, horizon: int) -> np.ndarray:
+def prefix_weights(delay: int, overlap: int, horizon: int, mask: str = "soft") -> np.ndarray:
     """(horizon,) guidance weights: 1 for the first ``delay`` actions, then ``c * (e^c - 1) / (e - 1)``
     with ``c`` falling linearly from 1 towards 0 over the rest of the ``overlap`` actions the
-    current plan covers, and 0 after it (the paper's exponential soft mask, Eq. 5)."""
+    current plan covers, and 0 after it (the paper's exponential soft mask, Eq. 5); with
+    ``mask="hard"``, 0 right after the frozen actions."""
     overlap = max(0, min(overlap, horizon))
     delay = max(0, min(delay, overlap))
     w = np.zeros(horizon, dtype=np.float32)
     w[:delay] = 1.0
     n = overlap - delay
-    if n > 0:
+    if n > 0 and mask == "soft":
         c = (overlap - np.arange(delay, overlap)) / (n + 1)  # n values in (0, 1), falling
         w[delay:overlap] = c * np.expm1(c) / (math.e - 1)
     return w
@@ -60,13 +65,15 @@ class ChunkPrefix:
 
     ``actions`` (n, D_a): what the plan executes at steps k, k+1, ..., k+n-1 (n <= horizon);
     ``delay``: how many of them will run before the next chunk arrives (its frozen part);
-    ``max_guidance``: the cap on the guidance weight (RTC's beta); ``method``: one of ``METHODS``.
+    ``max_guidance``: the cap on the guidance weight (RTC's beta); ``method``: one of ``METHODS``;
+    ``mask``: one of ``MASKS``.
     """
 
     actions: np.ndarray
     delay: int
     max_guidance: float = 5.0
     method: str = "guidance"
+    mask: str = "soft"
 
     def __post_init__(self):
         self.actions = np.asarray(self.actions, dtype=np.float32)
@@ -80,17 +87,19 @@ class ChunkPrefix:
             raise ValueError(f"a chunk prefix's max_guidance must be > 0, got {self.max_guidance}")
         if self.method not in METHODS:
             raise ValueError(f"a chunk prefix's method is {self.method!r}; expected one of {list(METHODS)}")
+        if self.mask not in MASKS:
+            raise ValueError(f"a chunk prefix's mask is {self.mask!r}; expected one of {list(MASKS)}")
 
     def padded(self, horizon: int) -> tuple[np.ndarray, np.ndarray]:
         """(horizon, D_a) actions, zeros past the plan, and their (horizon,) weights."""
         n = min(len(self.actions), horizon)
         actions = np.zeros((horizon, self.actions.shape[1]), dtype=np.float32)
         actions[:n] = self.actions[:n]
-        return actions, prefix_weights(self.delay, n, horizon)
+        return actions, prefix_weights(self.delay, n, horizon, self.mask)
 
     def to_wire(self) -> dict:
         return {"actions": self.actions, "delay": int(self.delay), "max_guidance": float(self.max_guidance),
-                "method": self.method}
+                "method": self.method, "mask": self.mask}
 
     @classmethod
     def from_wire(cls, message: dict | None) -> ChunkPrefix | None:
@@ -98,6 +107,7 @@ class ChunkPrefix:
             return None
         try:
             return cls(np.asarray(message["actions"]), int(message["delay"]), float(message["max_guidance"]),
-                       str(message["method"]))
+                       str(message["method"]), str(message["mask"]))
         except (KeyError, TypeError) as e:
-            raise ValueError(f"a chunk prefix needs 'actions', 'delay', 'max_guidance' and 'method': {e}") from None
+            raise ValueError("a chunk prefix needs 'actions', 'delay', 'max_guidance', 'method' and 'mask': "
+                             f"{e}") from None

@@ -176,6 +176,7 @@ class DeployConfig:
     rtc: bool = False
     rtc_method: str = "guidance"          # guidance (RTC's, a backward pass per denoising step) | inpaint (none)
     rtc_max_guidance: float = 5.0         # RTC's beta: the cap on the guidance weight
+    rtc_mask: str = "soft"                # soft (frozen actions, then a decay over the overlap) | hard (frozen only)
     # Added inference delay, to rehearse a slower policy: asynchronous inference waits this long
     # before handing over each chunk; synchronous inference (the lockstep sim) lets the chunk take
     # effect this many ms of control steps after its observation, the old plan running meanwhile.

@@ -36,7 +36,7 @@ from envs.robot.base import RobotState
 from envs.robot.safety import SafeRobot
 from vla.config import DeployConfig
 from vla.errors import ConfigError, RobotError, SafetyStop
-from vla.chunking import METHODS, ChunkPrefix, ensemble_average
+from vla.chunking import MASKS, METHODS, ChunkPrefix, ensemble_average
 
 logger = logging.getLogger(__name__)
 
@@ -296,7 +296,7 @@ class Deployer:
         plan = loop.schedule.plan(loop.step) if self.config.rtc else None
         if plan is None:
             return None
-        return ChunkPrefix(plan, delay, self.config.rtc_max_guidance, self.config.rtc_method)
+        return ChunkPrefix(plan, delay, self.config.rtc_max_guidance, self.config.rtc_method, self.config.rtc_mask)
 
     def _act(self, loop: _EpisodeLoop, state: RobotState, tick: float) -> np.ndarray:
         """Send the action planned for this step, or hold while none is; returns what the dataset records."""
@@ -477,7 +477,7 @@ def _smoothness_line(s: dict, p: dict) -> str:
     line = (f"- smoothness (|second difference| of the commands, gripper excluded): at chunk boundaries "
             f"{_num(s['boundary_jerk'])}, within chunks {_num(s['within_chunk_jerk'])}")
     if p["rtc"]:
-        line += f"; real-time chunking ({p['rtc_method']})"
+        line += f"; real-time chunking ({p['rtc_method']}, {p['rtc_mask']} mask)"
     if p["inject_delay_ms"]:
         line += f"; injected delay {p['inject_delay_ms']:g} ms"
     return line
@@ -563,6 +563,8 @@ def _check_settings(run) -> None:
         raise ConfigError("deploy.episodes and deploy.max_steps must be >= 1")
     if run.deploy.rtc_method not in METHODS:
         raise ConfigError(f"deploy.rtc_method={run.deploy.rtc_method!r}; choose one of {list(METHODS)}")
+    if run.deploy.rtc_mask not in MASKS:
+        raise ConfigError(f"deploy.rtc_mask={run.deploy.rtc_mask!r}; choose one of {list(MASKS)}")
     if run.deploy.rtc and run.deploy.temporal_ensemble is not None:
         raise ConfigError("deploy.rtc with deploy.temporal_ensemble: real-time chunking continues one plan, "
                           "ensembling averages several; choose one")
@@ -645,8 +647,8 @@ def _protocol(run, ckpt, runtime) -> dict:
     return {"checkpoint": ckpt, "backend": rcfg.backend, "action_space": rcfg.action_space,
             "control_hz": rcfg.control_hz, "dry_run": cfg.dry_run, "async_inference": cfg.async_inference,
             "n_action_steps": runtime.n_action_steps, "temporal_ensemble": cfg.temporal_ensemble,
-            "rtc": cfg.rtc, "rtc_method": cfg.rtc_method, "inject_delay_ms": cfg.inject_delay_ms,
-            "time_scale": cfg.time_scale,
+            "rtc": cfg.rtc, "rtc_method": cfg.rtc_method, "rtc_mask": cfg.rtc_mask,
+            "inject_delay_ms": cfg.inject_delay_ms, "time_scale": cfg.time_scale,
             "episodes": cfg.episodes, "max_steps": cfg.max_steps,
             "seeds": f"{cfg.seed} .. {cfg.seed + cfg.episodes - 1}",
             **runtime.describe(), "safety": asdict(rcfg.safety)}
