@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import REPO, machine, markdown_table, write_section
+from benchmarks.rtc import MAX_STEPS
 
 VLA = [sys.executable, "-m", "vla.cli"]
 
@@ -38,19 +39,19 @@ def wilson(successes: int, n: int) -> tuple[float, float]:
 
 
 def deploy(robot: str, out: Path, args, extra: list[str] = ()) -> dict:
-    cmd = [*VLA, "deploy", f"robot={robot}", f"deploy.checkpoint={args.checkpoint}", f"deploy.output_dir={out}",
-           f"deploy.episodes={args.episodes}", f"deploy.seed={args.seed}", "deploy.max_steps=150",
-           "deploy.record=false", *extra]
+    cmd = [*VLA, "deploy", f"robot={robot}", f"robot.sim_task={args.task}", f"deploy.checkpoint={args.checkpoint}",
+           f"deploy.output_dir={out}", f"deploy.episodes={args.episodes}", f"deploy.seed={args.seed}",
+           f"deploy.max_steps={MAX_STEPS.get(args.task, 250)}", "deploy.record=false", *extra]
     print(" ".join(cmd[2:]), flush=True)
     with open(out.with_suffix(".log"), "w") as log:
         subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False, cwd=REPO)
     return json.loads((out / "summary.json").read_text())
 
 
-def with_twin(fn, robot: str = "twin"):
+def with_twin(fn, task: str, robot: str = "twin"):
     """Run fn() while `vla twin robot=<robot>` serves the tabletop Panda in its own process."""
-    twin = subprocess.Popen([*VLA, "twin", f"robot={robot}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            cwd=REPO, start_new_session=True)
+    twin = subprocess.Popen([*VLA, "twin", f"robot={robot}", f"robot.sim_task={task}"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=REPO, start_new_session=True)
     try:
         time.sleep(8.0)  # robosuite start-up
         return fn()
@@ -115,6 +116,7 @@ def row(name: str, s: dict) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", default="outputs/demo/run")
+    ap.add_argument("--task", default="lift", help="the tabletop task (robot.sim_task) of the checkpoint")
     ap.add_argument("--episodes", type=int, default=30)
     ap.add_argument("--seed", type=int, default=100_000)  # vla eval's held-out seeds
     ap.add_argument("--out", default="outputs/deploy_twin")
@@ -127,14 +129,14 @@ def main() -> None:
     if "sim" in args.only:
         results["sim (lockstep, sync inference)"] = deploy("sim", out / "sim", args, ["deploy.async_inference=false"])
     if "ros2" in args.only:
-        results["twin over ros2 (DDS)"] = with_twin(lambda: deploy("twin", out / "ros2", args))
+        results["twin over ros2 (DDS)"] = with_twin(lambda: deploy("twin", out / "ros2", args), args.task)
     if "ros2-sync" in args.only:  # the loop blocks while it infers: tells latency from twin dynamics
         results["twin over ros2, sync inference"] = with_twin(
-            lambda: deploy("twin", out / "ros2-sync", args, ["deploy.async_inference=false"]))
+            lambda: deploy("twin", out / "ros2-sync", args, ["deploy.async_inference=false"]), args.task)
     if "ros2-lockstep" in args.only:  # the twin steps per command: the middleware without the clock
         results["twin over ros2, lockstep"] = with_twin(
             lambda: deploy("twin-lockstep", out / "ros2-lockstep", args, ["deploy.async_inference=false"]),
-            robot="twin-lockstep")
+            args.task, robot="twin-lockstep")
     if "rosbridge" in args.only:
         from envs.robot.rosbridge_server import RosbridgeServer
 
@@ -142,7 +144,7 @@ def main() -> None:
             with RosbridgeServer(port=9090):
                 return deploy("twin-rosbridge", out / "rosbridge", args)
 
-        results["twin over rosbridge (websocket)"] = with_twin(through_bridge)
+        results["twin over rosbridge (websocket)"] = with_twin(through_bridge, args.task)
     if "franky" in args.only:
         loop = franky_loop()
         if loop is not None:
@@ -152,11 +154,13 @@ def main() -> None:
     table = markdown_table(["run", "success (95% CI)", "period ms p50 / p99", "jitter ms p50 / p99",
                             "obs -> command ms p50 / p99", "inference ms p50 / p99", "stale skipped", "held steps"],
                            [row(k, v) for k, v in results.items()])
-    body = (f"{machine()}\n\n`{args.checkpoint}` on `lift`, {args.episodes} episodes on seeds {args.seed}.."
-            f"{args.seed + args.episodes - 1} (the same for every run), 150 steps at most, 20 Hz. The twin is a "
+    body = (f"{machine()}\n\n`{args.checkpoint}` on `{args.task}`, {args.episodes} episodes on seeds {args.seed}.."
+            f"{args.seed + args.episodes - 1} (the same for every run), {MAX_STEPS.get(args.task, 250)} steps at "
+            "most, 20 Hz. The twin is a "
             "separate `vla twin` process; policy, twin and bridge share the 2 cores.\n\n" + table + "\n")
     print(body)
-    write_section("Deploy to the digital twin: success and control-loop timing per bridge", body)
+    title = "Deploy to the digital twin: success and control-loop timing per bridge"
+    write_section(title if args.task == "lift" else f"{title} ({args.task})", body)
 
 
 if __name__ == "__main__":
