@@ -26,6 +26,7 @@ TABLETOP_BASE_POSITION = [-0.56, 0.0, 0.912]
 
 ACTION_SPACES = ("eef_delta", "joint_position")
 BACKENDS = ("sim", "ros2", "rosbridge", "franky")
+FRANKY_CONTROLS = ("motion", "tracker")  # see envs/robot/franky.py
 
 
 @dataclass
@@ -117,6 +118,8 @@ class RobotConfig:
     # franky backend
     franky_host: str = "172.16.0.2"
     franky_dynamics_factor: float = 0.2   # fraction of Franka's velocity/acceleration limits for motions
+    franky_control: str = "motion"        # motion: a Ruckig motion per target | tracker: one streaming
+                                          # Cartesian impedance controller (eef_delta only)
     connect_timeout: float = 10.0         # s to wait for the first complete observation
     # Lockstep (the digital twin and the ROS / rosbridge drivers): the twin steps its simulation once
     # per arm command instead of at control_hz, and the driver waits after each command for the state
@@ -130,6 +133,8 @@ class RobotConfig:
             raise ValueError(f"robot.backend={self.backend!r}; choose one of {list(BACKENDS)}")
         if self.action_space not in ACTION_SPACES:
             raise ValueError(f"robot.action_space={self.action_space!r}; choose one of {list(ACTION_SPACES)}")
+        if self.franky_control not in FRANKY_CONTROLS:
+            raise ValueError(f"robot.franky_control={self.franky_control!r}; choose one of {list(FRANKY_CONTROLS)}")
         if self.control_hz <= 0:
             raise ValueError(f"robot.control_hz={self.control_hz} must be > 0")
         s = self.safety

@@ -12,13 +12,49 @@ How the four primitives map onto franky 2.0:
               fresh state (libfranka readOnce); inside one it returns the control thread's latest
               state, which stops changing if the link dies, so a state whose robot time has not
               advanced for `link_timeout` seconds raises LinkLost.
-    _send     an absolute CartesianMotion (pose commands) or JointMotion (joint commands), started
-              with robot.move(..., asynchronous=True) and return_when_finished=False: each new
-              motion takes over from the running one (franky replans from the current state), and
-              if commands stop the arm holds the last target.
-    _hold     the stop motion of the running control type (CartesianStopMotion / JointStopMotion):
-              a jerk-limited stop at the current pose. Nothing to do when no motion runs (the
-              robot holds position by itself while idle).
+    _send     by `control` (config.franky_control, or the constructor's `control=`):
+              "motion" (the default): an absolute CartesianMotion (pose commands) or JointMotion (joint
+              commands), started with robot.move(..., asynchronous=True) and return_when_finished=False:
+              each new motion takes over from the running one (franky replans with Ruckig from the
+              current state, within franky_dynamics_factor of Franka's limits), and if commands stop the
+              arm holds the last target. A target the arm already holds starts none.
+              "tracker": one franky.CartesianImpedanceTrackingMotion (a torque-level Cartesian impedance
+              controller running in franky's control thread), started by the first command that moves
+              the arm; every later command only moves its reference (set_reference). Stiffness
+              `tracker_stiffness`, 3000 N/m and 300 Nm/rad by default; the pose error it acts on is
+              clipped to 3 cm / 0.1 rad, which bounds the force on a far reference. Cartesian poses
+              only: a joint-position action space is refused when the backend is made, and a joint
+              command raises RobotError (it is not sent some other way behind the tracker's back). A
+              tracker that ended without a hold (a reflex) raises its error on the next command, and
+              the command after that starts a new one (which fails too until the error is recovered).
+    _hold     motion: the stop motion of the running control type (CartesianStopMotion /
+              JointStopMotion): a jerk-limited stop at the current pose. Nothing to do when no motion
+              runs (the robot holds position by itself while idle).
+              tracker: the reference to the measured pose; the controller keeps running and holds the
+              arm there, and the next command moves the reference on. A moving arm swings past the
+              pose of the hold and back (franky damps with 2 sqrt(stiffness), under-critical for the
+              arm's mass: in franky-sim, a hold 1 cm into a 5 cm jump of the reference swung 2.5 cm past
+              and was back within a second). Not franky's TorqueStopMotion: it ramps the controller's
+              last torque out over 0.2 s, which carried franky-sim's arm 5-10 cm past the hold.
+              Disconnecting holds, waits (up to 1 s) for the arm to come to rest, then ends torque
+              control with TorqueStopMotion.
+
+Which control, measured (benchmarks/franky_tracking.py: franky-sim, a 3.25 s path of 20 Hz deltas of 0.5-5 cm
+per step through send_action, state read each period; mean of 3 runs; ratio = achieved / commanded step):
+
+    control                        per step  rotation  final error vs the summed path (closed path)
+    motion, dynamics factor 0.2      0.35      0.05      68 mm
+    motion, dynamics factor 0.5      0.54      0.28      65 mm
+    tracker, 500 N/m (franky's)      0.13      0.12      14 mm
+    tracker, 3000 N/m (default)      0.51      0.30      13 mm
+
+Both under-achieve each delta, the motion because every target is planned to rest from the
+current motion, the tracker because its pull is stiffness x (reference - measured) = stiffness x
+step, so it achieves a steady fraction of each step at every speed (hence its small error on a
+closed path) while the motion achieves more of slow steps and less of fast ones. The tracker beats
+the motion at franky_dynamics_factor 0.2 (configs/robot/franky.yaml) but not at 0.5, and it fails
+three of the motion's tests (joint actions, "a held target starts no motion", and the hold that
+swings past), so "motion" stays the default; choose "tracker" for smooth Cartesian streaming.
 
 The gripper runs on two threads of this backend, so the control loop never waits for it: a reader
 (`Gripper.state` blocks until the hand's next state message, which a real Franka Hand sends at
@@ -52,7 +88,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from envs.robot.base import Command, Robot, RobotState, square_image
-from envs.robot.config import RobotConfig
+from envs.robot.config import FRANKY_CONTROLS, RobotConfig
 from vla.errors import LinkLost, NotYet, RobotError
 from vla.scheduling import keeps_thread_scheduling  # franky.Robot raises its calling thread to FIFO 99
 
@@ -61,6 +97,12 @@ logger = logging.getLogger(__name__)
 # A new arm target closer than this to the one the arm holds is not sent (see FrankyRobot._adds_nothing).
 TARGET_TOLERANCE_M = 1e-5
 TARGET_TOLERANCE_RAD = 1e-4
+# control="tracker": Cartesian stiffness (N/m, Nm/rad) of the impedance controller (libfranka's default Cartesian
+# impedance; franky's own default, 500 N/m and 50 Nm/rad, achieves a quarter as much of each 20 Hz delta), and the
+# largest pose error (m, rad per axis) it acts on, which bounds the force on a far reference: with franky's default
+# (0.1 m) a 10 cm jump of the reference threw franky-sim's arm about; at 3 cm it settled within 5 mm.
+TRACKER_STIFFNESS = (3000.0, 300.0)
+TRACKER_ERROR_CLIP = (0.03, 0.1)
 
 
 class CameraSource(Protocol):
@@ -85,10 +127,13 @@ class FrankyRobot(Robot):
     """A Franka arm and hand through franky-control; see the module docstring."""
 
     def __init__(self, config: RobotConfig, camera_source: CameraSource | None = None, *,
+                 control: str | None = None, tracker_stiffness: tuple[float, float] = TRACKER_STIFFNESS,
                  realtime: bool | None = None, link_timeout: float = 0.1, gripper_speed: float = 0.1,
                  gripper_force: float = 20.0, gripper_tolerance: float = 0.005):
         """
         camera_source      required when config.cameras is non-empty (franky has no cameras)
+        control            "motion" or "tracker" (see the module docstring); None: config.franky_control
+        tracker_stiffness  (N/m, Nm/rad) of the tracker's Cartesian impedance (control="tracker")
         realtime           True: libfranka's RealtimeConfig.Enforce (needs a realtime kernel); False:
                            Ignore; None: Ignore for a loopback host (a simulator), Enforce otherwise
         link_timeout       s without a new robot state (during a motion) before the link counts as lost;
@@ -98,6 +143,13 @@ class FrankyRobot(Robot):
         gripper_tolerance  m: width changes below this send no gripper command
         """
         super().__init__(config)
+        self.control = config.franky_control if control is None else control
+        if self.control not in FRANKY_CONTROLS:
+            raise ValueError(f"FrankyRobot: control={self.control!r}; choose one of {list(FRANKY_CONTROLS)}")
+        if self.control == "tracker" and config.action_space != "eef_delta":
+            raise ValueError(f"FrankyRobot: control='tracker' streams Cartesian poses; robot.action_space="
+                             f"{config.action_space!r} needs control='motion' (robot.franky_control=motion)")
+        self.tracker_stiffness = (float(tracker_stiffness[0]), float(tracker_stiffness[1]))
         self.camera_source = camera_source
         self.realtime = realtime
         self.link_timeout = link_timeout
@@ -124,6 +176,7 @@ class FrankyRobot(Robot):
         self._gripper_sent: float | None = None     # last target handed to the commander
         self._complete = False                      # a complete observation has been read
         self._arm_target: tuple[str, np.ndarray] | None = None  # the running motion's target, base frame
+        self._tracker: Any = None                   # the running CartesianImpedanceTrackingMotion, if any
 
     # --- lifecycle ------------------------------------------------------------------------------
     def _connect(self) -> None:
@@ -165,8 +218,12 @@ class FrankyRobot(Robot):
     def _disconnect(self) -> None:
         try:
             self._hold()
+            if self._robot is not None and self.control == "tracker" and not self._lost:
+                self._end_tracking()
         except RobotError as e:
             logger.warning("hold on disconnect failed: %s", e)
+        except Exception as e:
+            logger.warning("%s", self._error(e, "ending the tracking motion"))
         robot = self._robot
         if robot is not None and not self._lost:
             try:
@@ -185,6 +242,12 @@ class FrankyRobot(Robot):
     def recover(self) -> None:
         """Franka's automatic error recovery (after a reflex); raises RobotError if errors remain."""
         self._require_connected()
+        if self._tracker is not None and not self._robot.is_in_control:
+            self._tracker = self._arm_target = None  # ended by the error being recovered from: the next command
+            try:                                     # starts a new one, and does not raise the old error again
+                self._robot.join_motion(timeout=0.0)
+            except Exception as e:
+                logger.info("%s", self._error(e, "ending the tracking motion"))
         try:
             ok = self._robot.recover_from_errors()
         except Exception as e:
@@ -231,6 +294,16 @@ class FrankyRobot(Robot):
             pos, rot = self.to_base_frame(command.eef_pos, command.eef_rot)
             kind, target = "pose", np.concatenate([np.asarray(pos, dtype=np.float64).reshape(3),
                                                    Rotation.from_matrix(rot).as_rotvec()])
+        if self.control == "tracker":
+            if kind == "joint":
+                raise RobotError("franky: a joint-position command with control='tracker' (a Cartesian impedance "
+                                 "controller); use control='motion' (robot.franky_control=motion) for joint commands")
+            try:
+                self._track(target)
+            except Exception as e:
+                raise self._error(e, "tracking a target") from None
+            self._command_gripper(float(command.gripper_width))
+            return
         try:
             if not self._adds_nothing(kind, target):
                 if kind == "joint":
@@ -251,6 +324,39 @@ class FrankyRobot(Robot):
         except Exception as e:
             raise self._error(e, "starting a motion") from None
         self._command_gripper(float(command.gripper_width))
+
+    def _track(self, target: np.ndarray) -> None:
+        """control="tracker": move the running impedance controller's reference, or start one."""
+        franky, robot = self._franky, self._robot
+        affine = franky.Affine(target[:3], Rotation.from_rotvec(target[3:]).as_quat())  # x, y, z, w
+        reference = franky.CartesianReference(target=affine)
+        if self._tracker is not None and not robot.is_in_control:
+            # It ended without a hold: a reflex or another control error, which join_motion raises (once;
+            # the next command starts a new tracker, which fails too until the error is recovered).
+            self._tracker = self._arm_target = None
+            robot.join_motion(timeout=0.0)
+        if self._tracker is not None:
+            self._tracker.set_reference(reference)
+            self._arm_target = ("pose", target)
+            return
+        if self._adds_nothing("pose", target):
+            return
+        running = robot.current_control_signal_type
+        if running is not None and running != franky.ControlSignalType.Torques:
+            self._stop_motion(running)  # franky cannot switch control types mid-motion
+            robot.join_motion(timeout=2.0)
+        motion = self._tracking_motion()
+        motion.set_reference(reference)  # before it starts: its first cycle already tracks the target
+        self._arm_target = None
+        robot.move(motion, asynchronous=True)
+        self._tracker, self._arm_target = motion, ("pose", target)
+
+    def _tracking_motion(self):
+        translational, rotational = self.tracker_stiffness
+        clip_m, clip_rad = TRACKER_ERROR_CLIP
+        return self._franky.CartesianImpedanceTrackingMotion(
+            translational_stiffness=translational, rotational_stiffness=rotational,
+            translational_error_clip=np.full(3, clip_m), rotational_error_clip=np.full(3, clip_rad))
 
     def _adds_nothing(self, kind: str, target: np.ndarray) -> bool:
         """True for a target the arm already holds: the running motion's, or, with none running, the pose.
@@ -284,11 +390,48 @@ class FrankyRobot(Robot):
             return
         self._check_link()
         try:
+            if self.control == "tracker":
+                self._hold_tracker()
+                return
             running = self._robot.current_control_signal_type
             if running is not None:
                 self._stop_motion(running)
         except Exception as e:
             raise self._error(e, "stopping the arm") from None
+
+    def _hold_tracker(self) -> None:
+        """Hold in tracker mode: the running controller's reference to the measured pose.
+
+        The impedance stops the arm and pulls it back to where it was when the hold came (a fast arm
+        swings past it first; see the module docstring), and keeps it there; the next command just
+        moves the reference again. Ending torque control here instead (franky's TorqueStopMotion) ramps the controller's
+        last torque out over 0.2 s, which keeps pushing a fast arm on: in franky-sim it carried the arm
+        5-10 cm past the pose of the hold. The tracker ends on disconnect, once the arm is at rest.
+        """
+        robot = self._robot
+        if self._tracker is None:
+            return  # nothing tracks: the robot holds its pose by itself
+        if not robot.is_in_control:  # ended by a control error, which the next command raises
+            return
+        pose = np.asarray(robot.state.O_T_EE.matrix, dtype=np.float64)
+        rotation = Rotation.from_matrix(pose[:3, :3])
+        here = self._franky.Affine(pose[:3, 3], rotation.as_quat())  # x, y, z, w
+        self._tracker.set_reference(self._franky.CartesianReference(target=here))
+        self._arm_target = ("pose", np.concatenate([pose[:3, 3], rotation.as_rotvec()]))
+
+    def _end_tracking(self, settle: float = 1.0) -> None:
+        """End tracker mode's torque control: hold, wait (up to `settle` s) for the arm to come to rest, then
+        franky's TorqueStopMotion, which ramps the remaining torque into joint damping and finishes."""
+        robot, tracker = self._robot, self._tracker
+        if tracker is None or not robot.is_in_control:
+            self._tracker = None
+            return
+        self._hold_tracker()
+        deadline = time.monotonic() + settle
+        while time.monotonic() < deadline and np.abs(np.asarray(robot.state.dq)).max() > 0.02:
+            time.sleep(0.01)
+        self._tracker = self._arm_target = None
+        robot.move(self._franky.TorqueStopMotion(), asynchronous=True)
 
     # --- helpers --------------------------------------------------------------------------------
     def _stop_motion(self, signal) -> None:
@@ -296,7 +439,8 @@ class FrankyRobot(Robot):
         stops = {franky.ControlSignalType.CartesianPose: franky.CartesianStopMotion,
                  franky.ControlSignalType.JointPositions: franky.JointStopMotion,
                  franky.ControlSignalType.CartesianVelocities: franky.CartesianVelocityStopMotion,
-                 franky.ControlSignalType.JointVelocities: franky.JointVelocityStopMotion}
+                 franky.ControlSignalType.JointVelocities: franky.JointVelocityStopMotion,
+                 franky.ControlSignalType.Torques: franky.TorqueStopMotion}
         if signal in stops:
             self._robot.move(stops[signal](), asynchronous=True)
         else:
