@@ -106,10 +106,11 @@ def test_guidance_weight_is_capped_near_noise_and_data():
     assert guidance_weight(0.5, 1.0) == 1.0
 
 
-@pytest.mark.parametrize("name,method", [("dita", "inpaint"), ("dust", "inpaint"), ("dust", "guidance")])
+@pytest.mark.parametrize("name,method", [("dita", "inpaint"), ("dita", "guidance"), ("dust", "inpaint"),
+                                         ("dust", "guidance")])
 def test_policies_sample_toward_the_prefix(name, method):
-    """Untrained policies: the frozen actions move onto the plan. (RTC's guidance through an untrained
-    epsilon head saturates, see vla/heads/guidance.py; its plumbing is checked below.)"""
+    """Untrained policies: the frozen actions move onto the plan. (Dita's guidance differentiates the
+    clean estimate as DDIM clamps it; unclamped, it saturated: see vla/heads/guidance.py.)"""
     torch.manual_seed(0)
     cfg = tiny_config(name)
     policy = make_policy(cfg).eval()

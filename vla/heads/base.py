@@ -71,6 +71,10 @@ class NoiseProcess(ABC):
         """The model output that implies flow velocity ``velocity`` at ``(x_t, t)`` (inverse of
         :meth:`to_velocity`)."""
 
+    def clip_clean(self, x0: Tensor) -> Tensor:
+        """The clean estimate as this process's sampler uses it (DDIM with ``clip_sample`` clamps it)."""
+        return x0
+
 
 def sinusoidal_embedding(time: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Transformer sinusoidal embedding of ``time`` ``(B,)`` -> ``(B, dim)``."""

@@ -77,6 +77,9 @@ class DiffusionProcess(NoiseProcess):
         x0 = (x_t - (1 - a) ** 0.5 * model_out) / a ** 0.5
         return model_out - x0
 
+    def clip_clean(self, x0: Tensor) -> Tensor:
+        return x0.clamp(-1.0, 1.0) if self.cfg.clip_sample else x0  # diffusers' clip_sample_range: 1
+
     def from_velocity(self, x_t: Tensor, velocity: Tensor, t: float) -> Tensor:
         s, c = self.flow_time(t)
         return x_t / c + (1 - s) * velocity  # eps = x~ + (1 - s) u, where x~ = x_t / c = x0 + s u

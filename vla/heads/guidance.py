@@ -14,12 +14,18 @@ diffusion head is sampled through the same formulas: its state is a scaled flow 
 (:meth:`NoiseProcess.flow_time`), and the guided velocity goes back to an epsilon prediction.
 beta caps the weight near pure noise (RTC uses 5).
 
+The clean estimate is the one the sampler steps with: DDIM with ``clip_sample`` clamps it to the
+actions' range, so guidance differentiates the clamped estimate (:meth:`NoiseProcess.clip_clean`).
+Unclamped, an epsilon-prediction head's estimate at the first DDIM steps (alpha_bar ~ 1e-7) is its
+error times 1 / sqrt(alpha_bar), and so is its Jacobian: on a small trained Dita the guided chunk
+saturated (0% on `stack` at 200 ms). Clamped, the noisiest steps mostly fall outside the range and
+are left alone, as the sampler leaves them.
+
 ``inpaint`` takes the Jacobian as the identity instead: the clean estimate is pulled toward the
-plan directly, with no backward pass (the chunk costs what an unguided one does). It is
-numerically safe where guidance through an epsilon-prediction head is not (at the first DDIM
-steps, alpha_bar ~ 1e-7, the clean estimate amplifies the model's error by 1 / sqrt(alpha_bar);
-on a small trained Dita the guided chunk saturated), but it ignores what the model says: on
-`stack` at 200 ms it smoothed the commands and lost most successes (docs/deploy.md).
+plan directly, with no backward pass (the chunk costs what an unguided one does), but it ignores
+what the model says: on `stack` at 200 ms it smoothed the commands and lost most successes
+(docs/deploy.md). It is what LeRobot 0.6.1's RTC computes in effect: its velocity is evaluated
+before ``x_t`` requires grad, so its correction's Jacobian is the identity.
 """
 
 from __future__ import annotations
@@ -71,7 +77,11 @@ def guided_output(process: NoiseProcess, x_t: Tensor, t: float, model: Callable[
     with torch.enable_grad():
         x = x_t.detach().requires_grad_(True)
         u = process.to_velocity(x, model(x), t)
-        x0 = x / c - s * u
+        # the clean estimate the sampler steps with: DDIM clamps it to the actions' range, and so
+        # does its Jacobian (zero where it clamps). Unclamped, an epsilon head's estimate at the
+        # noisiest steps is model error times 1 / sqrt(alpha_bar) ~ 2,000, and its Jacobian saturated
+        # the guided chunks of a trained Dita (0% on stack at 200 ms, before this clamp).
+        x0 = process.clip_clean(x / c - s * u)
         error = (prefix.actions.to(x0.dtype) - x0) * prefix.weights.to(x0.dtype)[..., None]
         (grad,) = torch.autograd.grad(x0, x, error)
     # d/dx~ = c * d/dx_t, since x_t = c x~
