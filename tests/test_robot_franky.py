@@ -260,12 +260,17 @@ def test_the_gripper_closes_and_opens_without_blocking(host):
         assert max(durations) < 0.4, max(durations)
 
 
+def count_moves(backend: FrankyRobot) -> list[str]:
+    """The type of every motion the backend starts from now on (undone by `del backend._robot.move`)."""
+    moves, original = [], backend._robot.move
+    backend._robot.move = lambda motion, **kw: (moves.append(type(motion).__name__), original(motion, **kw))[1]
+    return moves
+
+
 def test_a_target_the_arm_already_holds_starts_no_motion(host):
     """Each motion restarts franky's planner, which can fail on a micrometre move (error -111)."""
     with FrankyRobot(make_config(host)) as robot:
-        moves = []
-        original = robot._robot.move
-        robot._robot.move = lambda motion, **kw: (moves.append(type(motion).__name__), original(motion, **kw))[1]
+        moves = count_moves(robot)
         try:
             stream(robot, [0, 0, 0, 0, 0, 0, 0], 5)  # at rest: "stay" is the pose it holds
             assert moves == []
@@ -367,13 +372,6 @@ def test_franky_errors_map_to_robot_errors(host, control):
 
 
 # --- control="tracker": one streaming Cartesian impedance controller ---------------------------------
-def count_moves(backend: FrankyRobot) -> list[str]:
-    """The type of every motion the backend starts from now on (undone by `del backend._robot.move`)."""
-    moves, original = [], backend._robot.move
-    backend._robot.move = lambda motion, **kw: (moves.append(type(motion).__name__), original(motion, **kw))[1]
-    return moves
-
-
 def test_tracker_streams_eef_deltas_through_one_controller(host):
     with SafeRobot(FrankyRobot(make_config(host, franky_control="tracker"))) as robot:
         backend = robot.robot

@@ -310,9 +310,9 @@ class FrankyRobot(Robot):
                     signal = franky.ControlSignalType.JointPositions
                     motion = franky.JointMotion(target, franky.ReferenceType.Absolute, return_when_finished=False)
                 else:
-                    affine = franky.Affine(target[:3], Rotation.from_rotvec(target[3:]).as_quat())  # x, y, z, w
                     signal = franky.ControlSignalType.CartesianPose
-                    motion = franky.CartesianMotion(affine, franky.ReferenceType.Absolute, return_when_finished=False)
+                    motion = franky.CartesianMotion(self._affine(target), franky.ReferenceType.Absolute,
+                                                    return_when_finished=False)
                 running = self._robot.current_control_signal_type
                 if running is not None and running != signal:
                     # franky cannot switch control types mid-motion: stop the running one first.
@@ -328,8 +328,7 @@ class FrankyRobot(Robot):
     def _track(self, target: np.ndarray) -> None:
         """control="tracker": move the running impedance controller's reference, or start one."""
         franky, robot = self._franky, self._robot
-        affine = franky.Affine(target[:3], Rotation.from_rotvec(target[3:]).as_quat())  # x, y, z, w
-        reference = franky.CartesianReference(target=affine)
+        reference = franky.CartesianReference(target=self._affine(target))
         if self._tracker is not None and not robot.is_in_control:
             # It ended without a hold: a reflex or another control error, which join_motion raises (once;
             # the next command starts a new tracker, which fails too until the error is recovered).
@@ -371,12 +370,18 @@ class FrankyRobot(Robot):
             return held is not None and held[0] == kind and self._within_tolerance(kind, target, held[1])
         self._arm_target = None  # stopped, by a stop motion or a reflex: the arm is where it is
         state = self._robot.state
-        if kind == "joint":
-            here = np.asarray(state.q, dtype=np.float64).reshape(7)
-        else:
-            pose = np.asarray(state.O_T_EE.matrix, dtype=np.float64)
-            here = np.concatenate([pose[:3, 3], Rotation.from_matrix(pose[:3, :3]).as_rotvec()])
+        here = np.asarray(state.q, dtype=np.float64).reshape(7) if kind == "joint" else self._pose_vector(state)
         return self._within_tolerance(kind, target, here)
+
+    def _affine(self, pose: np.ndarray):
+        """A (6,) base-frame pose vector (position, rotation vector) as a franky.Affine."""
+        return self._franky.Affine(pose[:3], Rotation.from_rotvec(pose[3:]).as_quat())  # x, y, z, w
+
+    @staticmethod
+    def _pose_vector(state) -> np.ndarray:
+        """The measured flange pose of a franky RobotState as a (6,) vector (position, rotation vector)."""
+        pose = np.asarray(state.O_T_EE.matrix, dtype=np.float64)
+        return np.concatenate([pose[:3, 3], Rotation.from_matrix(pose[:3, :3]).as_rotvec()])
 
     @staticmethod
     def _within_tolerance(kind: str, a: np.ndarray, b: np.ndarray) -> bool:
@@ -413,11 +418,9 @@ class FrankyRobot(Robot):
             return  # nothing tracks: the robot holds its pose by itself
         if not robot.is_in_control:  # ended by a control error, which the next command raises
             return
-        pose = np.asarray(robot.state.O_T_EE.matrix, dtype=np.float64)
-        rotation = Rotation.from_matrix(pose[:3, :3])
-        here = self._franky.Affine(pose[:3, 3], rotation.as_quat())  # x, y, z, w
-        self._tracker.set_reference(self._franky.CartesianReference(target=here))
-        self._arm_target = ("pose", np.concatenate([pose[:3, 3], rotation.as_rotvec()]))
+        here = self._pose_vector(robot.state)
+        self._tracker.set_reference(self._franky.CartesianReference(target=self._affine(here)))
+        self._arm_target = ("pose", here)
 
     def _end_tracking(self, settle: float = 1.0) -> None:
         """End tracker mode's torque control: hold, wait (up to `settle` s) for the arm to come to rest, then

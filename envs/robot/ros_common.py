@@ -59,7 +59,7 @@ class StreamStore:
         self._arrived = threading.Condition(self._lock)
         self._stamps: dict[str, float] = {}  # header stamp (s, the sender's clock) of each stream's latest message
 
-    def _count(self, stream: str, stamp: float | None) -> None:
+    def _arrived_at(self, stream: str, stamp: float | None) -> None:
         """Under the lock: a message on ``stream`` stamped ``stamp``; wakes `wait_for_stamps`."""
         self._stamps[stream] = -math.inf if stamp is None else stamp
         self.messages += 1
@@ -86,19 +86,19 @@ class StreamStore:
             else:  # the gripper publishes its own JointState: keep its last reading
                 fingers = self._joints[2] if self._joints else np.zeros(2)
             self._joints = (time.monotonic(), q, fingers)
-            self._count("joints", stamp)
+            self._arrived_at("joints", stamp)
 
     def put_pose(self, position, quat_xyzw, stamp: float | None = None) -> None:
         pos, rot = pose_to_matrix(position, quat_xyzw)
         with self._lock:
             self._pose = (time.monotonic(), pos, rot)
-            self._count("pose", stamp)
+            self._arrived_at("pose", stamp)
 
     def put_image(self, camera: str, image: np.ndarray, stamp: float | None = None) -> None:
         image = square_image(image, self.config.image_size)
         with self._lock:
             self._images[camera] = (time.monotonic(), image)
-            self._count(camera, stamp)
+            self._arrived_at(camera, stamp)
 
     def snapshot(self, to_policy_frame) -> RobotState:
         """The latest complete state; NotYet names the streams that have not arrived."""

@@ -26,9 +26,8 @@ so a deploy run through DDS or rosbridge is the same rollout as `robot=sim`. Thr
 only on the twin, for test harnesses and benchmarks: ``/twin/reset`` (std_msgs/Int64: a new
 episode with that seed), ``/twin/episode`` (std_msgs/Int64: how many episodes have started)
 and ``/twin/success`` (std_msgs/Bool: the task's success predicate so far this episode), every
-period. For fault
-injection, `muted` names streams to stop publishing (a camera or encoder dropping out), and
-`commands` logs every command received with the measured pose at that moment.
+period. For fault injection, `muted` names streams to stop publishing (a camera or encoder
+dropping out), and `commands` logs every command received with the measured pose at that moment.
 """
 
 from __future__ import annotations
