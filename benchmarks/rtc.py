@@ -11,7 +11,10 @@ cameras in ~70 ms of each 50 ms period). Every setting runs the same episode see
 
 Modes: ``skip`` (today's default: actions the chunk arrives too late for are skipped),
 ``rtc-inpaint`` and ``rtc-guidance`` (`deploy.rtc=true` with each `deploy.rtc_method`), and each
-with ``-hard`` (`deploy.rtc_mask=hard`: only the frozen actions are pulled onto the plan).
+with ``-hard`` (`deploy.rtc_mask=hard`: only the frozen actions are pulled onto the plan), and
+``rtc-condition`` (training-time RTC: a checkpoint trained with ``policy.rtc_train_max_delay`` takes
+the frozen actions as input). ``--label`` keeps one checkpoint's rows apart from another's on the
+same task (default: the task).
 Reported per setting: success with a Wilson 95% interval, the smoothness of the commands at
 chunk boundaries and within chunks (mean |a_t - 2 a_(t-1) + a_(t-2)|, gripper excluded) and
 inference time. Results are kept per (task, delay, mode) in ``benchmarks/rtc.json`` (a killed
@@ -33,7 +36,9 @@ MODES = {"skip": [], "rtc-inpaint": ["deploy.rtc=true", "deploy.rtc_method=inpai
          "rtc-guidance": ["deploy.rtc=true", "deploy.rtc_method=guidance"],
          # the paper's hard-masking ablation: only the frozen (delayed) actions are pulled onto the plan
          "rtc-inpaint-hard": ["deploy.rtc=true", "deploy.rtc_method=inpaint", "deploy.rtc_mask=hard"],
-         "rtc-guidance-hard": ["deploy.rtc=true", "deploy.rtc_method=guidance", "deploy.rtc_mask=hard"]}
+         "rtc-guidance-hard": ["deploy.rtc=true", "deploy.rtc_method=guidance", "deploy.rtc_mask=hard"],
+         # training-time RTC: a policy trained with policy.rtc_train_max_delay continues the frozen actions
+         "rtc-condition": ["deploy.rtc=true", "deploy.rtc_method=condition"]}
 MAX_STEPS = {"lift": 150, "stack": 250, "place": 250}  # the tasks' own episode lengths
 
 
@@ -56,18 +61,19 @@ def run_deploy(args, overrides: list[str], out: Path) -> tuple[dict, str]:
 
 def run_setting(args, delay: float, mode: str, out: Path) -> dict:
     s, command = run_deploy(args, [f"deploy.inject_delay_ms={delay:g}", *MODES[mode]], out)
-    return {"task": args.task, "delay_ms": delay, "mode": mode, "checkpoint": str(args.checkpoint),
+    return {"task": args.task, "label": args.label, "delay_ms": delay, "mode": mode, "checkpoint": str(args.checkpoint),
             "episodes": s["episodes"], "successes": s["successes"], "boundary_jerk": s["boundary_jerk"],
             "within_chunk_jerk": s["within_chunk_jerk"], "inference_ms_p50": s["inference_ms"]["p50"],
             "stale_actions_skipped": s["stale_actions_skipped"], "held_steps": s["held_steps"],
             "seeds": s["protocol"]["seeds"], "command": command}
 
 
-def table(results: dict, task: str) -> str:
+def table(results: dict, label: str) -> str:
     from vla.report import wilson_interval
 
     rows = []
-    for r in sorted((r for r in results.values() if r["task"] == task), key=lambda r: (r["delay_ms"], r["mode"])):
+    mine = (r for r in results.values() if r.get("label", r["task"]) == label)
+    for r in sorted(mine, key=lambda r: (r["delay_ms"], r["mode"])):
         lo, hi = wilson_interval(r["successes"], r["episodes"])
         ratio = r["boundary_jerk"] / r["within_chunk_jerk"] if r["boundary_jerk"] and r["within_chunk_jerk"] else None
         rows.append([f"{r['delay_ms']:g} ms", r["mode"], f"{r['successes']}/{r['episodes']} = "
@@ -97,24 +103,27 @@ def main(argv: list[str] | None = None) -> None:
     ap = deploy_arguments(__doc__, "rtc")
     ap.add_argument("--delays", type=float, nargs="+", default=[0, 100, 200, 300], help="injected ms")
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    ap.add_argument("--label", default=None, help="names this checkpoint's rows and section (default: the task)")
     args = ap.parse_args(argv)
+    args.label = args.label or args.task
     results = json.loads(args.results.read_text()) if args.results.exists() else {}
     for delay in args.delays:
         for mode in args.modes:
-            key = f"{args.task}|{delay:g}|{mode}"
+            key = f"{args.label}|{delay:g}|{mode}"
             if key in results and results[key]["checkpoint"] == str(args.checkpoint):
                 continue
-            out = args.out / args.task / f"{delay:g}ms-{mode}"
+            out = args.out / args.label / f"{delay:g}ms-{mode}"
             out.parent.mkdir(parents=True, exist_ok=True)
             results[key] = run_setting(args, delay, mode, out)
             args.results.write_text(json.dumps(results, indent=1) + "\n")  # after every setting: resumable
-            print(table(results, args.task), flush=True)
-    body = (f"## Real-time chunking under injected delays: {args.task}\n\n"
+            print(table(results, args.label), flush=True)
+    body = (f"## Real-time chunking under injected delays: {args.label}\n\n"
             f"Checkpoint `{args.checkpoint}`; lockstep sim, synchronous inference with `deploy.inject_delay_ms` "
             f"(a chunk takes effect delay / 50 ms steps after its observation), {args.episodes} episodes per row on "
-            f"the same seeds; `python -m benchmarks.rtc --checkpoint {args.checkpoint} --task {args.task}`.\n\n"
-            f"{table(results, args.task)}\n\n{machine()}, {args.threads} thread(s) per run.")
-    write_section(f"rtc-{args.task}", body, args.markdown)
+            f"the same seeds; `python -m benchmarks.rtc --checkpoint {args.checkpoint} --task {args.task}"
+            f"{'' if args.label == args.task else ' --label ' + args.label}`.\n\n"
+            f"{table(results, args.label)}\n\n{machine()}, {args.threads} thread(s) per run.")
+    write_section(f"rtc-{args.label}", body, args.markdown)
 
 
 if __name__ == "__main__":

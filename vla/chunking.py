@@ -26,10 +26,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# How a chunk is made to agree with the plan (vla/heads/guidance.py): RTC's guidance, a
-# vector-Jacobian product through the model at every denoising step, or inpainting of the clean
-# estimate (the Jacobian taken as the identity: no backward pass, no extra time).
-METHODS = ("guidance", "inpaint")
+# How a chunk is made to agree with the plan: RTC's guidance, a vector-Jacobian product through
+# the model at every denoising step, or inpainting of the clean estimate (the Jacobian taken as
+# the identity: no backward pass, no extra time) (both vla/heads/guidance.py); or, for a policy
+# trained with committed actions (policy.rtc_train_max_delay, vla/heads/committed.py), the frozen
+# actions as its input ("condition": training-time RTC, no extra time either).
+METHODS = ("guidance", "inpaint", "condition")
 # Which planned actions the next chunk is pulled towards: the paper's soft mask (the frozen ones,
 # then a decay over the rest of the overlap), or only the frozen ones (its "hard masking" ablation;
 # the chunk's later actions then follow the new observation alone).

@@ -175,6 +175,7 @@ class DeployConfig:
     # is computed, instead of only skipping the actions it arrives too late for. Dita and DUST.
     rtc: bool = False
     rtc_method: str = "guidance"          # guidance (RTC's, a backward pass per denoising step) | inpaint (none)
+                                          # | condition (a policy trained with policy.rtc_train_max_delay)
     rtc_max_guidance: float = 5.0         # RTC's beta: the cap on the guidance weight
     rtc_mask: str = "soft"                # soft (frozen actions, then a decay over the overlap) | hard (frozen only)
     # Added inference delay, to rehearse a slower policy: asynchronous inference waits this long

@@ -206,6 +206,10 @@ class Deployer:
         self.step_period = self.period * self.time_scale
         # synchronous inference with deploy.inject_delay_ms: a chunk takes effect this many policy steps late
         self.delay_steps = math.ceil(config.inject_delay_ms / 1000.0 / self.step_period - 1e-9)
+        trained = getattr(runtime, "committed_max_delay", 0)
+        if config.rtc and config.rtc_method == "condition" and self.delay_steps > trained:
+            logger.warning("deploy.rtc_method=condition: the delay is %d steps, the policy was trained to continue "
+                           "at most %d committed actions; it plans the rest itself", self.delay_steps, trained)
 
     def run_episode(self) -> EpisodeResult:
         """Tick every period until max_steps, success (if it stops the run), a fault or Ctrl-C;
@@ -528,6 +532,11 @@ def deploy(run, *, progress: bool = True) -> dict:
             runtime.close()
         raise ConfigError(f"deploy.rtc: the {runtime.describe()['policy']} policy samples no noise process to guide "
                           "(real-time chunking needs Dita or DUST)")
+    if cfg.rtc and cfg.rtc_method == "condition" and not runtime.committed_max_delay:
+        if cfg.server:
+            runtime.close()
+        raise ConfigError("deploy.rtc_method=condition: the policy was not trained with committed actions; train it "
+                          "with policy.rtc_train_max_delay=<steps> or use rtc_method=guidance / inpaint")
     out = Path(cfg.output_dir or Path(run.output_dir) / "deploy")
     recorder = None
     try:

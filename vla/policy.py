@@ -64,12 +64,18 @@ class Policy(nn.Module, ABC):
     # Whether sample_actions honours an Observation's ``action_prefix`` (real-time chunking's
     # guided denoising, vla/heads/guidance.py): policies whose actions come from a noise process.
     supports_guidance: bool = False
+    # Whether the policy can be trained with committed actions as input (``rtc_train_max_delay``,
+    # training-time real-time chunking, vla/heads/committed.py) and then continues them.
+    supports_committed_actions: bool = False
 
     def __init__(self, config: PolicyConfig, width: int):
         super().__init__()
         config.validate()
         if config.state_dim <= 0 or config.action_dim <= 0:
             raise ValueError("state_dim and action_dim must be set (they come from the dataset)")
+        if config.rtc_train_max_delay > 0 and not self.supports_committed_actions:
+            raise ValueError(f"policy.rtc_train_max_delay: the {config.name} policy cannot take committed actions "
+                             "as input (training-time real-time chunking is implemented for Dita)")
         self.config = config
         self.backbone: Backbone = make_backbone(
             config.backbone, width=width, n_obs_steps=config.n_obs_steps, state_dim=config.state_dim,

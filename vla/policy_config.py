@@ -41,6 +41,12 @@ class PolicyConfig:
     # reads the feature, so it still deploys where nothing measures object poses. 0 = off.
     env_state_weight: float = 0.0
     env_state_dim: int = 0       # D_e; 0 = read from the dataset at training time
+    # Training-time real-time chunking (vla/heads/committed.py): each sample's first d actions, d
+    # uniform in [0, rtc_train_max_delay], go in clean as committed and carry no loss, so the
+    # policy learns to continue a plan the arm is executing while it computes. Deploy with
+    # deploy.rtc=true deploy.rtc_method=condition. Set it to the worst inference delay in control
+    # steps (200 ms at 20 Hz = 4). 0 = off; policies with supports_committed_actions only.
+    rtc_train_max_delay: int = 0
 
     def validate(self) -> None:
         if not 1 <= self.n_action_steps <= self.horizon:
@@ -49,6 +55,8 @@ class PolicyConfig:
             raise ValueError(f"n_obs_steps must be >= 1, got {self.n_obs_steps}")
         if self.env_state_weight < 0:
             raise ValueError(f"env_state_weight must be >= 0, got {self.env_state_weight}")
+        if not 0 <= self.rtc_train_max_delay < self.horizon:
+            raise ValueError(f"rtc_train_max_delay={self.rtc_train_max_delay} must be in [0, horizon={self.horizon})")
 
     def image_keys(self) -> list[str]:
         return [image_key(c) for c in self.backbone.cameras]

@@ -165,6 +165,11 @@ class RemotePolicy:
         """Whether the served policy can be given a chunk prefix (real-time chunking)."""
         return bool(self.metadata.get("follows_prefix", False))
 
+    @property
+    def committed_max_delay(self) -> int:
+        """The served policy's (vla.runtime.RuntimePolicy.committed_max_delay); 0 from an older server."""
+        return int(self.metadata.get("committed_max_delay", 0))
+
     def predict_chunk(self, history: list[dict], step: int, prefix: ChunkPrefix | None = None) -> np.ndarray:
         """Unbatched raw observations, oldest first -> (horizon, action_dim) actions; with a
         ``prefix``, sampled to agree with the plan being executed (vla/chunking.py)."""

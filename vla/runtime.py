@@ -84,6 +84,11 @@ class RuntimePolicy:
         """Whether chunks can be sampled to agree with a plan (real-time chunking, vla/chunking.py)."""
         return self.policy.supports_guidance
 
+    @property
+    def committed_max_delay(self) -> int:
+        """How many committed actions the policy was trained to continue (``rtc_method=condition``); 0: none."""
+        return self.policy.config.rtc_train_max_delay if self.policy.supports_committed_actions else 0
+
     def describe(self) -> dict:
         """What a report says about the policy: its name and how it samples."""
         return {"policy": self.policy.config.name, **self.policy.sampling_protocol()}
@@ -255,6 +260,9 @@ class RuntimePolicy:
         if not self.policy.supports_guidance:
             raise ValueError(f"policy {self.policy.config.name!r} cannot follow a chunk prefix (real-time chunking "
                              "needs a diffusion or flow action head)")
+        if prefix.method == "condition" and not self.committed_max_delay:
+            raise ValueError(f"chunk prefix method 'condition': policy {self.policy.config.name!r} was not trained "
+                             "with committed actions (policy.rtc_train_max_delay)")
         if prefix.actions.shape[1] != self.action_dim:
             raise ValueError(f"chunk prefix: {prefix.actions.shape[1]} action values, the policy has {self.action_dim}")
         actions, weights = prefix.padded(self.horizon)

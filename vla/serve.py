@@ -137,6 +137,7 @@ def metadata_of(runtime, checkpoint: str, weights_sha256: str) -> dict:
         "embodiment": None if runtime.embodiment is None else policy.config.embodiments[runtime.embodiment],
         "trained_on": policy.trained_on, "sampling": policy.sampling_protocol(), "device": str(runtime.device),
         "follows_prefix": runtime.follows_prefix,
+        "committed_max_delay": runtime.committed_max_delay,
     }
 
 

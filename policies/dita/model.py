@@ -9,6 +9,10 @@ The timestep token is the raw sinusoidal embedding of the DDPM step, as in the p
 noisy actions enter through a linear projection; a linear head reads epsilon off the action
 positions. Causal attention means the prefix never sees the actions, which makes a prefix
 KV cache exact: the prefix runs once per chunk, only the H + 1 suffix tokens per step.
+
+With ``rtc_train_max_delay`` (training-time real-time chunking, vla/heads/committed.py) the first
+d action tokens may be committed: clean actions plus a learned "committed" embedding, no loss.
+The single timestep token cannot say that some actions are clean, so the embedding does.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from torch import Tensor, nn
 from policies.dita.config import DitaConfig
 from vla.features import ACTION_DIM_PAD, ACTION_PREFIX
 from vla.heads import make_noise_process, sinusoidal_embedding
+from vla.heads.committed import committed_from_weights, put_committed, sample_committed
 from vla.heads.guidance import ActionPrefix, guided_output
 from vla.layers import DecoderBlock, GrowingKVCache, RMSNorm, Rotary, StaticKVCache, causal_mask, default_ffn_dim
 from vla.policy import Policy, action_dims_kept, mask_dims, masked_mse
@@ -29,6 +34,7 @@ from vla.policy import Policy, action_dims_kept, mask_dims, masked_mse
 class DitaPolicy(Policy):
     config_class = DitaConfig
     supports_guidance = True
+    supports_committed_actions = True
 
     def __init__(self, config: DitaConfig):
         super().__init__(config, width=config.width)
@@ -42,12 +48,17 @@ class DitaPolicy(Policy):
         self.n_prefix = self.backbone.num_tokens(config.n_obs_steps)
         self.rotary = Rotary(config.width // config.heads, self.n_prefix + 1 + config.horizon)
         self.process = make_noise_process(config.noise)
+        # only when trained for it, so checkpoints without it keep loading
+        self.committed_embed = nn.Parameter(torch.zeros(config.width)) if config.rtc_train_max_delay > 0 else None
 
     # --- the denoiser ------------------------------------------------------------------
-    def _suffix(self, noisy_actions: Tensor, t: Tensor) -> Tensor:
-        """Timestep token + action tokens: (B, 1 + H, D)."""
+    def _suffix(self, noisy_actions: Tensor, t: Tensor, committed: Tensor | None = None) -> Tensor:
+        """Timestep token + action tokens: (B, 1 + H, D); ``committed`` (B, H) flags clean actions."""
         time = sinusoidal_embedding(self.process.model_time(t), self.config.width)  # t is on-device
-        return torch.cat([time[:, None].to(noisy_actions.dtype), self.action_in(noisy_actions)], dim=1)
+        actions = self.action_in(noisy_actions)
+        if committed is not None:
+            actions = actions + committed[..., None].to(actions.dtype) * self.committed_embed
+        return torch.cat([time[:, None].to(noisy_actions.dtype), actions], dim=1)
 
     def _run(self, x: Tensor, mask: Tensor, start: int, cache=None) -> Tensor:
         for i, block in enumerate(self.blocks):
@@ -55,9 +66,9 @@ class DitaPolicy(Policy):
         return x
 
     def denoise(self, prefix_tokens: Tensor, full_mask: Tensor, noisy_actions: Tensor, t: Tensor,
-                keep: Tensor | None = None) -> Tensor:
+                keep: Tensor | None = None, committed: Tensor | None = None) -> Tensor:
         """Uncached: the whole sequence at once. Returns predicted epsilon (B, H, D_a)."""
-        x = torch.cat([prefix_tokens, self._suffix(noisy_actions, t)], dim=1)
+        x = torch.cat([prefix_tokens, self._suffix(noisy_actions, t, committed)], dim=1)
         x = self._run(x, full_mask, 0, None)
         return mask_dims(self.action_out(self.norm(x[:, -self.config.horizon:])), keep)
 
@@ -79,14 +90,20 @@ class DitaPolicy(Policy):
         noise = torch.randn_like(actions) if keep is None else torch.randn_like(actions) * keep
         t = self.process.sample_time(actions.shape[0], actions.device)
         noisy = self.process.add_noise(actions, noise, t)
+        committed = None
+        if self.committed_embed is not None:  # a simulated inference delay: these go in clean, no loss
+            committed = sample_committed(actions.shape[0], self.config.horizon, self.config.rtc_train_max_delay,
+                                         actions.device)
+            noisy = put_committed(noisy, actions, committed)
+            is_pad = committed if is_pad is None else is_pad | committed
         mask = self._full_mask(prefix.mask)
         if k == 1:
-            pred = self.denoise(prefix.tokens, mask, noisy, t, keep)
+            pred = self.denoise(prefix.tokens, mask, noisy, t, keep, committed)
         else:
             cache = GrowingKVCache()  # differentiable: gradients reach the prefix through its keys / values
             self._run(prefix.tokens, mask[:, :, :n_p, :n_p], 0, cache)
             cache = cache.repeat_interleave(k)
-            h = self._run(self._suffix(noisy, t), mask[:, :, n_p:].repeat_interleave(k, dim=0), n_p, cache)
+            h = self._run(self._suffix(noisy, t, committed), mask[:, :, n_p:].repeat_interleave(k, dim=0), n_p, cache)
             pred = mask_dims(self.action_out(self.norm(h[:, 1:])), keep)
         dim_pad = batch.get(ACTION_DIM_PAD)  # a mixture's embodiments with fewer action dimensions
         dim_pad = dim_pad.repeat_interleave(k, dim=0) if dim_pad is not None else None
@@ -117,8 +134,11 @@ class DitaPolicy(Policy):
         keep = action_dims_kept(obs)
         x = mask_dims(x, keep)
         mask = self._full_mask(prefix.mask)
-        if obs.get(ACTION_PREFIX) is not None:  # real-time chunking: agree with the plan being executed
-            return self._sample_guided(prefix.tokens, mask, x, keep, obs[ACTION_PREFIX])
+        guide = obs.get(ACTION_PREFIX)
+        if guide is not None and guide.method == "condition":  # training-time RTC: continue the committed actions
+            return self._sample_cached(prefix.tokens, mask, x, keep, self._committed(guide))
+        if guide is not None:  # real-time chunking: agree with the plan being executed
+            return self._sample_guided(prefix.tokens, mask, x, keep, guide)
         use_cache = self.config.use_prefix_cache if use_cache is None else use_cache
         sample = self._sample_cached if use_cache else self._sample_uncached
         return sample(prefix.tokens, mask, x, keep)
@@ -157,16 +177,27 @@ class DitaPolicy(Policy):
 
         return sample
 
-    def _sample_cached(self, prefix_tokens: Tensor, mask: Tensor, x: Tensor, keep: Tensor | None = None) -> Tensor:
+    def _committed(self, guide: ActionPrefix) -> tuple[Tensor, Tensor]:
+        """The plan's frozen actions (B, H, D_a) and which positions they fill (B, H) bool."""
+        if self.committed_embed is None:
+            raise ValueError("rtc_method=condition: this Dita was not trained with committed actions "
+                             "(train with policy.rtc_train_max_delay=<steps>)")
+        return guide.actions, committed_from_weights(guide.weights, self.config.rtc_train_max_delay)
+
+    def _sample_cached(self, prefix_tokens: Tensor, mask: Tensor, x: Tensor, keep: Tensor | None = None,
+                       committed: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """``committed`` = (actions, positions): those go in clean at every step, as in training."""
         n_p = self.n_prefix
         cache = self._prefill(prefix_tokens, mask[:, :, :n_p, :n_p])
         suffix_mask = mask[:, :, n_p:, :]  # (B, 1, 1 + H, L): suffix rows over every key
+        plan, flags = committed if committed is not None else (None, None)
         times = self.process.sampling_times()
         for t, t_next in zip(times[:-1], times[1:]):
             tt = torch.full((x.shape[0],), t, device=x.device)
-            h = self._run(self._suffix(x, tt), suffix_mask, n_p, cache)  # writes [N_p, L) in place
+            x = put_committed(x, plan, flags)
+            h = self._run(self._suffix(x, tt, flags), suffix_mask, n_p, cache)  # writes [N_p, L) in place
             x = self.process.step(x, mask_dims(self.action_out(self.norm(h[:, 1:])), keep), t, t_next)
-        return x
+        return put_committed(x, plan, flags)
 
     def _sample_guided(self, prefix_tokens: Tensor, mask: Tensor, x: Tensor, keep: Tensor | None,
                        guide: ActionPrefix) -> Tensor:

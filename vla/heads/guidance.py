@@ -43,8 +43,9 @@ from vla.chunking import METHODS
 @dataclass
 class ActionPrefix:
     """What a chunk is guided toward: ``actions`` (B, H, D_a) normalized, ``weights`` (B, H) in [0, 1];
-    ``method``: ``guidance`` (RTC's, a vector-Jacobian product through the model per step) or
-    ``inpaint`` (the Jacobian taken as the identity: no backward pass)."""
+    ``method``: ``guidance`` (RTC's, a vector-Jacobian product through the model per step),
+    ``inpaint`` (the Jacobian taken as the identity: no backward pass), or ``condition`` (the
+    frozen actions, weight 1, go in as committed actions: a policy trained for it, vla/heads/committed.py)."""
 
     actions: Tensor
     weights: Tensor
