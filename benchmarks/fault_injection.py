@@ -70,8 +70,8 @@ class FaultyRuntime:
     def follows_prefix(self) -> bool:
         return self.runtime.follows_prefix
 
-    def predict_chunk(self, history: list[dict], step: int, prefix=None) -> np.ndarray:
-        chunk = self.runtime.predict_chunk(history, step, prefix)
+    def predict_chunk(self, history: list[dict], step: int, prefix=None, seed=None) -> np.ndarray:
+        chunk = self.runtime.predict_chunk(history, step, prefix, seed)
         if self.scenario not in LIMIT_FAULTS:
             chunk[:, :3] *= CALM
         k, self.chunks = self.chunks, self.chunks + 1

@@ -30,7 +30,7 @@ class _Zeros:
     def __init__(self, horizon: int, action_dim: int):
         self.shape = (horizon, action_dim)
 
-    def predict_chunk(self, history, step, prefix=None):
+    def predict_chunk(self, history, step, prefix=None, seed=None):
         return np.zeros(self.shape, np.float32)
 
 

@@ -79,6 +79,24 @@ def trained_run(tmp_path_factory, lift_dataset):
     return out
 
 
+LEROBOT_FEATURES = ["observation.images.agentview", "observation.images.wrist", "observation.state"]
+TINY_ACT = ["pretrained_backbone_weights=None", "dim_model=32", "n_heads=2", "dim_feedforward=64",
+            "n_encoder_layers=1", "n_decoder_layers=1", "n_vae_encoder_layers=1", "latent_dim=8", "chunk_size=8",
+            "n_action_steps=4"]
+
+
+@pytest.fixture(scope="session")
+def act_run(lift_dataset, tmp_path_factory):
+    """A LeRobot ACT trained 2 steps by benchmarks.lerobot_train on the tiny lift dataset."""
+    from benchmarks.lerobot_train import main as lerobot_train
+
+    out = tmp_path_factory.mktemp("lerobot") / "act"
+    lerobot_train(["--policy", "act", "--dataset-root", str(lift_dataset), "--repo-id", "local/lift",
+                   "--output-dir", str(out), "--features", *LEROBOT_FEATURES, "--steps", "2", "--batch-size", "4",
+                   "--log-every", "1", "--set", *TINY_ACT])
+    return out
+
+
 @pytest.fixture(scope="session")
 def ros_domain():
     """A DDS domain of its own for this test session, so ROS tests never hear another run's nodes."""

@@ -138,7 +138,7 @@ def runnable(argv: list[str], checkpoints: dict[str, str]) -> list[str]:
 def lerobot_checkpoint(lift_dataset, tmp_path_factory):
     """A LeRobot ACT trained 2 steps (what `eval.checkpoint=<a LeRobot pretrained_model/ ...>` needs)."""
     from benchmarks.lerobot_train import main as lerobot_train
-    from tests.test_lerobot_policy import FEATURES, TINY_ACT
+    from tests.conftest import LEROBOT_FEATURES as FEATURES, TINY_ACT
 
     out = tmp_path_factory.mktemp("docs-lerobot") / "act"
     lerobot_train(["--policy", "act", "--dataset-root", str(lift_dataset), "--repo-id", "local/lift", "--output-dir",

@@ -200,9 +200,9 @@ class Recorder:
         self.calls, self.chunks, self._inner = [], [], runtime.predict_chunk
         runtime.predict_chunk = self
 
-    def __call__(self, history, step, prefix=None):
+    def __call__(self, history, step, prefix=None, seed=None):
         self.calls.append((step, prefix))
-        self.chunks.append(self._inner(history, step, prefix))
+        self.chunks.append(self._inner(history, step, prefix, seed))
         return self.chunks[-1]
 
 

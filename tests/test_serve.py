@@ -84,6 +84,10 @@ def test_a_served_chunk_is_the_in_process_chunk(served):
         assert not np.allclose(chunk, local, atol=1e-3)
         with pytest.raises(PolicyServerError, match="bad request: chunk prefix: 3 action values"):
             remote.predict_chunk([observation()], step=0, prefix=ChunkPrefix(np.zeros((6, 3)), delay=2))
+        # the episode's seed travels too: the served chunk is the in-process one, with no global seeding
+        seeded = remote.predict_chunk([observation()], step=3, seed=5)
+        np.testing.assert_allclose(seeded, server.runtime.predict_chunk([observation()], 3, None, 5), atol=1e-6)
+        assert not np.allclose(seeded, remote.predict_chunk([observation()], step=3, seed=6), atol=1e-3)
 
 
 def test_a_slow_or_malformed_or_lost_server_is_one_line(served, monkeypatch):

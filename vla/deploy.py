@@ -124,7 +124,7 @@ class InferenceWorker:
 
     def __init__(self, runtime, inject_delay: float = 0.0):
         self.runtime, self.inject_delay = runtime, inject_delay
-        self._request: tuple[list[dict], int, object] | None = None
+        self._request: tuple[list[dict], int, object, int | None] | None = None
         self._result: tuple[int, np.ndarray, float] | None = None
         self._error: BaseException | None = None
         self._cv = threading.Condition()
@@ -133,9 +133,9 @@ class InferenceWorker:
         self._thread = threading.Thread(target=self._run, name="vla-inference", daemon=True)
         self._thread.start()
 
-    def submit(self, history: list[dict], step: int, prefix=None) -> None:
+    def submit(self, history: list[dict], step: int, prefix=None, seed: int | None = None) -> None:
         with self._cv:
-            self._request, self.busy = (history, step, prefix), True
+            self._request, self.busy = (history, step, prefix, seed), True
             self._cv.notify()
 
     def poll(self) -> tuple[int, np.ndarray, float] | None:
@@ -159,10 +159,10 @@ class InferenceWorker:
                     self._cv.wait()
                 if self._closed:
                     return
-                (history, step, prefix), self._request = self._request, None
+                (history, step, prefix, seed), self._request = self._request, None
             start = time.perf_counter()
             try:
-                chunk = self.runtime.predict_chunk(history, step, prefix)
+                chunk = self.runtime.predict_chunk(history, step, prefix, seed)
                 if self.inject_delay > 0:  # deploy.inject_delay_ms: rehearse a slower policy
                     time.sleep(self.inject_delay)
             except BaseException as e:  # surfaced on the control thread by poll()
@@ -192,6 +192,7 @@ class _EpisodeLoop:
     step_start: np.ndarray | None = None  # joint positions when the policy step began (joint targets interpolate)
     recent_sent: deque = field(default_factory=lambda: deque(maxlen=3))  # the last sent commands (None: held)
     last_source: int | None = None       # the observation step of the chunk the last command came from
+    seed: int | None = None              # the episode's seed: the policy's noise comes from it (vla/seeding.py)
 
 
 class Deployer:
@@ -211,10 +212,12 @@ class Deployer:
             logger.warning("deploy.rtc_method=condition: the delay is %d steps, the policy was trained to continue "
                            "at most %d committed actions; it plans the rest itself", self.delay_steps, trained)
 
-    def run_episode(self) -> EpisodeResult:
+    def run_episode(self, seed: int | None = None) -> EpisodeResult:
         """Tick every period until max_steps, success (if it stops the run), a fault or Ctrl-C;
-        whatever ends it, the arm is left holding and the steps so far are saved."""
+        whatever ends it, the arm is left holding and the steps so far are saved. ``seed``: the
+        episode's, from which the policy's noise is drawn (None: the global RNG)."""
         loop = self._start_episode()
+        loop.seed = seed
         try:
             while loop.step < self.config.max_steps:
                 if self._tick(loop):
@@ -273,7 +276,7 @@ class Deployer:
             loop.latency_ema = latency if result.chunks == 1 else 0.8 * loop.latency_ema + 0.2 * latency
         lead = math.ceil(loop.latency_ema / self.step_period)
         if not worker.busy and loop.schedule.needs_chunk(loop.step, lead):
-            worker.submit(list(loop.history), loop.step, self._prefix(loop, lead))
+            worker.submit(list(loop.history), loop.step, self._prefix(loop, lead), loop.seed)
 
     def _infer_now(self, loop: _EpisodeLoop) -> None:
         """Synchronous inference: the loop waits for the chunk (on the lockstep sim, `vla eval`'s rollout).
@@ -286,7 +289,8 @@ class Deployer:
         if loop.pending is not None or not loop.schedule.needs_chunk(loop.step, self.delay_steps):
             return
         t0 = time.perf_counter()
-        chunk = self.runtime.predict_chunk(list(loop.history), loop.step, self._prefix(loop, self.delay_steps))
+        chunk = self.runtime.predict_chunk(list(loop.history), loop.step, self._prefix(loop, self.delay_steps),
+                                           loop.seed)
         loop.result.chunks += 1
         loop.result.latencies.append(time.perf_counter() - t0)
         if self.delay_steps == 0:
@@ -672,7 +676,7 @@ def _run_episodes(deployer: Deployer, progress: bool) -> list[EpisodeResult]:
         if not resettable and k > 0:
             input(f"episode {k + 1}/{cfg.episodes}: reset the scene, then press Enter ")
         robot.rearm()  # a fault in a simulated cell ended only its episode (see below)
-        result = deployer.run_episode()
+        result = deployer.run_episode(cfg.seed + k)
         results.append(result)
         if progress:
             print(f"episode {k + 1}/{cfg.episodes}: {result.stopped} after {result.steps} steps"

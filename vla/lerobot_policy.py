@@ -30,6 +30,7 @@ import torch
 from vla.checkpoint import is_lerobot_checkpoint, resolve_model_dir
 from vla.errors import CheckpointError
 from vla.features import OBS_IMAGES, OBS_STATE, TASK
+from vla.seeding import sampling_seed, seeded
 
 PREPROCESSOR_FILE = "policy_preprocessor.json"
 
@@ -72,12 +73,17 @@ class LeRobotRuntime:
         self.image_shapes = {k: tuple(f.shape) for k, f in cfg.input_features.items() if f.type is FeatureType.VISUAL}
         self.low_dim = {k: tuple(f.shape) for k, f in cfg.input_features.items() if f.type is not FeatureType.VISUAL}
         self._copies: list = []
+        self._seeds: dict[int, int | None] = {}  # env -> its episode's seed (reproducible sampling)
+        self._steps: dict[int, int] = {}
 
-    def reset(self, env_ids: list[int] | None = None) -> None:
-        """Forget history and queued actions (of some environments, or all)."""
-        for i in range(len(self._copies)) if env_ids is None else env_ids:
+    def reset(self, env_ids: list[int] | None = None, seeds: list[int] | None = None) -> None:
+        """Forget history and queued actions (of some environments, or all); ``seeds``: each
+        reset env's episode seed, from which its noise is drawn with its step (vla/seeding.py)."""
+        ids = list(range(len(self._copies) if seeds is None else len(seeds))) if env_ids is None else env_ids
+        for k, i in enumerate(ids):
             if i < len(self._copies):
                 self._copies[i].reset()
+            self._seeds[i], self._steps[i] = (None if seeds is None else seeds[k]), 0
 
     def annotations(self) -> None:
         return None
@@ -126,8 +132,11 @@ class LeRobotRuntime:
             self._copies.append(clone)
         actions = []
         for i in range(b):
-            action = self._copies[i].select_action(self.pre(self._batch(obs, i)))
+            seed, step = self._seeds.get(i), self._steps.get(i, 0)
+            with seeded(None if seed is None else sampling_seed([seed], [step]), self.device):
+                action = self._copies[i].select_action(self.pre(self._batch(obs, i)))
             actions.append(self.post(action).float().cpu().numpy().reshape(-1))
+            self._steps[i] = step + 1
         return np.stack(actions)
 
 

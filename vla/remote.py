@@ -13,7 +13,8 @@ are unchanged.
 Wire format: one websocket, msgpack messages, numpy arrays as ``{"__ndarray__": [dtype, shape,
 bytes]}``. The server speaks first (``{"op": "metadata", ...}``); then each request gets one
 reply: ``{"op": "chunk", "history": [obs, ...], "step": k}`` (with real-time chunking also
-``"prefix": {"actions": (n, D_a), "delay": d, "max_guidance": b, "method": m}``) -> ``{"op":
+``"prefix": {"actions": (n, D_a), "delay": d, "max_guidance": b, "method": m, "mask": k}``, and with
+the episode's seed ``"seed": s``: the chunk's noise then comes from (s, k)) -> ``{"op":
 "chunk", "actions": (H, D_a), "server_seconds": s}``; ``{"op": "reset"}`` -> ``{"op": "reset"}``; ``{"op":
 "health"}`` -> ``{"op": "health", "ok": true, ...}``; a request the server cannot serve ->
 ``{"op": "error", "message": ...}``.
@@ -170,11 +171,15 @@ class RemotePolicy:
         """The served policy's (vla.runtime.RuntimePolicy.committed_max_delay); 0 from an older server."""
         return int(self.metadata.get("committed_max_delay", 0))
 
-    def predict_chunk(self, history: list[dict], step: int, prefix: ChunkPrefix | None = None) -> np.ndarray:
+    def predict_chunk(self, history: list[dict], step: int, prefix: ChunkPrefix | None = None,
+                      seed: int | None = None) -> np.ndarray:
         """Unbatched raw observations, oldest first -> (horizon, action_dim) actions; with a
-        ``prefix``, sampled to agree with the plan being executed (vla/chunking.py)."""
+        ``prefix``, sampled to agree with the plan being executed (vla/chunking.py); with the
+        episode's ``seed``, sampled reproducibly (vla/seeding.py)."""
         started = time.perf_counter()
         message = {"op": "chunk", "history": [_plain(o) for o in history], "step": int(step)}
+        if seed is not None:
+            message["seed"] = int(seed)
         if prefix is not None:
             message["prefix"] = prefix.to_wire()
         reply = self._request(message, "chunk")

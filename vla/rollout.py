@@ -3,7 +3,9 @@
 Protocol (pinned and written into every report): episode k resets its env with seed
 ``seed + k``; M environments run in subprocesses (gymnasium ``AsyncVectorEnv``) and one
 batched policy call serves all of them; an environment that finishes is reset with the
-next unclaimed episode's seed, so results do not depend on M.
+next unclaimed episode's seed, so the scenes do not depend on M. The policy's noise is drawn
+from the envs' (episode seed, step) (vla/seeding.py): a rerun with the same M samples the same
+chunks and gives the same results (a batch's noise is one draw, so another M draws other noise).
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def rollout(runtime, env_cfg: EnvConfig, *, episodes: int, n_envs: int, seed: in
     records: list[dict] = []
     try:
         obs, _ = envs.reset(seed=[seed + i for i in range(n_envs)])
-        runtime.reset()
+        runtime.reset(seeds=[seed + i for i in range(n_envs)])  # the policy's noise too: reruns reproduce
         episode_of = list(range(n_envs))           # which episode each env is running (-1 = idle)
         reached: list[dict[str, bool]] = [{} for _ in range(n_envs)]  # stages each episode has reached so far
         next_episode, steps = n_envs, [0] * n_envs
@@ -111,7 +113,8 @@ def rollout(runtime, env_cfg: EnvConfig, *, episodes: int, n_envs: int, seed: in
             if done_ids:
                 obs, next_episode = _reassign(envs, obs, done_ids, episode_of, steps, next_episode, episodes, seed,
                                               frames, max_videos)
-                runtime.reset([i for i in done_ids if episode_of[i] >= 0])
+                restarted = [i for i in done_ids if episode_of[i] >= 0]
+                runtime.reset(restarted, seeds=[seed + episode_of[i] for i in restarted])
         bar.close()
         for r in records:
             r["wall_s"] = round(time.time() - started, 2)

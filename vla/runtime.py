@@ -33,6 +33,7 @@ from vla.features import ACTION, ACTION_DIM_PAD, ACTION_PREFIX, CAMERA_PAD, EMBO
 from vla.heads.guidance import ActionPrefix
 from vla.policy import Policy
 from vla.chunking import ChunkPrefix, ensemble_average
+from vla.seeding import sampling_seed, seeded
 
 
 def batch_of_one(obs: dict) -> dict:
@@ -111,20 +112,25 @@ class RuntimePolicy:
         except ValueError as e:
             raise ConfigError(f"{where}.n_action_steps: {e}") from None
 
-    def reset(self, env_ids: list[int] | None = None) -> None:
-        """Forget history and queued actions (of some environments, or all)."""
+    def reset(self, env_ids: list[int] | None = None, seeds: list[int] | None = None) -> None:
+        """Forget history and queued actions (of some environments, or all). ``seeds``: each
+        reset env's episode seed; with every env's known, chunks are sampled reproducibly from
+        (seeds, steps) (vla/seeding.py), else from the global RNG."""
         if env_ids is None:
             self._history: deque | None = None
             self._queue: list[list[np.ndarray]] = []
             self._ensemble_buf: list[list[tuple[int, np.ndarray]]] = []
             self._steps: list[int] = []
             self._fresh: set[int] = set()
+            self._seeds: list[int | None] | None = None if seeds is None else list(seeds)
             return
-        for i in env_ids:
+        for k, i in enumerate(env_ids):
             self._queue[i] = []
             self._ensemble_buf[i] = []
             self._steps[i] = 0
             self._fresh.add(i)
+            if self._seeds is not None:
+                self._seeds[i] = None if seeds is None else seeds[k]
 
     # --- observation handling ----------------------------------------------------------------
     def _text_features(self, tasks: list[str]) -> dict[str, Tensor]:
@@ -239,9 +245,11 @@ class RuntimePolicy:
         return actions
 
     @torch.no_grad()
-    def predict_chunk(self, history: list[dict], step: int, prefix: ChunkPrefix | None = None) -> np.ndarray:
+    def predict_chunk(self, history: list[dict], step: int, prefix: ChunkPrefix | None = None,
+                      seed: int | None = None) -> np.ndarray:
         """Stateless chunk for asynchronous control: unbatched raw observations, oldest first
         (the last ``n_obs_steps`` are used; fewer repeat the oldest) -> (horizon, D_a) actions.
+        ``seed``: the episode's; the chunk's noise then comes from (seed, step) (vla/seeding.py).
 
         ``step`` is the control step of the newest observation since the episode began. The
         caller decides which of the returned actions are still current when it arrives. With a
@@ -253,7 +261,8 @@ class RuntimePolicy:
         obs = self._assemble([self._frame(batch_of_one(o)) for o in recent], [recent[-1][TASK]], [step])
         if prefix is not None:
             obs[ACTION_PREFIX] = self._action_prefix(prefix)
-        return self._sample(obs)[0]
+        with seeded(None if seed is None else sampling_seed([seed], [step]), self.device):
+            return self._sample(obs)[0]
 
     def _action_prefix(self, prefix: ChunkPrefix) -> ActionPrefix:
         """A raw-unit plan -> the normalized (1, H, D_a) guidance target the policy samples toward."""
@@ -272,7 +281,10 @@ class RuntimePolicy:
                             prefix.method)
 
     def _predict(self, tasks: list[str]) -> np.ndarray:
-        return self._sample(self._observation(tasks))
+        obs = self._observation(tasks)
+        seeds = self._seeds if self._seeds is not None and len(self._seeds) == len(tasks) else None
+        with seeded(sampling_seed(seeds, self._steps) if seeds else None, self.device):
+            return self._sample(obs)
 
     def _sample(self, obs: dict) -> np.ndarray:
         """Policy observation -> unnormalized chunks (B, H, D_a)."""

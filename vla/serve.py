@@ -69,10 +69,11 @@ class PolicyServer:
             return {"op": "error", "message": f"unknown op {op!r}"}
         try:
             history, step = list(request["history"]), int(request["step"])
+            seed = None if request.get("seed") is None else int(request["seed"])  # reproducible sampling
             prefix = ChunkPrefix.from_wire(request.get("prefix"))  # real-time chunking (vla/chunking.py)
             with self._lock:
                 started = time.perf_counter()
-                actions = self.runtime.predict_chunk(history, step, prefix)
+                actions = self.runtime.predict_chunk(history, step, prefix, seed)
                 seconds = time.perf_counter() - started
                 self.requests += 1
         except (KeyError, TypeError, ValueError) as e:  # a bad observation: the runtime names the key
