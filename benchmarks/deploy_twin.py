@@ -71,7 +71,7 @@ def franky_loop(seconds: float = 10.0) -> dict | None:
 
     from envs.robot import RobotConfig, make_robot
     from envs.robot.franky_sim import FrankySimServer
-    from vla.deploy import percentiles_ms
+    from vla.deploy_report import percentiles_ms
 
     cfg = RobotConfig(backend="franky", cameras=[], base_position=[0.0, 0.0, 0.0])
     cfg.safety.workspace_low, cfg.safety.workspace_high = [-1.0, -1.0, 0.0], [1.0, 1.0, 1.5]

@@ -9,7 +9,7 @@ import pytest
 
 from vla.cli import main
 from tests.conftest import hear_ctrl_c, once_deploy_is_stepping
-from vla.deploy import ActionSchedule
+from vla.chunking import ActionSchedule
 
 pytestmark = pytest.mark.timeout(600)
 

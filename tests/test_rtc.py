@@ -184,7 +184,7 @@ def test_a_policy_without_a_noise_process_refuses_a_prefix():
 
 # --- deploy: the plan a chunk is conditioned on, injected delays, smoothness, bad settings ----------
 def test_schedule_plan_is_the_newest_chunk_from_a_step_on():
-    from vla.deploy import ActionSchedule
+    from vla.chunking import ActionSchedule
 
     s = ActionSchedule(horizon=8, n_action_steps=4)
     assert s.plan(0) is None
@@ -213,7 +213,8 @@ def test_a_delayed_synchronous_chunk_lands_late_and_rtc_hands_it_the_plan(traine
     observation step with delay 2."""
     from vla.checkpoint import load_policy
     from vla.config import DeployConfig
-    from vla.deploy import Deployer, summarize
+    from vla.deploy import Deployer
+    from vla.deploy_report import summarize
     from vla.runtime import RuntimePolicy
     from envs.robot import make_robot
     from envs.robot.config import RobotConfig

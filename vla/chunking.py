@@ -1,6 +1,7 @@
 """How chunks are stitched together at run time, torch-free (the robot side of `vla deploy` uses it):
-ACT's temporal ensembling, and what real-time chunking (RTC, Black et al. 2025) makes the next
-chunk agree with.
+which planned action runs at which step when chunks arrive late (:class:`ActionSchedule`), ACT's
+temporal ensembling, and what real-time chunking (RTC, Black et al. 2025) makes the next chunk
+agree with.
 
 While a chunk executes, the next one is computed from a newer observation. Inference takes d
 control steps, so the first d actions of the new chunk are for steps that the *current* plan
@@ -22,6 +23,7 @@ prefix without torch, and the policy server conditions on it.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,3 +115,55 @@ class ChunkPrefix:
         except (KeyError, TypeError) as e:
             raise ValueError("a chunk prefix needs 'actions', 'delay', 'max_guidance', 'method' and 'mask': "
                              f"{e}") from None
+
+
+class ActionSchedule:
+    """Which action runs at which control step, given chunks that arrive late. Pure numpy."""
+
+    def __init__(self, horizon: int, n_action_steps: int, ensemble: float | None = None):
+        self.horizon, self.n_action_steps, self.ensemble = horizon, n_action_steps, ensemble
+        self.chunks: deque[tuple[int, np.ndarray]] = deque()  # (step of its observation, (H, D))
+        self.stale_skipped = 0
+
+    def add(self, start: int, chunk: np.ndarray, now: int) -> None:
+        """A chunk planned from step `start`'s observation, arriving at step `now`."""
+        if self.ensemble is None:
+            self.chunks.clear()  # the newest plan replaces the old one
+        self.chunks.append((start, chunk))
+        self.stale_skipped += min(max(now - start, 0), len(chunk))
+        while self.chunks and self.chunks[0][0] + self.horizon <= now:
+            self.chunks.popleft()
+
+    def _live(self, step: int) -> list[tuple[int, np.ndarray]]:
+        """The chunks that plan ``step``, oldest first."""
+        return [(s, c) for s, c in self.chunks if s <= step < s + len(c)]
+
+    def action(self, step: int) -> np.ndarray | None:
+        live = self._live(step)
+        if not live:
+            return None
+        if self.ensemble is None:
+            s, c = live[-1]
+            return c[step - s]
+        return ensemble_average(np.stack([c[step - s] for s, c in live]), self.ensemble)
+
+    def source(self, step: int) -> int | None:
+        """The observation step of the chunk that plans ``step`` (the newest one covering it)."""
+        live = self._live(step)
+        return live[-1][0] if live else None
+
+    def plan(self, step: int) -> np.ndarray | None:
+        """The newest chunk's actions from ``step`` on (n, D), or None when it plans nothing there."""
+        if not self.chunks:
+            return None
+        s, c = self.chunks[-1]
+        return c[step - s:] if s <= step < s + len(c) else None
+
+    def needs_chunk(self, step: int, lead: int) -> bool:
+        """Start inferring now so a chunk lands before this one's n_action_steps run out."""
+        if not self.chunks:
+            return True
+        if self.ensemble is not None:
+            return True  # re-plan back to back
+        start = self.chunks[-1][0]
+        return step - start >= self.n_action_steps - lead

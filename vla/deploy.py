@@ -21,7 +21,6 @@ Ctrl-C saves the episode so far, leaves the arm holding and writes the report.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -36,87 +35,14 @@ from envs.robot.base import RobotState
 from envs.robot.safety import SafeRobot
 from vla.config import DeployConfig
 from vla.errors import ConfigError, RobotError, SafetyStop
-from vla.chunking import MASKS, METHODS, ChunkPrefix, ensemble_average
+from vla.chunking import MASKS, METHODS, ActionSchedule, ChunkPrefix
+from vla.deploy_report import EpisodeResult, percentiles_ms, summarize, write_report
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class EpisodeResult:
-    steps: int = 0
-    seconds: float = 0.0
-    success: bool | None = None
-    stopped: str = "max_steps"            # max_steps | success | fault | interrupted
-    message: str = ""
-    chunks: int = 0
-    stale_skipped: int = 0                # planned actions dropped because inference made them late
-    held_steps: int = 0                   # steps with no planned action (waiting for a chunk)
-    overruns: int = 0                     # periods the loop could not keep
-    fault_time: float | None = None       # time.monotonic() when the fault that ended the run was detected
-    periods: list[float] = field(default_factory=list)      # s between consecutive commands
-    latencies: list[float] = field(default_factory=list)    # s per inference
-    obs_to_command: list[float] = field(default_factory=list)  # s from reading an observation to its command
-    dataset_episode: int | None = None
-    # smoothness: |a_t - 2 a_(t-1) + a_(t-2)| of the sent commands (all but the gripper), at the first
-    # step of each new chunk and at every other step with two planned steps before it
-    boundary_jerk: list[float] = field(default_factory=list)
-    within_chunk_jerk: list[float] = field(default_factory=list)
-
-
 class InferenceTimeout(RuntimeError):
     """The policy produced no chunk for deploy.max_inference_seconds while the arm held."""
-
-
-class ActionSchedule:
-    """Which action runs at which control step, given chunks that arrive late. Pure numpy."""
-
-    def __init__(self, horizon: int, n_action_steps: int, ensemble: float | None = None):
-        self.horizon, self.n_action_steps, self.ensemble = horizon, n_action_steps, ensemble
-        self.chunks: deque[tuple[int, np.ndarray]] = deque()  # (step of its observation, (H, D))
-        self.stale_skipped = 0
-
-    def add(self, start: int, chunk: np.ndarray, now: int) -> None:
-        """A chunk planned from step `start`'s observation, arriving at step `now`."""
-        if self.ensemble is None:
-            self.chunks.clear()  # the newest plan replaces the old one
-        self.chunks.append((start, chunk))
-        self.stale_skipped += min(max(now - start, 0), len(chunk))
-        while self.chunks and self.chunks[0][0] + self.horizon <= now:
-            self.chunks.popleft()
-
-    def _live(self, step: int) -> list[tuple[int, np.ndarray]]:
-        """The chunks that plan ``step``, oldest first."""
-        return [(s, c) for s, c in self.chunks if s <= step < s + len(c)]
-
-    def action(self, step: int) -> np.ndarray | None:
-        live = self._live(step)
-        if not live:
-            return None
-        if self.ensemble is None:
-            s, c = live[-1]
-            return c[step - s]
-        return ensemble_average(np.stack([c[step - s] for s, c in live]), self.ensemble)
-
-    def source(self, step: int) -> int | None:
-        """The observation step of the chunk that plans ``step`` (the newest one covering it)."""
-        live = self._live(step)
-        return live[-1][0] if live else None
-
-    def plan(self, step: int) -> np.ndarray | None:
-        """The newest chunk's actions from ``step`` on (n, D), or None when it plans nothing there."""
-        if not self.chunks:
-            return None
-        s, c = self.chunks[-1]
-        return c[step - s:] if s <= step < s + len(c) else None
-
-    def needs_chunk(self, step: int, lead: int) -> bool:
-        """Start inferring now so a chunk lands before this one's n_action_steps run out."""
-        if not self.chunks:
-            return True
-        if self.ensemble is not None:
-            return True  # re-plan back to back
-        start = self.chunks[-1][0]
-        return step - start >= self.n_action_steps - lead
 
 
 class InferenceWorker:
@@ -416,91 +342,6 @@ class Deployer:
         loop.result.seconds = time.monotonic() - loop.start
         if self.recorder is not None and self.recorder.frames_in_episode > 0:
             loop.result.dataset_episode = self.recorder.save_episode()
-
-
-def percentiles_ms(seconds: list[float], qs=(50, 99)) -> dict[str, float | None]:
-    """{"p50": ms, "p99": ms} of durations given in seconds; None where there are none."""
-    if not seconds:
-        return {f"p{q}": None for q in qs}
-    return {f"p{q}": 1000 * float(np.percentile(seconds, q)) for q in qs}
-
-
-def summarize(results: list[EpisodeResult], robot: SafeRobot, protocol: dict) -> dict:
-    periods = [p for r in results for p in r.periods]
-    target = 1.0 / robot.config.control_hz
-    known = [r.success for r in results if r.success is not None]
-    return {
-        "protocol": protocol,
-        "episodes": len(results),
-        "successes": sum(bool(s) for s in known) if known else None,
-        "success_rate": (sum(bool(s) for s in known) / len(known)) if known else None,
-        "steps": sum(r.steps for r in results),
-        "stopped": [r.stopped for r in results],
-        "messages": [r.message for r in results if r.message],
-        "period_ms": percentiles_ms(periods),
-        "jitter_ms": percentiles_ms([abs(p - target) for p in periods]),
-        "inference_ms": percentiles_ms([x for r in results for x in r.latencies]),
-        "obs_to_command_ms": percentiles_ms([x for r in results for x in r.obs_to_command]),
-        "chunks": sum(r.chunks for r in results),
-        "stale_actions_skipped": sum(r.stale_skipped for r in results),
-        "held_steps": sum(r.held_steps for r in results),
-        "boundary_jerk": _mean([x for r in results for x in r.boundary_jerk]),
-        "within_chunk_jerk": _mean([x for r in results for x in r.within_chunk_jerk]),
-        "overruns": sum(r.overruns for r in results),
-        "safety": robot.summary(),
-        "dataset_episodes": [r.dataset_episode for r in results],
-    }
-
-
-def write_report(out: Path, summary: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    s, p = summary, summary["protocol"]
-    rate = "n/a (nothing measures success on this robot)" if s["success_rate"] is None else \
-        f"{s['success_rate']:.0%} ({s['successes']}/{s['episodes']})"
-    lines = [
-        f"# Deploy report: {p['checkpoint']} on {p['backend']}{' (dry run)' if p['dry_run'] else ''}", "",
-        f"- episodes: {s['episodes']}, steps: {s['steps']}, ended by: {', '.join(s['stopped'])}",
-        f"- success: {rate}",
-        f"- control period (target {1000 / p['control_hz']:.0f} ms): p50 {_ms(s['period_ms']['p50'])}, "
-        f"p99 {_ms(s['period_ms']['p99'])}; jitter p50 {_ms(s['jitter_ms']['p50'])}, p99 {_ms(s['jitter_ms']['p99'])}; "
-        f"overruns {s['overruns']}",
-        f"- inference ({'async' if p['async_inference'] else 'sync'}): {s['chunks']} chunks, "
-        f"p50 {_ms(s['inference_ms']['p50'])}, p99 {_ms(s['inference_ms']['p99'])}; "
-        f"stale actions skipped {s['stale_actions_skipped']}; held steps {s['held_steps']}",
-        _smoothness_line(s, p),
-        f"- observation to command: p50 {_ms(s['obs_to_command_ms']['p50'])}, p99 {_ms(s['obs_to_command_ms']['p99'])}",
-        f"- safety: {s['safety']['commands_sent']} commands, {s['safety']['commands_changed']} changed; "
-        f"interventions {s['safety']['interventions'] or 'none'}",
-    ]
-    if "server" in s:
-        lines.append(f"- policy server {p.get('server')}: round trip p50 {_ms(s['server']['round_trip_ms']['p50'])}, "
-                     f"p99 {_ms(s['server']['round_trip_ms']['p99'])}, of which on the server p50 "
-                     f"{_ms(s['server']['server_ms']['p50'])}")
-    lines += [f"- stop: {m}" for m in s["messages"]]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-
-
-def _smoothness_line(s: dict, p: dict) -> str:
-    line = (f"- smoothness (|second difference| of the commands, gripper excluded): at chunk boundaries "
-            f"{_num(s['boundary_jerk'])}, within chunks {_num(s['within_chunk_jerk'])}")
-    if p["rtc"]:
-        line += f"; real-time chunking ({p['rtc_method']}, {p['rtc_mask']} mask)"
-    if p["inject_delay_ms"]:
-        line += f"; injected delay {p['inject_delay_ms']:g} ms"
-    return line
-
-
-def _num(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.3f}"
-
-
-def _mean(values: list[float]) -> float | None:
-    return float(np.mean(values)) if values else None
-
-
-def _ms(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.1f} ms"
 
 
 def check_compatible(robot, runtime) -> None:
