@@ -11,7 +11,7 @@ from tests.test_policy_contract import raw_batch, tiny_config
 from tests.test_rtc import _runtime, observation
 from vla.chunking import ChunkPrefix, prefix_weights
 from vla.cli import main
-from vla.features import ACTION, ACTION_PREFIX, OBS_STATE
+from vla.features import ACTION, ACTION_PREFIX
 from vla.heads.committed import committed_from_weights, sample_committed
 from vla.heads.guidance import ActionPrefix
 from vla.policy import make_policy
