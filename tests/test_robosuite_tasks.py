@@ -56,6 +56,20 @@ def test_observation_follows_the_tabletop_convention(lift):
     np.testing.assert_allclose(obs[OBS_ENV_STATE], raw["object-state"], atol=1e-6)
 
 
+def test_a_lift_that_succeeds_has_lifted(lift):
+    """robosuite's Lift succeeds with the cube's bottom ~1.9 cm up, a hair under the 2 cm stage, and
+    an episode ends on success: the stages must not report a success that never lifted."""
+    lift.reset(seed=0)
+    env = lift.robosuite_env
+    cube = env.model.mujoco_objects[0]
+    pose = env.sim.data.get_joint_qpos(cube.joints[0]).copy()
+    pose[2] = env.model.mujoco_arena.table_offset[2] + 0.0405  # the centre just past robosuite's 4 cm
+    env.sim.data.set_joint_qpos(cube.joints[0], pose)
+    env.sim.forward()
+    reached = lift.stages()
+    assert reached["success"] and reached["lifted"]
+
+
 def test_images_are_upright_and_wrist_is_the_eye_in_hand_camera(lift):
     obs, _ = lift.reset(seed=0)
     sim = lift.robosuite_env.sim
