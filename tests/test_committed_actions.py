@@ -1,5 +1,5 @@
 """Training-time real-time chunking: committed actions as the policy's input (vla/heads/committed.py),
-trained into Dita, served through the runtime and deploy (``deploy.rtc_method=condition``)."""
+trained into Dita and DUST, served through the runtime and deploy (``deploy.rtc_method=condition``)."""
 
 import json
 
@@ -38,20 +38,29 @@ def constant_chunks(b, h, d, generator):
     return level.expand(b, h, d).clone()
 
 
-def test_dita_learns_to_continue_the_committed_actions():
+@pytest.mark.parametrize("name", ["dita", "dust"])
+def test_policies_learn_to_continue_the_committed_actions(name):
     """The data's chunks are constants the observation does not reveal. Trained with committed
-    actions, Dita continues whatever the plan committed to; without them it cannot know the level."""
+    actions, the policy continues whatever the plan committed to; without them it cannot know the level."""
     torch.manual_seed(0)
-    cfg = tiny_config("dita")
+    cfg = tiny_config(name)
     cfg.rtc_train_max_delay, cfg.noise_samples = 3, 8  # 8 noise levels per observation: cheaper samples
     policy = make_policy(cfg)
     base = raw_batch(cfg)
     b = 4
-    batch = {k: (v[:1].expand(b, *v.shape[1:]) if torch.is_tensor(v) else [v[0]] * b) for k, v in base.items()}
+
+    def first_row(v):  # every row the same observation
+        if isinstance(v, dict):
+            return {k: first_row(x) for k, x in v.items()}
+        return v[:1].expand(b, *v.shape[1:]) if torch.is_tensor(v) else [v[0]] * b
+
+    batch = {k: first_row(v) for k, v in base.items()}
     batch["action_is_pad"] = torch.zeros(b, cfg.horizon, dtype=torch.bool)
     with torch.no_grad():  # the frozen encoders' features once, as the feature cache holds them
         batch["frames"], batch["text"] = policy.encode_observation(batch)
-    batch = {k: v for k, v in batch.items() if not k.startswith("observation.images")}
+        if "future_images" in batch:  # DUST's world-model target
+            batch["future_frames"] = policy.encode_future(batch)
+    batch = {k: v for k, v in batch.items() if not k.startswith("observation.images") and k != "future_images"}
     gen = torch.Generator().manual_seed(0)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=3e-3)
     for _ in range(400):
@@ -74,7 +83,7 @@ def test_dita_learns_to_continue_the_committed_actions():
 
 
 def test_committed_actions_are_refused_where_they_were_not_trained():
-    cfg = tiny_config("dust")
+    cfg = tiny_config("omnijarvis")
     cfg.rtc_train_max_delay = 2
     with pytest.raises(ValueError, match="cannot take committed actions"):
         make_policy(cfg)

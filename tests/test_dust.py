@@ -93,7 +93,7 @@ def test_decoupled_times_are_independent_and_joint_noise_shares_one(dust, monkey
     batch = tile(cached_batch(policy, raw_batch(cfg)), 1024)
     seen = {}
 
-    def spy(self, state, actions, t_a, future, t_o, ctx, is_pad=None):
+    def spy(self, state, actions, t_a, future, t_o, ctx, is_pad=None, committed=None):
         seen["t_a"], seen["t_o"] = t_a.clone(), t_o.clone()
         raise _Stop  # the times are all this test needs
 
@@ -243,7 +243,7 @@ def test_world_model_target_is_the_embedding_of_the_future_frame(dust, monkeypat
     original = type(policy).velocity
 
     def oracle_of(x0):
-        def oracle(self, state, actions, t_a, noisy_o, t_o, ctx, is_pad=None):
+        def oracle(self, state, actions, t_a, noisy_o, t_o, ctx, is_pad=None, committed=None):
             v_a, _ = original(self, state, actions, t_a, noisy_o, t_o, ctx, is_pad)
             return v_a, (noisy_o - x0) / t_o[:, None, None]  # noise - x0, given x_t and t
         return oracle

@@ -75,7 +75,7 @@ class Policy(nn.Module, ABC):
             raise ValueError("state_dim and action_dim must be set (they come from the dataset)")
         if config.rtc_train_max_delay > 0 and not self.supports_committed_actions:
             raise ValueError(f"policy.rtc_train_max_delay: the {config.name} policy cannot take committed actions "
-                             "as input (training-time real-time chunking is implemented for Dita)")
+                             "as input (training-time real-time chunking is implemented for Dita and DUST)")
         self.config = config
         self.backbone: Backbone = make_backbone(
             config.backbone, width=width, n_obs_steps=config.n_obs_steps, state_dim=config.state_dim,

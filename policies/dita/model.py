@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from policies.dita.config import DitaConfig
 from vla.features import ACTION_DIM_PAD, ACTION_PREFIX
 from vla.heads import make_noise_process, sinusoidal_embedding
-from vla.heads.committed import committed_from_weights, put_committed, sample_committed
+from vla.heads.committed import committed_plan, put_committed, sample_committed
 from vla.heads.guidance import ActionPrefix, guided_output
 from vla.layers import DecoderBlock, GrowingKVCache, RMSNorm, Rotary, StaticKVCache, causal_mask, default_ffn_dim
 from vla.policy import Policy, action_dims_kept, mask_dims, masked_mse
@@ -136,7 +136,8 @@ class DitaPolicy(Policy):
         mask = self._full_mask(prefix.mask)
         guide = obs.get(ACTION_PREFIX)
         if guide is not None and guide.method == "condition":  # training-time RTC: continue the committed actions
-            return self._sample_cached(prefix.tokens, mask, x, keep, self._committed(guide))
+            committed = committed_plan(guide, self.config.rtc_train_max_delay)
+            return self._sample_cached(prefix.tokens, mask, x, keep, committed)
         if guide is not None:  # real-time chunking: agree with the plan being executed
             return self._sample_guided(prefix.tokens, mask, x, keep, guide)
         use_cache = self.config.use_prefix_cache if use_cache is None else use_cache
@@ -176,13 +177,6 @@ class DitaPolicy(Policy):
             return graphed(prefix.tokens.to(dtype), prefix.mask, noise.to(dtype))
 
         return sample
-
-    def _committed(self, guide: ActionPrefix) -> tuple[Tensor, Tensor]:
-        """The plan's frozen actions (B, H, D_a) and which positions they fill (B, H) bool."""
-        if self.committed_embed is None:
-            raise ValueError("rtc_method=condition: this Dita was not trained with committed actions "
-                             "(train with policy.rtc_train_max_delay=<steps>)")
-        return guide.actions, committed_from_weights(guide.weights, self.config.rtc_train_max_delay)
 
     def _sample_cached(self, prefix_tokens: Tensor, mask: Tensor, x: Tensor, keep: Tensor | None = None,
                        committed: tuple[Tensor, Tensor] | None = None) -> Tensor:

@@ -29,6 +29,7 @@ from policies.dust.blocks import DiTBlock, FinalLayer, MMDiTBlock, TimeEmbedder,
 from policies.dust.config import DustConfig
 from vla.features import ACTION, ACTION_DIM_PAD, ACTION_PREFIX, CAMERA_PAD, OBS_STATE
 from vla.heads import make_noise_process
+from vla.heads.committed import committed_plan, put_committed, sample_committed
 from vla.heads.guidance import guided_output
 from vla.layers import DecoderBlock, Rotary, default_ffn_dim
 from vla.policy import Policy, action_dims_kept, mask_dims, masked_mse
@@ -68,6 +69,7 @@ class DenoiserContext:
 class DustPolicy(Policy):
     config_class = DustConfig
     supports_guidance = True
+    supports_committed_actions = True
 
     def __init__(self, config: DustConfig):
         super().__init__(config, width=config.width)
@@ -78,6 +80,9 @@ class DustPolicy(Policy):
         # Action stream: state tokens then action tokens, with a fixed 1-D position table.
         self.state_in = nn.Linear(cfg.state_dim, w)
         self.action_in = nn.Linear(cfg.action_dim, w)
+        # training-time real-time chunking (vla/heads/committed.py): flags the clean, committed
+        # actions; the stream's one action time cannot say that some of them are clean
+        self.committed_embed = nn.Parameter(torch.zeros(w)) if cfg.rtc_train_max_delay > 0 else None
         self.register_buffer("action_pos", sincos_1d(cfg.n_obs_steps + cfg.horizon, w), persistent=False)
         if cfg.world_model:
             n_cam, rows, cols = self.backbone.future_grid(cfg.future_pool)
@@ -143,13 +148,18 @@ class DustPolicy(Policy):
         return ctx
 
     def velocity(self, state: Tensor, actions: Tensor, t_action: Tensor, future: Tensor | None, t_vision: Tensor | None,
-                 ctx: DenoiserContext, action_is_pad: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+                 ctx: DenoiserContext, action_is_pad: Tensor | None = None,
+                 committed: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """One forward pass. state (B, T_o, D_s) normalized, noisy actions (B, H, D_a) at t_action
         (B,), noisy future tokens (B, n_future, D_vis) at t_vision (B,) -> velocities, same shapes.
-        Padded actions (``action_is_pad`` (B, H), training) are hidden from every attention."""
+        Padded actions (``action_is_pad`` (B, H), training) are hidden from every attention;
+        ``committed`` (B, H) flags actions that go in clean (training-time real-time chunking)."""
         self.counters["forward_passes"] += 1
         cfg = self.config
-        a = torch.cat([self.state_in(state), self.action_in(actions)], dim=1) + self.action_pos
+        action_tokens = self.action_in(actions)
+        if committed is not None:
+            action_tokens = action_tokens + committed[..., None].to(action_tokens.dtype) * self.committed_embed
+        a = torch.cat([self.state_in(state), action_tokens], dim=1) + self.action_pos
         c_a = self.time_action(self.process.model_time(t_action))
         a_mask = None
         if action_is_pad is not None:  # no .any() shortcut: it would sync the GPU every step
@@ -206,6 +216,10 @@ class DustPolicy(Policy):
         keep = None if cfg.action_free else action_dims_kept(batch, k)  # a mixture's padded dims stay 0
         noise_a = mask_dims(torch.randn_like(actions), keep)
         noisy_a = self.process.add_noise(actions, noise_a, t_a)
+        committed = None
+        if self.committed_embed is not None:  # a simulated inference delay: these go in clean, no loss
+            committed = sample_committed(b, cfg.horizon, cfg.rtc_train_max_delay, device)
+            noisy_a = put_committed(noisy_a, actions, committed)
         future = noisy_o = t_o = noise_o = None
         if cfg.world_model:
             future, valid = _repeat(self.future_tokens(batch), k)
@@ -213,13 +227,15 @@ class DustPolicy(Policy):
             noise_o = torch.randn_like(future)
             noisy_o = self.process.add_noise(future, noise_o, t_o)
         is_pad = _repeat(batch.get(f"{ACTION}_is_pad"), k)
-        v_a, v_o = self.velocity(state, noisy_a, t_a, noisy_o, t_o, ctx, None if cfg.action_free else is_pad)
+        v_a, v_o = self.velocity(state, noisy_a, t_a, noisy_o, t_o, ctx, None if cfg.action_free else is_pad,
+                                 committed)
         v_a = mask_dims(v_a, keep)
         logs: dict[str, float] = {}
         loss = torch.zeros((), device=device)
         if not cfg.action_free:
             dim_pad = _repeat(batch.get(ACTION_DIM_PAD), k)  # a mixture's embodiments with fewer action dims
-            l_action = masked_mse(v_a, self.process.target(actions, noise_a, t_a), is_pad, dim_pad)
+            no_loss = is_pad if committed is None else committed if is_pad is None else is_pad | committed
+            l_action = masked_mse(v_a, self.process.target(actions, noise_a, t_a), no_loss, dim_pad)
             loss = loss + l_action
             logs["action_loss"] = l_action.item()
         if cfg.world_model:
@@ -267,13 +283,17 @@ class DustPolicy(Policy):
             future = torch.randn(b, self.n_future, self.vision_dim, device=device, dtype=dtype, generator=gen)
         updates, update_at = 0, q - 1 if cfg.action_update == "end" else 0
         guide = obs.get(ACTION_PREFIX)  # real-time chunking: agree with the plan being executed
+        plan = flags = None
+        if guide is not None and guide.method == "condition":  # training-time RTC: continue the committed actions
+            (plan, flags), guide = committed_plan(guide, cfg.rtc_train_max_delay), None
         for j in range(n_o):
             t_a, t_o = 1.0 - updates / n_a, 1.0 - j / n_o
             ta, to = torch.full((b,), t_a, device=device), torch.full((b,), t_o, device=device)
+            actions = put_committed(actions, plan, flags)
             if guide is not None and j % q == update_at:
                 v_a, v_o = self._guided_velocity(guide, state, actions, t_a, ta, future, to, ctx, keep)
             else:
-                v_a, v_o = self.velocity(state, actions, ta, future, to, ctx)
+                v_a, v_o = self.velocity(state, actions, ta, future, to, ctx, committed=flags)
             if cfg.world_model:
                 future = self.process.step(future, v_o, t_o, 1.0 - (j + 1) / n_o)
             if j % q == update_at:
@@ -281,7 +301,7 @@ class DustPolicy(Policy):
                 updates += 1
         self.counters["action_updates"] += updates
         self.last_action_time = 1.0 - updates / n_a
-        return actions, future
+        return put_committed(actions, plan, flags), future
 
     def _guided_velocity(self, guide, state: Tensor, actions: Tensor, t_a: float, ta: Tensor, future: Tensor | None,
                          to: Tensor, ctx, keep: Tensor | None) -> tuple[Tensor, Tensor | None]:

@@ -33,6 +33,15 @@ def committed_from_weights(weights: Tensor, max_delay: int) -> Tensor:
     return frozen & (torch.arange(horizon, device=weights.device)[None] < max_delay)
 
 
+def committed_plan(guide, max_delay: int) -> tuple[Tensor, Tensor]:
+    """A chunk prefix (vla.heads.guidance.ActionPrefix, method ``condition``) -> the plan's actions
+    (B, H, D_a) and the positions they commit (B, H) bool, for a policy trained with ``max_delay``."""
+    if max_delay <= 0:
+        raise ValueError("rtc_method=condition: this policy was not trained with committed actions "
+                         "(train with policy.rtc_train_max_delay=<steps>)")
+    return guide.actions, committed_from_weights(guide.weights, max_delay)
+
+
 def put_committed(x: Tensor, actions: Tensor, committed: Tensor | None) -> Tensor:
     """``x`` (B, H, D) with the committed positions replaced by ``actions`` (B, H, D)."""
     if committed is None:
