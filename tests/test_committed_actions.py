@@ -142,3 +142,19 @@ def test_the_rtc_benchmark_runs_a_committed_checkpoint_under_its_own_label(commi
     assert "deploy.rtc_method=condition" in rows["lift-committed|100|rtc-condition"]["command"]
     text = (tmp_path / "RESULTS.md").read_text()
     assert "<!-- BEGIN rtc-lift-committed -->" in text and "--label lift-committed" in text
+
+
+def test_the_committed_probe_measures_both_kinds_of_checkpoint(committed_run, trained_run, lift_dataset, tmp_path,
+                                                               capsys):
+    from benchmarks import committed_probe
+
+    results = tmp_path / "probe.json"
+    committed_probe.main(["--dataset", str(lift_dataset), "--repo-id", "local/lift", "--checkpoints", str(trained_run),
+                          str(committed_run), "--delay", "2", "--batches", "1", "--batch-size", "8",
+                          "--results", str(results)])
+    rows = json.loads(results.read_text())
+    assert set(rows[str(trained_run)]) == {"delay", "samples", "d0", "d0_other_obs"}
+    probed = rows[str(committed_run)]
+    assert {"committed", "committed_other_obs"} <= set(probed) and probed["samples"] == 8
+    assert all(np.isfinite(v) and v > 0 for k, v in probed.items() if k not in ("delay", "samples"))
+    assert "committed_other_obs" in capsys.readouterr().out
