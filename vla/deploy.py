@@ -133,17 +133,16 @@ class Deployer:
         self.step_period = self.period * self.time_scale
         # synchronous inference with deploy.inject_delay_ms: a chunk takes effect this many policy steps late
         self.delay_steps = math.ceil(config.inject_delay_ms / 1000.0 / self.step_period - 1e-9)
-        trained = getattr(runtime, "committed_max_delay", 0)
-        if config.rtc and config.rtc_method == "condition" and self.delay_steps > trained:
+        if config.rtc and config.rtc_method == "condition" and self.delay_steps > runtime.committed_max_delay:
             logger.warning("deploy.rtc_method=condition: the delay is %d steps, the policy was trained to continue "
-                           "at most %d committed actions; it plans the rest itself", self.delay_steps, trained)
+                           "at most %d committed actions; it plans the rest itself", self.delay_steps,
+                           runtime.committed_max_delay)
 
     def run_episode(self, seed: int | None = None) -> EpisodeResult:
         """Tick every period until max_steps, success (if it stops the run), a fault or Ctrl-C;
         whatever ends it, the arm is left holding and the steps so far are saved. ``seed``: the
         episode's, from which the policy's noise is drawn (None: the global RNG)."""
-        loop = self._start_episode()
-        loop.seed = seed
+        loop = self._start_episode(seed)
         try:
             while loop.step < self.config.max_steps:
                 if self._tick(loop):
@@ -154,14 +153,14 @@ class Deployer:
             self._finish_episode(loop)
         return loop.result
 
-    def _start_episode(self) -> _EpisodeLoop:
+    def _start_episode(self, seed: int | None) -> _EpisodeLoop:
         runtime, cfg = self.runtime, self.config
         runtime.reset()
         schedule = ActionSchedule(runtime.horizon, runtime.n_action_steps, cfg.temporal_ensemble)
         history: deque[dict] = deque(maxlen=runtime.n_obs_steps)
         worker = InferenceWorker(runtime, cfg.inject_delay_ms / 1000.0) if cfg.async_inference else None
         now = time.monotonic()
-        loop = _EpisodeLoop(EpisodeResult(), schedule, history, worker, start=now, next_tick=now)
+        loop = _EpisodeLoop(EpisodeResult(), schedule, history, worker, start=now, next_tick=now, seed=seed)
         if self.progress:
             from tqdm import tqdm
 

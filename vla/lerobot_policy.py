@@ -133,7 +133,7 @@ class LeRobotRuntime:
         actions = []
         for i in range(b):
             seed, step = self._seeds.get(i), self._steps.get(i, 0)
-            with seeded(None if seed is None else sampling_seed([seed], [step]), self.device):
+            with seeded(sampling_seed([seed], [step]), self.device):
                 action = self._copies[i].select_action(self.pre(self._batch(obs, i)))
             actions.append(self.post(action).float().cpu().numpy().reshape(-1))
             self._steps[i] = step + 1

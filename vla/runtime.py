@@ -261,7 +261,7 @@ class RuntimePolicy:
         obs = self._assemble([self._frame(batch_of_one(o)) for o in recent], [recent[-1][TASK]], [step])
         if prefix is not None:
             obs[ACTION_PREFIX] = self._action_prefix(prefix)
-        with seeded(None if seed is None else sampling_seed([seed], [step]), self.device):
+        with seeded(sampling_seed([seed], [step]), self.device):
             return self._sample(obs)[0]
 
     def _action_prefix(self, prefix: ChunkPrefix) -> ActionPrefix:
@@ -269,9 +269,6 @@ class RuntimePolicy:
         if not self.policy.supports_guidance:
             raise ValueError(f"policy {self.policy.config.name!r} cannot follow a chunk prefix (real-time chunking "
                              "needs a diffusion or flow action head)")
-        if prefix.method == "condition" and not self.committed_max_delay:
-            raise ValueError(f"chunk prefix method 'condition': policy {self.policy.config.name!r} was not trained "
-                             "with committed actions (policy.rtc_train_max_delay)")
         if prefix.actions.shape[1] != self.action_dim:
             raise ValueError(f"chunk prefix: {prefix.actions.shape[1]} action values, the policy has {self.action_dim}")
         actions, weights = prefix.padded(self.horizon)
@@ -283,7 +280,7 @@ class RuntimePolicy:
     def _predict(self, tasks: list[str]) -> np.ndarray:
         obs = self._observation(tasks)
         seeds = self._seeds if self._seeds is not None and len(self._seeds) == len(tasks) else None
-        with seeded(sampling_seed(seeds, self._steps) if seeds else None, self.device):
+        with seeded(sampling_seed(seeds, self._steps), self.device):
             return self._sample(obs)
 
     def _sample(self, obs: dict) -> np.ndarray:

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 
-def sampling_seed(seeds: Sequence[int | None], steps: Sequence[int]) -> int | None:
-    """One 64-bit seed for a batch's chunks from each env's (episode seed, step); None if any
-    env has no episode seed."""
+def sampling_seed(seeds: Sequence[int | None] | None, steps: Sequence[int]) -> int | None:
+    """One 64-bit seed for a batch's chunks from each env's (episode seed, step); None without
+    seeds or if any env has no episode seed."""
     if not seeds or any(s is None for s in seeds):
         return None
     words = [int(v) for pair in zip(seeds, steps) for v in pair]

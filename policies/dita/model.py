@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from policies.dita.config import DitaConfig
 from vla.features import ACTION_DIM_PAD, ACTION_PREFIX
 from vla.heads import make_noise_process, sinusoidal_embedding
-from vla.heads.committed import committed_plan, put_committed, sample_committed
+from vla.heads.committed import committed_plan, flag_committed, no_loss, put_committed, sample_committed
 from vla.heads.guidance import ActionPrefix, guided_output
 from vla.layers import DecoderBlock, GrowingKVCache, RMSNorm, Rotary, StaticKVCache, causal_mask, default_ffn_dim
 from vla.policy import Policy, action_dims_kept, mask_dims, masked_mse
@@ -55,9 +55,7 @@ class DitaPolicy(Policy):
     def _suffix(self, noisy_actions: Tensor, t: Tensor, committed: Tensor | None = None) -> Tensor:
         """Timestep token + action tokens: (B, 1 + H, D); ``committed`` (B, H) flags clean actions."""
         time = sinusoidal_embedding(self.process.model_time(t), self.config.width)  # t is on-device
-        actions = self.action_in(noisy_actions)
-        if committed is not None:
-            actions = actions + committed[..., None].to(actions.dtype) * self.committed_embed
+        actions = flag_committed(self.action_in(noisy_actions), committed, self.committed_embed)
         return torch.cat([time[:, None].to(noisy_actions.dtype), actions], dim=1)
 
     def _run(self, x: Tensor, mask: Tensor, start: int, cache=None) -> Tensor:
@@ -95,7 +93,7 @@ class DitaPolicy(Policy):
             committed = sample_committed(actions.shape[0], self.config.horizon, self.config.rtc_train_max_delay,
                                          actions.device)
             noisy = put_committed(noisy, actions, committed)
-            is_pad = committed if is_pad is None else is_pad | committed
+            is_pad = no_loss(is_pad, committed)
         mask = self._full_mask(prefix.mask)
         if k == 1:
             pred = self.denoise(prefix.tokens, mask, noisy, t, keep, committed)

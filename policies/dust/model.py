@@ -29,7 +29,7 @@ from policies.dust.blocks import DiTBlock, FinalLayer, MMDiTBlock, TimeEmbedder,
 from policies.dust.config import DustConfig
 from vla.features import ACTION, ACTION_DIM_PAD, ACTION_PREFIX, CAMERA_PAD, OBS_STATE
 from vla.heads import make_noise_process
-from vla.heads.committed import committed_plan, put_committed, sample_committed
+from vla.heads.committed import committed_plan, flag_committed, no_loss, put_committed, sample_committed
 from vla.heads.guidance import guided_output
 from vla.layers import DecoderBlock, Rotary, default_ffn_dim
 from vla.policy import Policy, action_dims_kept, mask_dims, masked_mse
@@ -156,9 +156,7 @@ class DustPolicy(Policy):
         ``committed`` (B, H) flags actions that go in clean (training-time real-time chunking)."""
         self.counters["forward_passes"] += 1
         cfg = self.config
-        action_tokens = self.action_in(actions)
-        if committed is not None:
-            action_tokens = action_tokens + committed[..., None].to(action_tokens.dtype) * self.committed_embed
+        action_tokens = flag_committed(self.action_in(actions), committed, self.committed_embed)
         a = torch.cat([self.state_in(state), action_tokens], dim=1) + self.action_pos
         c_a = self.time_action(self.process.model_time(t_action))
         a_mask = None
@@ -234,8 +232,7 @@ class DustPolicy(Policy):
         loss = torch.zeros((), device=device)
         if not cfg.action_free:
             dim_pad = _repeat(batch.get(ACTION_DIM_PAD), k)  # a mixture's embodiments with fewer action dims
-            no_loss = is_pad if committed is None else committed if is_pad is None else is_pad | committed
-            l_action = masked_mse(v_a, self.process.target(actions, noise_a, t_a), no_loss, dim_pad)
+            l_action = masked_mse(v_a, self.process.target(actions, noise_a, t_a), no_loss(is_pad, committed), dim_pad)
             loss = loss + l_action
             logs["action_loss"] = l_action.item()
         if cfg.world_model:

@@ -42,6 +42,20 @@ def committed_plan(guide, max_delay: int) -> tuple[Tensor, Tensor]:
     return guide.actions, committed_from_weights(guide.weights, max_delay)
 
 
+def flag_committed(tokens: Tensor, committed: Tensor | None, embed: Tensor) -> Tensor:
+    """Action tokens (B, H, W) with the learned "committed" embedding (W,) added where ``committed`` (B, H)."""
+    if committed is None:
+        return tokens
+    return tokens + committed[..., None].to(tokens.dtype) * embed
+
+
+def no_loss(is_pad: Tensor | None, committed: Tensor | None) -> Tensor | None:
+    """(B, H) positions without a loss: past the episode's end, or committed (they were given)."""
+    if committed is None or is_pad is None:
+        return committed if is_pad is None else is_pad
+    return is_pad | committed
+
+
 def put_committed(x: Tensor, actions: Tensor, committed: Tensor | None) -> Tensor:
     """``x`` (B, H, D) with the committed positions replaced by ``actions`` (B, H, D)."""
     if committed is None:
