@@ -102,6 +102,35 @@ def machine(device: str = "cpu") -> str:
     return ", ".join(parts)
 
 
+def busy_cpus(seconds: float = 2.0) -> float:
+    """How many CPUs' worth of work the whole machine did over the next ``seconds`` (0 .. cores).
+
+    Unlike the load average, which trails a finished job by minutes, this is the present."""
+    import psutil  # noqa: PLC0415 (only the benchmarks that wait for an idle machine need it)
+
+    return psutil.cpu_percent(interval=seconds) / 100.0 * (psutil.cpu_count() or 1)
+
+
+def wait_until_idle(max_busy: float, timeout_s: float, label: str, *, poll_s: float = 10.0,
+                    measure: Callable[[], float] = busy_cpus) -> float:
+    """Block until at most ``max_busy`` CPUs are busy, then return that measurement.
+
+    A wall-clock budget only compares candidates if each had the machine to itself: a test run
+    beside a 20-minute training cut its steps by 10-50%. Raises SystemExit after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    busy = measure()
+    while busy > max_busy:
+        if time.monotonic() >= deadline:
+            raise SystemExit(f"error: {label}: {busy:.1f} of {os.cpu_count()} CPUs stayed busy for "
+                             f"{timeout_s / 60:g} min (at most {max_busy:g} allowed): stop the other work, "
+                             "or pass --max-busy-cpus inf to measure on a shared machine")
+        print(f"{label}: waiting for an idle machine ({busy:.1f} of {os.cpu_count()} CPUs busy, "
+              f"at most {max_busy:g})", flush=True)
+        time.sleep(poll_s)
+        busy = measure()
+    return busy
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

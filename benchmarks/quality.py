@@ -15,7 +15,8 @@ Candidates:
   forces, each stated in that file.
 Every candidate reads the same inputs, the cameras and the proprioceptive state of
 ``--features`` (never ``observation.environment_state``, the simulator's object poses), runs
-with ``--threads`` torch threads, alone on the machine, and is evaluated by ``vla eval`` on
+with ``--threads`` torch threads, alone on the machine (each training first waits until at most
+``--max-busy-cpus`` CPUs are busy; a run beside other work loses steps), and is evaluated by ``vla eval`` on
 episodes ``--eval-seed`` .. + ``--episodes`` - 1.
 
 Each (task, candidate, seed) is kept in ``--results`` (JSON) as soon as it finishes, with the
@@ -39,7 +40,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.common import REPO, RESULTS, machine, markdown_table, write_section
+from benchmarks.common import REPO, RESULTS, machine, markdown_table, wait_until_idle, write_section
 from vla.report import ordered_keys, wilson_interval
 
 DEFAULT_RESULTS = REPO / "benchmarks" / "quality.json"
@@ -176,6 +177,7 @@ def run_one(args, name: str, seed: int) -> None:
         return
     run_dir = Path(args.out) / args.task / name / f"seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
+    busy_before = wait_until_idle(args.max_busy_cpus, args.idle_wait_minutes * 60, f"[{key}]")
     print(f"[{key}] training for {args.budget_minutes:g} min", flush=True)
     load_before = os.getloadavg()[0]
     checkpoint, commands, summary = train(args, name, run_dir, seed)
@@ -189,7 +191,7 @@ def run_one(args, name: str, seed: int) -> None:
         **({"stages_reached": report["stages_reached"]} if "stages_reached" in report else {}),
         **summary, "eval_seconds": round(eval_s, 1),
         "reproduce": reproduce_command(args, name, seed), "commands": [*commands, eval_cmd], "machine": machine(),
-        "load_avg_before": round(load_before, 2), "run_dir": str(run_dir),
+        "load_avg_before": round(load_before, 2), "busy_cpus_before": round(busy_before, 2), "run_dir": str(run_dir),
     }
     results = record_run(args.results, key, record)
     write_table(results, args.markdown)  # the table fills in run by run
@@ -302,6 +304,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-seed", type=int, default=100_000)
     ap.add_argument("--eval-envs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-busy-cpus", type=float, default=0.5,
+                    help="wait before each training until at most this many CPUs are busy (inf: never wait)")
+    ap.add_argument("--idle-wait-minutes", type=float, default=30.0,
+                    help="how long to wait for that before the run fails")
     ap.add_argument("--features", nargs="+", default=FEATURES, help="the inputs every candidate reads")
     ap.add_argument("--vla-overrides", nargs="*", default=[], help="extra overrides for every vla training stage")
     ap.add_argument("--out", default=str(REPO / "outputs" / "quality"))

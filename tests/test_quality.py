@@ -12,7 +12,8 @@ def test_a_tiny_comparison_fills_the_results_and_the_table(lift_dataset, tmp_pat
     args = ["--task", "tiny", "--dataset", str(lift_dataset), "--repo-id", "local/lift", "--env", "env=lift",
             "env.max_episode_steps=5", "--candidates", "dita", "lerobot-act", "--budget-minutes", "0.05",
             "--episodes", "2", "--out", str(tmp_path / "runs"), "--results", str(results), "--markdown", str(markdown),
-            "--threads", "1", "--vla-overrides", "policy.width=32", "policy.heads=2", "policy.depth=1"]
+            "--threads", "1", "--max-busy-cpus", "inf",  # the suite's other work must not stall it
+            "--vla-overrides", "policy.width=32", "policy.heads=2", "policy.depth=1"]
     main(args)
     runs = json.loads(results.read_text())["runs"]
     assert sorted(runs) == ["tiny/dita/seed0", "tiny/lerobot-act/seed0"]
@@ -21,6 +22,7 @@ def test_a_tiny_comparison_fills_the_results_and_the_table(lift_dataset, tmp_pat
         assert r["features"] == ["observation.images.agentview", "observation.images.wrist", "observation.state"]
         assert "--candidates " + r["candidate"] in r["reproduce"]
         assert set(r["stages_reached"]) == {"grasped", "lifted", "success"}  # lift's stages, from the eval report
+        assert 0 <= r["busy_cpus_before"] <= 64
     assert "train.max_seconds=3" in runs["tiny/dita/seed0"]["commands"][0]
     assert "--max-seconds 3" in runs["tiny/lerobot-act/seed0"]["commands"][0]
     table = markdown.read_text()
@@ -29,6 +31,31 @@ def test_a_tiny_comparison_fills_the_results_and_the_table(lift_dataset, tmp_pat
     capsys.readouterr()
     main(args)  # a second sitting skips what is done
     assert capsys.readouterr().out.count("done before") == 2
+
+
+def test_the_busy_measure_sees_a_spinning_process():
+    import subprocess
+    import sys
+
+    from benchmarks.common import busy_cpus
+
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        assert busy_cpus(1.0) >= 0.6  # one core spinning (other work only adds to it)
+    finally:
+        spin.kill()
+        spin.wait()
+
+
+def test_a_training_waits_for_an_idle_machine_and_gives_up_with_one_line(capsys):
+    from benchmarks.common import wait_until_idle
+
+    readings = iter([1.8, 1.2, 0.3])
+    assert wait_until_idle(0.5, 60, "[lift/dita/seed0]", poll_s=0, measure=lambda: next(readings)) == 0.3
+    out = capsys.readouterr().out
+    assert out.count("waiting for an idle machine") == 2 and "1.2 of" in out
+    with pytest.raises(SystemExit, match=r"\[lift/dita/seed0\]: 1.5 of .* CPUs stayed busy .* --max-busy-cpus inf"):
+        wait_until_idle(0.5, 0, "[lift/dita/seed0]", poll_s=0, measure=lambda: 1.5)
 
 
 def test_every_other_recipe_is_a_one_stage_candidate(tmp_path):
