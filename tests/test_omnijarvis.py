@@ -1,6 +1,7 @@
 """OmniJARVIS behavior tokens: FSQ, the extended vocabulary, constrained decoding, the loss
 mask, re-planning, annotation data, and both training stages through the CLI."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -302,7 +303,7 @@ def test_phase_annotations_arrive_at_their_offsets_on_both_data_paths(lift_datas
         assert rb[PHASE][row][-1] == phases[i]
 
 
-def test_both_stages_train_through_the_cli_and_eval_shows_thoughts(lift_dataset, tmp_path, capsys):
+def test_both_stages_train_through_the_cli_and_eval_shows_thoughts(lift_dataset, trained_run, tmp_path, capsys):
     from vla.cli import main
 
     data = [f"dataset.root={lift_dataset}", "env.image_size=64"]
@@ -326,6 +327,18 @@ def test_both_stages_train_through_the_cli_and_eval_shows_thoughts(lift_dataset,
     with av.open(str(videos[0])) as f:
         frame = next(f.decode(video=0)).to_ndarray(format="rgb24")
     assert frame.shape[0] > 64, "a caption band with the thought sits under the camera views"
+
+    # the probe splits the decoder's error (own code) from the VLA's choice of code, next to Dita's
+    from benchmarks import omnijarvis_probe
+
+    probe = ["--dataset", str(lift_dataset), "--repo-id", "local/lift", "--batches", "1", "--batch-size", "4",
+             "--results", str(tmp_path / "probe.json")]
+    row = omnijarvis_probe.main([*probe, "--checkpoint", str(stage2), "--reference", str(trained_run)])
+    assert all(np.isfinite(row[k]) and row[k] > 0 for k in ("own_code", "vla_code", "other_code"))
+    assert 0 <= row["exact_code"] <= row["digit_accuracy"] <= 1 and row["samples"] == 4
+    assert np.isfinite(row[f"reference {trained_run}"])
+    with pytest.raises(SystemExit, match="not an OmniJARVIS stage-2"):
+        omnijarvis_probe.main([*probe, "--checkpoint", str(stage1)])
 
 
 def test_categorical_decoder_bins_actions_and_learns_a_chunk():

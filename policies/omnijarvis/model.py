@@ -117,10 +117,7 @@ class OmniJarvisPolicy(Policy):
             codes = self._encode(frames, text, state, valid, embodiment)
         prefix = self._history_prefix(frames, text, state,
                                       torch.zeros(len(codes), dtype=torch.long, device=codes.device), embodiment)
-        phases, pads = batch[PHASE], batch[f"{PHASE}_is_pad"]
-        memories = [memory_text([p for p, pad in zip(row[:-1], row_pad[:-1]) if not pad])
-                    for row, row_pad in zip(phases, pads.tolist())]
-        thoughts = [row[-1] for row in phases]
+        memories, thoughts = window_memories(batch)
         digits = self.behavior_tokenizer.fsq.codes_to_digits(codes)
         loss, logs = self.vla.loss(self.vla.training_sequence(batch[TASK], memories, prefix, thoughts, digits))
         return loss, {"loss": loss.item(), **logs}
@@ -150,17 +147,34 @@ class OmniJarvisPolicy(Policy):
         return self.behavior_tokenizer.fsq.codes_to_indices(self._encode(*self._window(batch), batch.get(EMBODIMENT)))
 
     @torch.no_grad()
-    def reconstruct(self, batch: dict, j: Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Decoded chunk at window step j (B,) from the window's own code: (pred, target, is_pad)."""
+    def reconstruct(self, batch: dict, j: Tensor, noise: Tensor | None = None,
+                    codes: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Decoded chunk at window step j (B,) from ``codes`` (B, n_codes, d), by default the
+        window's own: (pred, target, is_pad)."""
         frames, text, state, valid = self._window(batch)
         embodiment = batch.get(EMBODIMENT)
-        codes = self._encode(frames, text, state, valid, embodiment)
+        if codes is None:
+            codes = self._encode(frames, text, state, valid, embodiment)
         rows, idx = steps_from(j, self.config.horizon)
         pred = self.decoder.sample(self._history_prefix(frames, text, state, j, embodiment), codes, j, noise,
                                    action_dims_kept(batch))
         pad = batch.get(f"{ACTION}_is_pad")
         return pred, batch[ACTION][rows, idx], (torch.zeros_like(idx, dtype=torch.bool) if pad is None
                                                 else pad[rows, idx])
+
+    @torch.no_grad()
+    def choose_behavior(self, batch: dict) -> Tensor:
+        """The codes (B, n_codes, d) the VLA generates for each window of a training batch, as a
+        re-plan at the window's first frame would: from its instruction, the memory of the phases
+        before it, and the observation history ending there (greedy or sampled, as configured)."""
+        if self.vla is None:
+            raise CheckpointError("this is a stage-1 (tokenizer) checkpoint: it has no VLA to choose behaviors")
+        frames, text, state, _ = self._window(batch)
+        embodiment = batch.get(EMBODIMENT)
+        prefix = self._history_prefix(frames, text, state,
+                                      torch.zeros(len(state), dtype=torch.long, device=state.device), embodiment)
+        out = self.vla.generate(batch[TASK], window_memories(batch)[0], prefix)
+        return self.behavior_tokenizer.fsq.digits_to_codes(out.digits).to(prefix.tokens.dtype)
 
     @torch.no_grad()
     def sample_actions(self, obs: dict, noise: Tensor | None = None) -> Tensor:
@@ -222,6 +236,15 @@ class OmniJarvisPolicy(Policy):
         return {"denoising_steps": cfg.noise.num_inference_steps if cfg.decoder_head == "flow" else 0,
                 "replan_every (behavior)": cfg.replan_steps, "thoughts": cfg.thoughts,
                 "decoding": "greedy" if cfg.temperature <= 0 else f"temperature {cfg.temperature}"}
+
+
+def window_memories(batch: dict) -> tuple[list[str], list[str]]:
+    """Per window of a training batch: the memory text (the phases of the re-plans before it) and
+    the thought (its own phase)."""
+    phases, pads = batch[PHASE], batch[f"{PHASE}_is_pad"]
+    memories = [memory_text([p for p, pad in zip(row[:-1], row_pad[:-1]) if not pad])
+                for row, row_pad in zip(phases, pads.tolist())]
+    return memories, [row[-1] for row in phases]
 
 
 def memory_text(thoughts: list[str]) -> str:
