@@ -34,22 +34,36 @@ def _other_observation(obs: dict) -> dict:
     return {k: roll(v) for k, v in obs.items()}
 
 
-def probe(checkpoint: str, dataset: str, repo_id: str, delay: int, batches: int, batch_size: int) -> dict:
+def probe_data(checkpoint: str, dataset: str, repo_id: str, batches: int, batch_size: int):
+    """A checkpoint's policy (eval mode) and ``batches`` normalized batches of its training data,
+    the same samples for every checkpoint of one policy kind (a fixed sampler seed)."""
     from vla.checkpoint import load_policy
     from vla.config import DatasetConfig
     from vla.data.normalize import normalize_batch
     from vla.data.pipeline import TrainingData
-    from vla.features import ACTION, ACTION_PREFIX
-    from vla.heads.guidance import ActionPrefix
 
     policy, normalizer = load_policy(checkpoint)
     policy.eval()
     data = TrainingData(DatasetConfig(root=dataset, repo_id=repo_id), policy.config, seed=123,
                         device=torch.device("cpu"), num_workers=0, batch_size=batch_size, progress=False)
+    return policy, (normalize_batch(data.next_batch(), normalizer) for _ in range(batches))
+
+
+def add_probe_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--dataset", required=True, help="the LeRobot v3.0 root the checkpoints were trained on")
+    ap.add_argument("--repo-id", default="local/data")
+    ap.add_argument("--batches", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=64)
+
+
+def probe(checkpoint: str, dataset: str, repo_id: str, delay: int, batches: int, batch_size: int) -> dict:
+    from vla.features import ACTION, ACTION_PREFIX
+    from vla.heads.guidance import ActionPrefix
+
+    policy, data = probe_data(checkpoint, dataset, repo_id, batches, batch_size)
     executed = slice(delay, delay + policy.config.n_action_steps)
     errors: dict[str, list[float]] = {}
-    for i in range(batches):
-        batch = normalize_batch(data.next_batch(), normalizer)
+    for i, batch in enumerate(data):
         truth = batch[ACTION]
         obs = {k: v for k, v in batch.items() if k not in (ACTION, f"{ACTION}_is_pad")}
         settings = {"d0": obs, "d0_other_obs": _other_observation(obs)}
@@ -69,12 +83,9 @@ def probe(checkpoint: str, dataset: str, repo_id: str, delay: int, batches: int,
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", required=True, help="the LeRobot v3.0 root the checkpoints were trained on")
-    ap.add_argument("--repo-id", default="local/data")
+    add_probe_arguments(ap)
     ap.add_argument("--checkpoints", nargs="+", required=True)
     ap.add_argument("--delay", type=int, default=4, help="committed actions, in control steps (200 ms at 20 Hz: 4)")
-    ap.add_argument("--batches", type=int, default=4)
-    ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / "committed_probe.json")
     args = ap.parse_args(argv)
     torch.manual_seed(0)

@@ -26,28 +26,22 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import REPO, markdown_table
-from benchmarks.committed_probe import probe as reference_errors
+from benchmarks.committed_probe import add_probe_arguments, probe_data
+from benchmarks.committed_probe import probe as reference_errors  # Dita's error on the same data
 
 SETTINGS = ["own_code", "vla_code", "other_code"]
 
 
 def probe(checkpoint: str, dataset: str, repo_id: str, batches: int, batch_size: int, step: int = 0) -> dict:
-    from vla.checkpoint import load_policy
-    from vla.config import DatasetConfig
-    from vla.data.normalize import normalize_batch
-    from vla.data.pipeline import TrainingData
+    from policies.omnijarvis.model import OmniJarvisPolicy
 
-    policy, normalizer = load_policy(checkpoint)
-    if getattr(policy, "choose_behavior", None) is None or policy.vla is None:
+    policy, data = probe_data(checkpoint, dataset, repo_id, batches, batch_size)
+    if not isinstance(policy, OmniJarvisPolicy) or policy.vla is None:
         raise SystemExit(f"error: {checkpoint} is not an OmniJARVIS stage-2 (VLA) checkpoint")
-    policy.eval()
     fsq = policy.behavior_tokenizer.fsq
-    data = TrainingData(DatasetConfig(root=dataset, repo_id=repo_id), policy.config, seed=123,
-                        device=torch.device("cpu"), num_workers=0, batch_size=batch_size, progress=False)
     n = policy.config.n_action_steps
     sums = {k: 0.0 for k in [*SETTINGS, "digit_accuracy", "exact_code"]}
-    for i in range(batches):
-        batch = normalize_batch(data.next_batch(), normalizer)
+    for i, batch in enumerate(data):
         own = fsq.indices_to_codes(policy.encode_behavior(batch))
         chosen = policy.choose_behavior(batch).to(own.dtype)
         j = torch.full((len(own),), step, dtype=torch.long)
@@ -65,14 +59,11 @@ def probe(checkpoint: str, dataset: str, repo_id: str, batches: int, batch_size:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", required=True, help="the LeRobot v3.0 root the checkpoints were trained on")
-    ap.add_argument("--repo-id", default="local/data")
+    add_probe_arguments(ap)
     ap.add_argument("--checkpoint", required=True, help="an OmniJARVIS stage-2 run or checkpoint")
     ap.add_argument("--reference", nargs="*", default=[], help="other policies' runs, e.g. Dita on the same data")
     ap.add_argument("--step", type=int, default=0,
                     help="decode at this step of the behavior (0: the re-plan; n_action_steps: the next chunk)")
-    ap.add_argument("--batches", type=int, default=4)
-    ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / "omnijarvis_probe.json")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
