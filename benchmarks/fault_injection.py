@@ -135,8 +135,12 @@ def check_commands(commands: list[dict], limits: SafetyConfig, period: float) ->
     return bad
 
 
-def run_scenario(scenario: str, runtime, twin, out: Path, *, bridge=None, max_steps: int = 80) -> ScenarioResult:
+def run_scenario(scenario: str, runtime, twin, out: Path, *, bridge=None, max_steps: int = 240) -> ScenarioResult:
     """One deploy episode on the twin with `scenario` injected; everything measured from the twin."""
+    # Every scenario ends the run on its fault, so max_steps is only a backstop. It counts control
+    # periods, not chunks: on a loaded machine the fault chunk (the 3rd) is planned later and fewer
+    # periods follow it, and 80 once ran out before the 10 limited commands of the persistent-limit
+    # stop. A run that ends on time costs no more with a larger backstop.
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     from vla.config import DeployConfig
