@@ -127,5 +127,10 @@ def test_every_recipe_composes_and_an_ablation_changes_only_what_it_says():
     demo_run, demo = compose(["recipe=dita-demo"])
     assert (demo_run.train.max_seconds, demo_run.train.ema_decay) == (840, None)
     assert asdict(demo) == asdict(base) and asdict(demo_run.collect) == asdict(base_run.collect)
+    # the stack recipe: dita-cpu's model on 200 demos with misaligned descents, for 20 minutes
+    stack_run, stack = compose(["recipe=dita-stack"])
+    assert asdict(stack) == asdict(base) and stack_run.train.max_seconds == 1200
+    assert (stack_run.collect.episodes, stack_run.collect.align_mistakes) == (200, 0.5)
+    assert stack_run.collect.action_noise == base_run.collect.action_noise  # dart-recovery's otherwise
     ema_run, _ = compose(["recipe=dita-ema-cpu"])
     assert ema_run.train.ema_decay == 0.999 and ema_run.train.max_seconds is None
