@@ -308,7 +308,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-envs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-busy-cpus", type=float, default=0.5,
-                    help="wait before each training until at most this many CPUs are busy (inf: never wait)")
+                    help="wait before each training until three readings in a row, 10 s apart, find at most this many "
+                         "CPUs busy (inf: never wait)")
     ap.add_argument("--idle-wait-minutes", type=float, default=30.0,
                     help="how long to wait for that before the run fails")
     ap.add_argument("--features", nargs="+", default=FEATURES, help="the inputs every candidate reads")
