@@ -128,15 +128,13 @@ def wait_until_idle(max_busy: float, timeout_s: float, label: str, *, poll_s: fl
         calm = calm + [busy] if busy <= max_busy else []
         if len(calm) >= quiet:
             return max(calm)
-        if busy <= max_busy:
-            time.sleep(poll_s)
-            continue
-        if time.monotonic() >= deadline:
-            raise SystemExit(f"error: {label}: {busy:.1f} of {os.cpu_count()} CPUs stayed busy for "
-                             f"{timeout_s / 60:g} min (at most {max_busy:g} allowed): stop the other work, "
-                             "or pass --max-busy-cpus inf to measure on a shared machine")
-        print(f"{label}: waiting for an idle machine ({busy:.1f} of {os.cpu_count()} CPUs busy, "
-              f"at most {max_busy:g})", flush=True)
+        if not calm:
+            if time.monotonic() >= deadline:
+                raise SystemExit(f"error: {label}: {busy:.1f} of {os.cpu_count()} CPUs stayed busy for "
+                                 f"{timeout_s / 60:g} min (at most {max_busy:g} allowed): stop the other work, "
+                                 "or pass --max-busy-cpus inf to measure on a shared machine")
+            print(f"{label}: waiting for an idle machine ({busy:.1f} of {os.cpu_count()} CPUs busy, "
+                  f"at most {max_busy:g})", flush=True)
         time.sleep(poll_s)
 
 

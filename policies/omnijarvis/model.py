@@ -103,6 +103,12 @@ class OmniJarvisPolicy(Policy):
         return self.backbone({k: v[rows, idx] for k, v in frames.items()}, text, state[rows, idx], embodiment,
                              self._camera_pad)
 
+    def _replan_prefix(self, frames: dict, text: dict, state: Tensor, embodiment: Tensor | None):
+        """The prefix the VLA chooses a behavior from: the history ending at the window's first frame,
+        where a re-plan happens (training and ``choose_behavior`` alike)."""
+        first = torch.zeros(len(state), dtype=torch.long, device=state.device)
+        return self._history_prefix(frames, text, state, first, embodiment)
+
     # --- the contract ---------------------------------------------------------------------------
     def compute_loss(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
         frames, text, state, valid = self._window(batch)
@@ -115,8 +121,7 @@ class OmniJarvisPolicy(Policy):
         embodiment = batch.get(EMBODIMENT)
         with torch.no_grad():
             codes = self._encode(frames, text, state, valid, embodiment)
-        prefix = self._history_prefix(frames, text, state,
-                                      torch.zeros(len(codes), dtype=torch.long, device=codes.device), embodiment)
+        prefix = self._replan_prefix(frames, text, state, embodiment)
         memories, thoughts = window_memories(batch)
         digits = self.behavior_tokenizer.fsq.codes_to_digits(codes)
         loss, logs = self.vla.loss(self.vla.training_sequence(batch[TASK], memories, prefix, thoughts, digits))
@@ -170,9 +175,7 @@ class OmniJarvisPolicy(Policy):
         if self.vla is None:
             raise CheckpointError("this is a stage-1 (tokenizer) checkpoint: it has no VLA to choose behaviors")
         frames, text, state, _ = self._window(batch)
-        embodiment = batch.get(EMBODIMENT)
-        prefix = self._history_prefix(frames, text, state,
-                                      torch.zeros(len(state), dtype=torch.long, device=state.device), embodiment)
+        prefix = self._replan_prefix(frames, text, state, batch.get(EMBODIMENT))
         out = self.vla.generate(batch[TASK], window_memories(batch)[0], prefix)
         return self.behavior_tokenizer.fsq.digits_to_codes(out.digits).to(prefix.tokens.dtype)
 
