@@ -164,3 +164,39 @@ def test_a_tiny_generalist_comparison_runs_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     generalist(args)  # a second sitting finds everything done
     assert "[" not in capsys.readouterr().out
+
+
+def test_the_gripper_probe_sorts_windows_by_what_the_demonstration_does():
+    import torch
+
+    from benchmarks.gripper_probe import tally, window_kind
+
+    closed, opened = 1.0, -1.0
+    assert window_kind(torch.tensor([opened, opened, closed])) == "grasp"
+    assert window_kind(torch.tensor([closed, opened, opened])) == "release"
+    assert window_kind(torch.tensor([closed, closed, closed])) == "steady"
+    truth = torch.tensor([[1.0, 1.0, -1.0, -1.0],    # release
+                          [1.0, 1.0, -1.0, -1.0],    # release
+                          [-1.0, 1.0, 1.0, 1.0],     # grasp
+                          [1.0, 1.0, 1.0, 1.0]])     # steady
+    pred = torch.tensor([[0.9, 0.8, 0.7, 0.6],       # never opens: half the steps agree
+                         [0.9, -0.8, -0.7, -0.6],    # opens one step early: 3 of 4 agree
+                         [-1.0, -1.0, 1.0, 1.0],     # closes one step late
+                         [1.0, 1.0, 1.0, -0.1]])
+    t = tally(truth, pred)
+    assert t["release"] == {"agree": [0.5, 0.75], "switch": [0.0, 1.0]}
+    assert t["grasp"] == {"agree": [0.75], "switch": [1.0]}
+    assert t["steady"] == {"agree": [0.75], "switch": []}
+
+
+def test_the_gripper_probe_measures_a_checkpoint_on_its_data(trained_run, lift_dataset, tmp_path, capsys):
+    from benchmarks import gripper_probe
+
+    results = tmp_path / "probe.json"
+    gripper_probe.main(["--dataset", str(lift_dataset), "--repo-id", "local/lift", "--checkpoints", str(trained_run),
+                        "--batches", "2", "--batch-size", "8", "--results", str(results)])
+    row = json.loads(results.read_text())[str(trained_run)]
+    assert row["samples"] == 16 and sum(row[k]["windows"] for k in gripper_probe.KINDS) == 16
+    for kind in gripper_probe.KINDS:
+        assert row[kind]["windows"] == 0 or 0 <= row[kind]["sign_agreement"] <= 1
+    assert "release windows where it opens" in capsys.readouterr().out
