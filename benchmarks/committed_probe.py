@@ -35,8 +35,8 @@ def _other_observation(obs: dict) -> dict:
 
 
 def probe_data(checkpoint: str, dataset: str, repo_id: str, batches: int, batch_size: int):
-    """A checkpoint's policy (eval mode) and ``batches`` normalized batches of its training data,
-    the same samples for every checkpoint of one policy kind (a fixed sampler seed)."""
+    """A checkpoint's policy (eval mode), its normalizer and ``batches`` normalized batches of its
+    training data, the same samples for every checkpoint of one policy kind (a fixed sampler seed)."""
     from vla.checkpoint import load_policy
     from vla.config import DatasetConfig
     from vla.data.normalize import normalize_batch
@@ -46,7 +46,7 @@ def probe_data(checkpoint: str, dataset: str, repo_id: str, batches: int, batch_
     policy.eval()
     data = TrainingData(DatasetConfig(root=dataset, repo_id=repo_id), policy.config, seed=123,
                         device=torch.device("cpu"), num_workers=0, batch_size=batch_size, progress=False)
-    return policy, (normalize_batch(data.next_batch(), normalizer) for _ in range(batches))
+    return policy, normalizer, (normalize_batch(data.next_batch(), normalizer) for _ in range(batches))
 
 
 def add_probe_arguments(ap: argparse.ArgumentParser) -> None:
@@ -60,7 +60,7 @@ def probe(checkpoint: str, dataset: str, repo_id: str, delay: int, batches: int,
     from vla.features import ACTION, ACTION_PREFIX
     from vla.heads.guidance import ActionPrefix
 
-    policy, data = probe_data(checkpoint, dataset, repo_id, batches, batch_size)
+    policy, _, data = probe_data(checkpoint, dataset, repo_id, batches, batch_size)
     executed = slice(delay, delay + policy.config.n_action_steps)
     errors: dict[str, list[float]] = {}
     for i, batch in enumerate(data):

@@ -57,26 +57,21 @@ def tally(truth: torch.Tensor, pred: torch.Tensor) -> dict[str, dict[str, list[f
 
 
 def probe(checkpoint: str, dataset: str, repo_id: str, batches: int, batch_size: int, gripper_dim: int) -> dict:
-    from vla.checkpoint import load_policy
     from vla.features import ACTION
 
-    policy, data = probe_data(checkpoint, dataset, repo_id, batches, batch_size)
-    _, normalizer = load_policy(checkpoint)
+    policy, normalizer, data = probe_data(checkpoint, dataset, repo_id, batches, batch_size)
     executed = slice(0, policy.config.n_action_steps)
-    windows = {k: {"agree": [], "switch": []} for k in KINDS}
+    truths, preds = [], []
     for i, batch in enumerate(data):
         obs = {k: v for k, v in batch.items() if not k.startswith(ACTION)}
         noise = torch.randn(batch[ACTION].shape, generator=torch.Generator().manual_seed(i))
         with torch.no_grad():
             pred = policy.sample_actions(obs, noise=noise)
-        truth = normalizer.unnormalize(ACTION, batch[ACTION])[:, executed, gripper_dim]
-        pred = normalizer.unnormalize(ACTION, pred)[:, executed, gripper_dim]
-        for kind, values in tally(truth, pred).items():
-            for key, v in values.items():
-                windows[kind][key] += v
+        truths.append(normalizer.unnormalize(ACTION, batch[ACTION])[:, executed, gripper_dim])
+        preds.append(normalizer.unnormalize(ACTION, pred)[:, executed, gripper_dim])
     mean = lambda v: sum(v) / len(v) if v else None  # noqa: E731
     return {kind: {"windows": len(w["agree"]), "sign_agreement": mean(w["agree"]), "switches": mean(w["switch"])}
-            for kind, w in windows.items()}
+            for kind, w in tally(torch.cat(truths), torch.cat(preds)).items()}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,7 +35,7 @@ SETTINGS = ["own_code", "vla_code", "other_code"]
 def probe(checkpoint: str, dataset: str, repo_id: str, batches: int, batch_size: int, step: int = 0) -> dict:
     from policies.omnijarvis.model import OmniJarvisPolicy
 
-    policy, data = probe_data(checkpoint, dataset, repo_id, batches, batch_size)
+    policy, _, data = probe_data(checkpoint, dataset, repo_id, batches, batch_size)
     if not isinstance(policy, OmniJarvisPolicy) or policy.vla is None:
         raise SystemExit(f"error: {checkpoint} is not an OmniJARVIS stage-2 (VLA) checkpoint")
     fsq = policy.behavior_tokenizer.fsq
