@@ -93,7 +93,7 @@ def test_decoupled_times_are_independent_and_joint_noise_shares_one(dust, monkey
     batch = tile(cached_batch(policy, raw_batch(cfg)), 1024)
     seen = {}
 
-    def spy(self, state, actions, t_a, future, t_o, ctx, is_pad=None, committed=None):
+    def spy(self, state, actions, t_a, future, t_o, ctx, committed=None):
         seen["t_a"], seen["t_o"] = t_a.clone(), t_o.clone()
         raise _Stop  # the times are all this test needs
 
@@ -137,6 +137,34 @@ def test_loss_is_action_plus_lambda_times_world_model(dust):
         assert logs["wm_loss"] > 0
         assert loss.item() == pytest.approx(logs["action_loss"] + lam * logs["wm_loss"], rel=1e-5)
     policy.config.lambda_wm = 1.0
+
+
+def test_training_predictions_do_not_see_where_the_episode_ends(dust, monkeypatch):
+    """Padded actions (past the episode's end) leave the loss but not the attention: sampling
+    has no padding, so a mask seen only in training would tell the model where episodes end
+    (DUST read its stack release from it). The same noise gives the same velocities with and
+    without padding; only the loss changes."""
+    cfg, policy = dust
+    batch = cached_batch(policy, raw_batch(cfg))
+    original = type(policy).velocity
+    seen = []
+
+    def spy(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        seen.append(out[0].detach().clone())
+        return out
+
+    monkeypatch.setattr(type(policy), "velocity", spy)
+    losses = []
+    for pad_tail in (0, 5):
+        b = copy.deepcopy(batch)
+        b["action_is_pad"][:] = False
+        if pad_tail:
+            b["action_is_pad"][:, -pad_tail:] = True
+        torch.manual_seed(7)
+        losses.append(policy.compute_loss(b)[1]["action_loss"])
+    torch.testing.assert_close(seen[0], seen[1])
+    assert losses[0] != pytest.approx(losses[1])
 
 
 def test_shared_prefix_noise_samples_equal_the_repeated_batch(dust):
@@ -243,8 +271,8 @@ def test_world_model_target_is_the_embedding_of_the_future_frame(dust, monkeypat
     original = type(policy).velocity
 
     def oracle_of(x0):
-        def oracle(self, state, actions, t_a, noisy_o, t_o, ctx, is_pad=None, committed=None):
-            v_a, _ = original(self, state, actions, t_a, noisy_o, t_o, ctx, is_pad)
+        def oracle(self, state, actions, t_a, noisy_o, t_o, ctx, committed=None):
+            v_a, _ = original(self, state, actions, t_a, noisy_o, t_o, ctx)
             return v_a, (noisy_o - x0) / t_o[:, None, None]  # noise - x0, given x_t and t
         return oracle
 
