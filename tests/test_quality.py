@@ -26,7 +26,10 @@ def test_a_tiny_comparison_fills_the_results_and_the_table(lift_dataset, tmp_pat
     assert "train.max_seconds=3" in runs["tiny/dita/seed0"]["commands"][0]
     assert "--max-seconds 3" in runs["tiny/lerobot-act/seed0"]["commands"][0]
     table = markdown.read_text()
-    assert "### tiny" in table and "| dita | 1 |" in table and "| lerobot-act | 1 |" in table
+    assert runs["tiny/dita/seed0"]["vla_overrides"] == ["policy.width=32", "policy.heads=2", "policy.depth=1"]
+    assert runs["tiny/lerobot-act/seed0"]["vla_overrides"] == []  # they reach vla's trainings only
+    assert "### tiny" in table and "| lerobot-act | 1 |" in table
+    assert "| dita `policy.width=32` `policy.heads=2` `policy.depth=1` | 1 |" in table
     assert "stages reached (pooled)" in table and "grasped 0%, lifted 0% |" in table  # 5 steps reach nothing
     capsys.readouterr()
     main(args)  # a second sitting skips what is done
@@ -72,6 +75,17 @@ def test_every_other_recipe_is_a_one_stage_candidate(tmp_path):
     [(cmd, out)] = vla_train_commands(args, "dita-flow-cpu", tmp_path, 0)
     assert "recipe=dita-flow-cpu" in cmd and "train.max_seconds=1200" in cmd and out == tmp_path / "train"
     assert len(vla_train_commands(args, "omnijarvis", tmp_path, 0)) == 2
+
+
+def test_older_records_show_their_overrides_from_the_reproduce_command():
+    from benchmarks.quality import overrides_of
+
+    cmd = "python -m benchmarks.quality --task t --candidates {} --vla-overrides policy.lambda_wm=0 'a=b c'{}"
+    assert overrides_of({"candidate": "dust", "reproduce": cmd.format("dust", "")}) == ["policy.lambda_wm=0", "a=b c"]
+    assert overrides_of({"candidate": "dust", "reproduce": cmd.format("dust", " --threads 2")}) == [
+        "policy.lambda_wm=0", "a=b c"]
+    assert overrides_of({"candidate": "lerobot-act", "reproduce": cmd.format("lerobot-act", "")}) == []
+    assert overrides_of({"candidate": "dita", "reproduce": "python -m benchmarks.quality --task t"}) == []
 
 
 def test_a_finished_run_keeps_what_others_wrote_since_the_sitting_began(tmp_path):
