@@ -145,8 +145,8 @@ class DiTBlock(nn.Module):
         super().__init__()
         self.block = MMDiTBlock(width, heads, ffn_dim, [True])
 
-    def forward(self, x: Tensor, c: Tensor, cross_kv, prefix_mask: Tensor, key_mask: Tensor | None = None) -> Tensor:
-        return self.block([x], [c], [key_mask], [cross_kv], prefix_mask)[0]
+    def forward(self, x: Tensor, c: Tensor, cross_kv, prefix_mask: Tensor) -> Tensor:
+        return self.block([x], [c], [None], [cross_kv], prefix_mask)[0]
 
     def prefix_kv(self, prefix: Tensor) -> tuple[Tensor, Tensor]:
         return self.block.streams[0].cross.prefix_kv(prefix)
