@@ -189,7 +189,7 @@ def run_one(args, name: str, seed: int) -> None:
     record = {
         "task": args.task, "candidate": name, "seed": seed, "dataset": str(args.dataset), "env": args.env,
         "budget_minutes": args.budget_minutes, "threads": args.threads, "features": args.features,
-        "vla_overrides": [] if name.startswith("lerobot-") else list(args.vla_overrides),
+        "vla_overrides": list(args.vla_overrides) if vla_stages(name) else [],  # LeRobot's trainings get none
         "episodes": report["episodes"], "successes": report["successes"], "success_rate": report["success_rate"],
         "ci95": report["ci95"], "mean_length": report["mean_length"],
         **({"stages_reached": report["stages_reached"]} if "stages_reached" in report else {}),
@@ -256,7 +256,7 @@ def table(results: dict) -> str:
             def mean(k: str, runs: list[dict] = runs) -> float:  # used in this iteration only; the default binds it
                 return sum(float(r[k]) for r in runs) / len(runs)
             lines.append([
-                " ".join([name, *(f"`{o}`" for o in overrides_of(runs[0]))]), str(len(runs)),
+                " ".join([name, *(f"`{o}`" for o in runs[0].get("vla_overrides", []))]), str(len(runs)),
                 " / ".join(f"{r['success_rate']:.0%}" for r in runs),
                 f"**{s / n:.0%}** [{lo:.0%}, {hi:.0%}]", f"{mean('budget_minutes'):g}", f"{mean('train_seconds'):.0f}",
                 " / ".join(str(r["steps"]) for r in runs), f"{mean('samples_seen'):,.0f}",
@@ -273,20 +273,6 @@ def table(results: dict) -> str:
                               "budget min", "train s (mean)", "steps per seed", "samples seen (mean)",
                               "final loss (mean)", "stages reached (pooled)"], lines))
     return "\n\n".join(parts)
-
-
-def overrides_of(record: dict) -> list[str]:
-    """The training overrides a vla run was given (records written before they were kept
-    carry them only in their reproduce command); none for LeRobot's candidates."""
-    if record["candidate"].startswith("lerobot-"):
-        return []
-    if "vla_overrides" in record:
-        return record["vla_overrides"]
-    words = shlex.split(record["reproduce"])
-    if "--vla-overrides" not in words:
-        return []
-    rest = words[words.index("--vla-overrides") + 1:]
-    return rest[:next((i for i, w in enumerate(rest) if w.startswith("--")), len(rest))]
 
 
 def stages_cell(runs: list[dict]) -> str:

@@ -77,17 +77,6 @@ def test_every_other_recipe_is_a_one_stage_candidate(tmp_path):
     assert len(vla_train_commands(args, "omnijarvis", tmp_path, 0)) == 2
 
 
-def test_older_records_show_their_overrides_from_the_reproduce_command():
-    from benchmarks.quality import overrides_of
-
-    cmd = "python -m benchmarks.quality --task t --candidates {} --vla-overrides policy.lambda_wm=0 'a=b c'{}"
-    assert overrides_of({"candidate": "dust", "reproduce": cmd.format("dust", "")}) == ["policy.lambda_wm=0", "a=b c"]
-    assert overrides_of({"candidate": "dust", "reproduce": cmd.format("dust", " --threads 2")}) == [
-        "policy.lambda_wm=0", "a=b c"]
-    assert overrides_of({"candidate": "lerobot-act", "reproduce": cmd.format("lerobot-act", "")}) == []
-    assert overrides_of({"candidate": "dita", "reproduce": "python -m benchmarks.quality --task t"}) == []
-
-
 def test_a_finished_run_keeps_what_others_wrote_since_the_sitting_began(tmp_path):
     """Two sittings (or a hand edit) sharing one results file: each finished run is merged into
     the file as it is then, not into the copy read at start."""
