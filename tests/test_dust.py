@@ -146,6 +146,7 @@ def test_training_predictions_do_not_see_where_the_episode_ends(dust, monkeypatc
     without padding; only the loss changes."""
     cfg, policy = dust
     batch = cached_batch(policy, raw_batch(cfg))
+    batch[ACTION][:, -5:] = batch[ACTION][:, -6:-5]  # the loader clamps to the episode's last action
     original = type(policy).velocity
     seen = []
 

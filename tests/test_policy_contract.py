@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vla.features import ACTION, OBS_STATE, PHASE
-from vla.policy import available_policies, make_policy, policy_config_class
+from vla.policy import available_policies, hold_past_end, make_policy, policy_config_class
 
 B, STATE_DIM, ACTION_DIM = 3, 11, 7
 
@@ -118,6 +118,15 @@ def test_padded_actions_do_not_contribute(built):
     torch.manual_seed(1)
     b, _ = policy.compute_loss(batch)
     assert torch.allclose(a, b)
+
+
+def test_padded_steps_hold_the_nearest_real_action():
+    actions = torch.arange(10.0).reshape(2, 5, 1)  # two windows of five steps, one dimension
+    is_pad = torch.tensor([[True, False, False, True, True], [True] * 5])
+    held = hold_past_end(actions, is_pad)
+    assert held[0, :, 0].tolist() == [1.0, 1.0, 2.0, 2.0, 2.0]  # clamped to the real steps 1..2
+    assert torch.equal(held[1], actions[1])  # nothing real to hold: left as it is
+    assert hold_past_end(actions, None) is actions
 
 
 def test_sample_shapes_and_determinism_given_noise(built):

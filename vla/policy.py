@@ -202,6 +202,22 @@ def mask_dims(x: Tensor, keep: Tensor | None) -> Tensor:
     return x if keep is None else x * keep.to(x.dtype)
 
 
+def hold_past_end(actions: Tensor, is_pad: Tensor | None) -> Tensor:
+    """``actions`` (B, H, D) with every padded step ``is_pad`` (B, H) replaced by the nearest
+    real one: the edge clamp LeRobot's loaders already apply. A policy whose action tokens attend
+    to each other both ways (DUST) needs it: padding stays visible to attention, as at run time,
+    so whatever a caller put past an episode's end would otherwise reach the real steps' loss."""
+    if is_pad is None:
+        return actions
+    valid = ~is_pad
+    steps = torch.arange(actions.shape[1], device=actions.device)
+    first = valid.int().argmax(dim=1, keepdim=True)
+    last = actions.shape[1] - 1 - valid.flip(1).int().argmax(dim=1, keepdim=True)
+    rows = torch.minimum(torch.maximum(steps, first), last)  # (B, H); all-padded rows stay as they are
+    rows = torch.where(valid.any(dim=1, keepdim=True), rows, steps)
+    return actions.gather(1, rows[..., None].expand_as(actions))
+
+
 def masked_mse(pred: Tensor, target: Tensor, is_pad: Tensor | None, dim_is_pad: Tensor | None = None) -> Tensor:
     """Mean squared error over (B, H, D) ignoring padded steps ``is_pad`` (B, H) and padded
     dimensions ``dim_is_pad`` (B, D): a mixture's embodiments with fewer action dimensions."""

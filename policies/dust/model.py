@@ -32,7 +32,7 @@ from vla.heads import make_noise_process
 from vla.heads.committed import committed_plan, flag_committed, no_loss, put_committed, sample_committed
 from vla.heads.guidance import guided_output
 from vla.layers import DecoderBlock, Rotary, default_ffn_dim
-from vla.policy import Policy, action_dims_kept, mask_dims, masked_mse
+from vla.policy import Policy, action_dims_kept, hold_past_end, mask_dims, masked_mse
 
 # Positions of the streams in the MM-DiT lists (the prefix, in "stream" mode, comes last).
 _STREAM_ACTION, _STREAM_VISION = 0, 1
@@ -209,7 +209,9 @@ class DustPolicy(Policy):
             actions = torch.zeros(b, cfg.horizon, cfg.action_dim, device=device)
             t_a = torch.ones(b, device=device)  # pure noise, no loss: the stream carries no action information
         else:
-            actions = _repeat(batch[ACTION], k)
+            # Padded steps hold the last real action, whatever the caller put there: they stay
+            # visible to the other action tokens (see `velocity`), so their values must not vary.
+            actions = hold_past_end(_repeat(batch[ACTION], k), _repeat(batch.get(f"{ACTION}_is_pad"), k))
             t_a = self.process.sample_time(b, device)
         keep = None if cfg.action_free else action_dims_kept(batch, k)  # a mixture's padded dims stay 0
         noise_a = mask_dims(torch.randn_like(actions), keep)
