@@ -213,8 +213,7 @@ def hold_past_end(actions: Tensor, is_pad: Tensor | None) -> Tensor:
     steps = torch.arange(actions.shape[1], device=actions.device)
     first = valid.int().argmax(dim=1, keepdim=True)
     last = actions.shape[1] - 1 - valid.flip(1).int().argmax(dim=1, keepdim=True)
-    rows = torch.minimum(torch.maximum(steps, first), last)  # (B, H); all-padded rows stay as they are
-    rows = torch.where(valid.any(dim=1, keepdim=True), rows, steps)
+    rows = steps.clamp(min=first, max=last)  # (B, H); an all-padded row gets 0..H-1: left as it is
     return actions.gather(1, rows[..., None].expand_as(actions))
 
 
